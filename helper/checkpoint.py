@@ -1,0 +1,177 @@
+"""Checkpoints: atomic writes and safe reads.
+
+Every file is written to a temporary name in the same folder, flushed and fsync'ed, then
+renamed over the target, so a crash (even SIGKILL) never leaves a half-written checkpoint.
+Every file is read with ``weights_only=True``: a checkpoint whose pickle would run code is
+refused instead of executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from helper.errors import UserError
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
+
+    If the write fails (disk full, permissions), the previous file at ``path`` is untouched
+    and the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically; raise :class:`UserError` on an OS failure."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as err:
+        raise UserError(
+            f"could not write {path} ({err.strerror or err}); the previous file there is unchanged, "
+            "free some space or choose another --save_dir"
+        ) from err
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    try:
+        atomic_write_bytes(path, text.encode("utf-8"))
+    except OSError as err:
+        raise UserError(
+            f"could not write {path} ({err.strerror or err}); free some space or choose another --save_dir"
+        ) from err
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint with ``weights_only=True`` and explain every way it can fail.
+
+    Raises :class:`UserError` for a missing, truncated, non-checkpoint or code-carrying file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "weights_only" in text.lower() or "unsupported global" in text.lower():
+            raise UserError(
+                f"refused to load {path}: its pickle asks to import or call code "
+                "(refused by weights_only=True, so nothing was run); only use checkpoints from a source you trust "
+                "and re-save them as plain state_dicts"
+            ) from err
+        raise UserError(f"{path} is not a readable checkpoint ({text.splitlines()[0]}); re-download or re-train it") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(
+            f"{path} is truncated or not a PyTorch checkpoint ({first}); delete it and re-download or re-train it"
+        ) from err
+
+
+def extract_state_dict(checkpoint: Any, path: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
+    """Return the model weights from a RepDistiller-format file (``{'model': state_dict, ...}``)
+    or from a bare state_dict."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        checkpoint = checkpoint["model"]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise UserError(
+            f"{path} holds no model weights (expected a dict with a 'model' state_dict); "
+            "use a RepDistiller-format checkpoint"
+        )
+    # checkpoints saved from nn.DataParallel prefix every key with 'module.'
+    if checkpoint and all(k.startswith("module.") for k in checkpoint):
+        checkpoint = {k[len("module."):]: v for k, v in checkpoint.items()}
+    return checkpoint
+
+
+def load_weights_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], arch: str, path: str | os.PathLike) -> None:
+    """``load_state_dict(strict=True)`` with a one-sentence error naming missing/unexpected keys
+    or the first mismatched shape."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_preview(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_preview(unexpected)}")
+        raise UserError(
+            f"{path} does not hold a {arch} model ({'; '.join(parts)}); pass the checkpoint of the right "
+            "architecture or set --model_t to match it"
+        )
+    for key, tensor in expected.items():
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise UserError(
+                f"{path} does not hold a {arch} model ({key} has shape {tuple(state_dict[key].shape)}, "
+                f"expected {tuple(tensor.shape)}); pass the checkpoint of the right architecture"
+            )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _preview(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"[{shown}{more}]"
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

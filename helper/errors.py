@@ -1,0 +1,33 @@
+"""User-facing errors: one sentence on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+EXIT_USER_ERROR = 2
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """Bad input from the person running the program.
+
+    The message is one sentence that says what was wrong and what to do about it.
+    Entry points catch it, print it on stderr and exit with code 2.
+    """
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``message`` as a one-line error on stderr and exit with code 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def run_main(main: Callable[[], T]) -> T:
+    """Call ``main()`` and turn a :class:`UserError` into one stderr line and exit code 2."""
+    try:
+        return main()
+    except UserError as err:
+        fail(str(err))
