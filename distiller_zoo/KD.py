@@ -1,0 +1,32 @@
+"""Vanilla knowledge distillation (Hinton, Vinyals & Dean, 2015, "Distilling the Knowledge in a Neural Network").
+
+L_KD = T^2 * KL( softmax(z_t / T) || softmax(z_s / T) ), summed over classes and averaged over the
+batch ("batchmean", not the element-wise mean). The T^2 factor keeps the gradient magnitude of the
+soft term independent of T (Hinton et al., Sec. 2).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def distill_kl(y_s: Tensor, y_t: Tensor, T: float) -> Tensor:
+    """T^2 * KL(softmax(y_t/T) || softmax(y_s/T)), summed over classes, mean over the batch.
+
+    The teacher logits are a target: they are detached, so no gradient ever reaches them.
+    """
+    log_p_s = F.log_softmax(y_s / T, dim=1)
+    log_p_t = F.log_softmax(y_t.detach() / T, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T**2)
+
+
+class DistillKL(nn.Module):
+    """KD loss of Hinton et al. (2015): T^2-scaled, batch-averaged KL between softened distributions."""
+
+    def __init__(self, T: float) -> None:
+        super().__init__()
+        self.T = T
+
+    def forward(self, y_s: Tensor, y_t: Tensor) -> Tensor:
+        return distill_kl(y_s, y_t, self.T)

@@ -1,0 +1,152 @@
+"""CKD comparative loss: combine modes, group means, label histograms, weighted terms and invariances."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from distiller_zoo import CKDLoss, combine, group_mean, label_histogram
+
+B, C = 4, 5
+
+
+def _rand(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(C, (2, B, 3), generator=g)
+    hist = torch.nn.functional.one_hot(labels, C).double().mean(dim=2)
+    return {
+        "s_pos": _rand(B, C, seed=seed + 1),
+        "s_neg": _rand(B, C, seed=seed + 2),
+        "t_pos": _rand(B, C, seed=seed + 3),
+        "t_neg": _rand(B, C, seed=seed + 4),
+        "y_pos": hist[0],
+        "y_neg": hist[1],
+    }
+
+
+def _mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a - b) ** 2).sum() / a.size)
+
+
+def _kd(s: np.ndarray, t: np.ndarray, T: float) -> float:
+    total = 0.0
+    for i in range(s.shape[0]):
+        ps = np.exp(s[i] / T) / np.exp(s[i] / T).sum()
+        pt = np.exp(t[i] / T) / np.exp(t[i] / T).sum()
+        total += sum(pt[c] * (math.log(pt[c]) - math.log(ps[c])) for c in range(s.shape[1]))
+    return T**2 * total / s.shape[0]
+
+
+def test_combine_modes_golden() -> None:
+    a, b = torch.tensor([[1.0, 2.0], [3.0, -4.0]]), torch.tensor([[0.5, -1.0], [2.0, 2.0]])
+    assert torch.equal(combine(a, b, "ckd"), torch.tensor([[0.5, 3.0], [1.0, -6.0]]))
+    assert torch.equal(combine(a, b, "ckd_add"), torch.tensor([[0.75, 0.5], [2.5, -1.0]]))
+    lam = torch.tensor(0.25)
+    assert torch.allclose(combine(a, b, "ckd_mixup", lam), torch.tensor([[0.625, -0.25], [2.25, 0.5]]))
+    with pytest.raises(ValueError):
+        combine(a, b, "ckd_mixup")
+    with pytest.raises(ValueError):
+        combine(a, b, "nope")
+
+
+@pytest.mark.parametrize("mode", ["ckd", "ckd_add", "ckd_mixup"])
+def test_ckd_loss_golden_all_modes(mode: str) -> None:
+    x = _inputs()
+    lam = torch.tensor(0.3, dtype=torch.float64) if mode == "ckd_mixup" else None
+    n = {k: v.numpy() for k, v in x.items()}
+    if mode == "ckd":
+        comb = lambda a, b: a - b  # noqa: E731
+    elif mode == "ckd_add":
+        comb = lambda a, b: 0.5 * a + 0.5 * b  # noqa: E731
+    else:
+        comb = lambda a, b: 0.3 * a + 0.7 * b  # noqa: E731
+    ds, dt, dy = comb(n["s_pos"], n["s_neg"]), comb(n["t_pos"], n["t_neg"]), comb(n["y_pos"], n["y_neg"])
+    out = CKDLoss(mode=mode, w_cls=2.0, w_rel=3.0, w_kd=0.5, T=4.0)(**x, lam=lam)
+    assert set(out) == {"cls", "rel", "kd"}
+    assert out["cls"].item() == pytest.approx(2.0 * _mse(ds, dy), rel=1e-12)
+    assert out["rel"].item() == pytest.approx(3.0 * _mse(ds, dt), rel=1e-12)
+    assert out["kd"].item() == pytest.approx(0.5 * _kd(ds, dt, 4.0), rel=1e-10)
+
+
+def test_zero_weight_terms_are_absent() -> None:
+    x = _inputs()
+    assert set(CKDLoss()(**x)) == {"cls", "rel"}  # defaults: w_kd = 0
+    assert set(CKDLoss(w_cls=0.0)(**x)) == {"rel"}
+    assert set(CKDLoss(w_rel=0.0)(**x)) == {"cls"}
+    assert set(CKDLoss(w_cls=0.0, w_rel=0.0, w_kd=1.0)(**x)) == {"kd"}
+    assert CKDLoss(w_cls=0.0, w_rel=0.0)(**x) == {}
+
+
+def test_ckd_mixup_requires_lam_and_mode_is_validated() -> None:
+    with pytest.raises(ValueError):
+        CKDLoss(mode="ckd_mixup")(**_inputs())
+    with pytest.raises(ValueError):
+        CKDLoss(mode="difference")
+
+
+def test_ckd_mode_invariant_to_common_logit_shift() -> None:
+    x = _inputs(seed=10)
+    shift = _rand(1, C, seed=42) * 5
+    loss = CKDLoss(w_kd=1.0)
+    base = loss(**x)
+    shifted = loss(**{**x, "s_pos": x["s_pos"] + shift, "s_neg": x["s_neg"] + shift})
+    for k in base:
+        assert shifted[k].item() == pytest.approx(base[k].item(), rel=1e-12, abs=1e-12)
+    # the same shift does change the non-comparative ckd_add variant
+    add = CKDLoss(mode="ckd_add")
+    assert add(**{**x, "s_pos": x["s_pos"] + shift, "s_neg": x["s_neg"] + shift})["rel"].item() != pytest.approx(add(**x)["rel"].item())
+
+
+def test_rel_zero_when_student_equals_teacher() -> None:
+    x = _inputs()
+    for mode, lam in (("ckd", None), ("ckd_add", None), ("ckd_mixup", torch.tensor(0.6))):
+        out = CKDLoss(mode=mode, w_kd=1.0)(**{**x, "s_pos": x["t_pos"].clone(), "s_neg": x["t_neg"].clone()}, lam=lam)
+        assert out["rel"].item() == 0.0
+        assert abs(out["kd"].item()) < 1e-12
+
+
+def test_gradients_reach_student_not_teacher() -> None:
+    x = _inputs()
+    s_pos, s_neg = x["s_pos"].clone().requires_grad_(), x["s_neg"].clone().requires_grad_()
+    t_pos, t_neg = x["t_pos"].clone().requires_grad_(), x["t_neg"].clone().requires_grad_()
+    out = CKDLoss(w_kd=1.0)(s_pos, s_neg, t_pos, t_neg, x["y_pos"], x["y_neg"])
+    sum(out.values()).backward()
+    assert s_pos.grad is not None and s_pos.grad.abs().sum() > 0
+    assert s_neg.grad is not None and s_neg.grad.abs().sum() > 0
+    assert t_pos.grad is None and t_neg.grad is None
+
+
+def test_group_mean_golden_logits_and_features() -> None:
+    x = _rand(7, 3, seed=5)
+    groups = torch.tensor([[0, 2, 4], [1, 1, 6]])
+    xn = x.numpy()
+    expected = np.stack([(xn[0] + xn[2] + xn[4]) / 3, (xn[1] + xn[1] + xn[6]) / 3])
+    assert np.allclose(group_mean(x, groups).numpy(), expected, rtol=0, atol=1e-14)
+    feats = _rand(7, 2, 2, 2, seed=6)
+    got = group_mean(feats, groups)
+    assert got.shape == (2, 2, 2, 2)
+    assert torch.allclose(got[1], (feats[1] * 2 + feats[6]) / 3)
+
+
+def test_label_histogram_golden() -> None:
+    labels = torch.tensor([3, 0, 3, 1, 2])
+    groups = torch.tensor([[0, 2, 4], [1, 3, 3]])
+    hist = label_histogram(labels, groups, num_classes=4)
+    expected = torch.tensor([[0.0, 0.0, 1 / 3, 2 / 3], [1 / 3, 2 / 3, 0.0, 0.0]])
+    assert torch.allclose(hist, expected)
+    assert torch.allclose(hist.sum(dim=1), torch.ones(2))
+
+
+def test_group_size_one_is_pairwise_ckd() -> None:
+    """With g = 1 the group mean is the image's own logits and the histogram is the one-hot label."""
+    logits, labels = _rand(6, C, seed=8), torch.tensor([0, 1, 2, 3, 4, 0])
+    pos, neg = torch.tensor([[0], [2]]), torch.tensor([[1], [5]])
+    assert torch.equal(group_mean(logits, pos), logits[[0, 2]])
+    assert torch.equal(label_histogram(labels, neg, C), torch.nn.functional.one_hot(labels[[1, 5]], C).to(torch.get_default_dtype()))
