@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crd.memory import ContrastMemory
+from models.util import Embed
 
 NCE_EPS = 1e-7
 
@@ -53,17 +53,6 @@ class ContrastLoss(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return nce_loss(x, self.n_data)
-
-
-class Embed(nn.Module):
-    """Flatten, project with a Linear layer and L2-normalise each row (the CRD embedding head)."""
-
-    def __init__(self, dim_in: int = 1024, dim_out: int = 128) -> None:
-        super().__init__()
-        self.linear = nn.Linear(dim_in, dim_out)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.linear(x.flatten(1)), p=2, dim=1)
 
 
 class CRDLoss(nn.Module):

@@ -25,17 +25,6 @@ def consecutive_discrepancy_correlation(e_s: Tensor, e_t: Tensor) -> Tensor:
     return (delta[:-1] * delta[1:]).sum(dim=1).mean()
 
 
-class LinearEmbed(nn.Module):
-    """Flatten then project with one Linear layer (the CC embedding head in RepDistiller)."""
-
-    def __init__(self, dim_in: int = 1024, dim_out: int = 128) -> None:
-        super().__init__()
-        self.linear = nn.Linear(dim_in, dim_out)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.linear(x.flatten(1))
-
-
 class Correlation(nn.Module):
     """RepDistiller's Correlation Congruence loss on embeddings [B, d] (see module docstring)."""
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from distiller_zoo import DIST, Correlation, DistillKL, HintLoss, RKDLoss, VIDLoss
-from distiller_zoo.CC import LinearEmbed
+from models.util import LinearEmbed
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
