@@ -10,3 +10,34 @@ if str(ROOT) not in sys.path:
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # tests run beside other work on 2 cores; determinism does not depend on it
+
+
+@pytest.fixture(scope="session")
+def fake_cifar(tmp_path_factory) -> Path:
+    """A small CIFAR-100 folder in the real pickle format (300 train / 100 test images)."""
+    from tests.cifar_fixture import make_fake_cifar100
+
+    root = tmp_path_factory.mktemp("cifar")
+    make_fake_cifar100(root, n_train=300, n_test=100, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A resnet8 CIFAR-100 teacher saved in the RepDistiller format; returns its save_dir."""
+    from helper.options import teacher_checkpoint_path
+    from models import model_dict
+
+    save_dir = tmp_path_factory.mktemp("save")
+    torch.manual_seed(0)
+    model = model_dict["resnet8"](num_classes=100)
+    path = teacher_checkpoint_path(save_dir, "cifar100", "resnet8")
+    path.parent.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "epoch": 240, "accuracy": 1.0}, path)
+    return save_dir

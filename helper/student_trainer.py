@@ -1,0 +1,385 @@
+"""The student run: data, cached teacher, method, schedule, checkpoints, exact resume, results.
+
+Schedule (as published): validate after every pseudo-epoch (ceil(n_train / batch_size) steps) and
+keep the best-validation weights; after ``--patience`` pseudo-epochs without improvement, reload the
+best weights and multiply the learning rate by ``--lr_decay_rate``; the run stops at the next plateau
+after ``--lr_decay_times`` decays, or after ``--epochs`` pseudo-epochs. Unlike the published code, the
+optimizer momentum and the CRD memory are restored together with the best weights. The reported test
+accuracy is that of the best-validation weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dataset import build_train_pool, load_dataset, make_subset_split
+from dataset.augment import DeviceAugment
+from dataset.samplers import steps_per_epoch
+from dataset.teacher_cache import CountingModule
+from helper.checkpoint import atomic_save, atomic_write_json, extract_state_dict, file_sha256, load_weights_strict, safe_load
+from helper.device import configure_backend, resolve_device
+from helper.errors import UserError
+from helper.logger import RunLogger
+from helper.loops import Progress, StopRequest, Stopwatch, autocast, evaluate, provenance
+from helper.methods import MethodContext, build_method, check_hint_layer, feature_shapes, teacher_feature_layers, validate_combination
+from helper.options import student_run_dir
+from models import model_dict
+
+# last.pth is written after the first pseudo-epoch, then at most this often (seconds), on every learning-rate
+# decay, on SIGINT/SIGTERM and at the end; a resumed run replays deterministically from it.
+CHECKPOINT_EVERY_S = float(os.environ.get("CKD_CHECKPOINT_EVERY_S", "60"))
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite; nothing is reported as a result."""
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and prove it is writable, before any expensive work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test.{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to {folder} ({err.strerror or err}); choose a writable --save_dir") from err
+
+
+def load_teacher(opt: argparse.Namespace, num_classes: int, device: torch.device) -> nn.Module:
+    """Build ``opt.model_t`` and load ``opt.path_t`` into it (weights_only, strict keys and shapes)."""
+    path = Path(opt.path_t)
+    if not path.is_file():
+        raise UserError(
+            f"teacher checkpoint {path} does not exist; get it with `sh scripts/fetch_pretrained_teachers.sh` "
+            f"or train it with `python train_teacher.py --model {opt.model_t} --dataset {opt.dataset}`"
+        )
+    teacher = model_dict[opt.model_t](num_classes=num_classes)
+    state = extract_state_dict(safe_load(path, map_location="cpu"), path)
+    load_weights_strict(teacher, state, opt.model_t, path)
+    return teacher.to(device).eval()
+
+
+class StudentRun:
+    """One ``train_student.py`` run, from flags to ``results.json``."""
+
+    def __init__(self, opt: argparse.Namespace) -> None:
+        validate_combination(opt)
+        self.opt = opt
+        self.device = resolve_device(opt.device)
+        configure_backend(self.device, deterministic=opt.deterministic)
+        self.run_dir = student_run_dir(opt)
+        self.last_path = self.run_dir / "last.pth"
+        self.best_path = self.run_dir / "best.pth"
+        self.results_path = self.run_dir / "results.json"
+        self.cache_path = self.run_dir / "teacher_cache.pth"
+        self.stop = StopRequest()
+
+    # ----------------------------------------------------------------------------------- setup
+    def _decide_resume(self) -> bool:
+        if self.opt.resume and not self.last_path.is_file():
+            raise UserError(f"--resume was given but {self.last_path} does not exist; drop --resume to start this run fresh")
+        if self.last_path.is_file() and not self.opt.resume:
+            print(f"found {self.last_path}: resuming that run (delete {self.run_dir} to start over)", flush=True)
+        return self.last_path.is_file()
+
+    def _prepare_data(self) -> None:
+        opt, device = self.opt, self.device
+        train_set, test_set = load_dataset(opt.dataset, opt.data_folder)
+        self.num_classes = train_set.num_classes
+        self.split = make_subset_split(len(train_set.labels), opt.subset_size, opt.train_val_frac, opt.seed, opt.batch_size)
+        self.augment = DeviceAugment(train_set.mean, train_set.std, opt.use_DA, device)
+        train_idx = torch.as_tensor(self.split.train_idx, dtype=torch.long)
+        val_idx = torch.as_tensor(self.split.val_idx, dtype=torch.long)
+        self.train_images = train_set.images[train_idx]
+        self.train_labels = train_set.labels[train_idx]
+        self.val_images = train_set.images[val_idx].to(device)
+        self.val_labels = train_set.labels[val_idx].to(device)
+        self.test_images = test_set.images.to(device)
+        self.test_labels = test_set.labels.to(device)
+
+    def _prepare_teacher_cache(self) -> None:
+        """Query the teacher once per training image (and view), or reload the cache of this run."""
+        opt, device = self.opt, self.device
+        if self.cache_path.is_file():
+            # this configuration already paid for its teacher calls (an interrupted or resumed run): reuse them,
+            # unless the teacher file changed since
+            cache = safe_load(self.cache_path, map_location=device)
+            same_teacher = not Path(opt.path_t).is_file() or file_sha256(opt.path_t) == cache["meta"]["teacher_sha256"]
+            if same_teacher:
+                self.pool = _pool_from_state(cache["pool"], device)
+                self.teacher_meta = cache["meta"]
+                self.teacher_feat_shapes = [tuple(s) for s in cache["teacher_feat_shapes"]]
+                print(f"reusing the teacher cache {self.cache_path} ({self.teacher_meta['teacher_calls']} teacher calls, "
+                      "no new ones)", flush=True)
+                return
+        teacher = load_teacher(opt, self.num_classes, device)
+        counted = CountingModule(teacher)
+        self.teacher_feat_shapes = feature_shapes(teacher, device, tuple(self.train_images.shape[1:]))
+        test_stats = evaluate(counted, self.test_images, self.test_labels, self.augment.normalize, amp=opt.amp)
+        teacher_eval_calls = counted.calls
+        feat_layers = teacher_feature_layers(opt, len(self.teacher_feat_shapes))
+        feat_dtype = torch.float16 if opt.cache_dtype == "float16" else torch.float32
+        self.pool = build_train_pool(teacher, self.train_images.to(device), self.train_labels.to(device), self.augment, device,
+                                     views=opt.teacher_views, seed=opt.seed, feat_layers=feat_layers, feat_dtype=feat_dtype,
+                                     amp=opt.amp)
+        self.teacher_meta = {"teacher_acc": test_stats["acc"], "teacher_acc_top5": test_stats["acc_top5"],
+                             "teacher_calls": int(self.pool.teacher_calls), "teacher_eval_calls": int(teacher_eval_calls),
+                             "teacher_sha256": file_sha256(opt.path_t)}
+        atomic_save({"pool": _pool_state(self.pool), "meta": self.teacher_meta,
+                     "teacher_feat_shapes": [list(s) for s in self.teacher_feat_shapes]}, self.cache_path)
+        del teacher, counted
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(f"teacher {opt.model_t}: test acc {self.teacher_meta['teacher_acc']:.2f}%, "
+              f"{self.teacher_meta['teacher_calls']} teacher calls for {self.pool.n_images} training images "
+              f"(+{teacher_eval_calls} for its test evaluation)", flush=True)
+
+    def _prepare_student(self) -> None:
+        opt, device = self.opt, self.device
+        torch.manual_seed(opt.seed)
+        self.student = model_dict[opt.model_s](num_classes=self.num_classes).to(device)
+        if opt.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
+        student_shapes = feature_shapes(self.student, device, tuple(self.train_images.shape[1:]))
+        check_hint_layer(opt, len(student_shapes), len(self.teacher_feat_shapes))
+        self.aug_generator = torch.Generator(device=device).manual_seed(opt.seed + 104729)
+        ctx = MethodContext(opt=opt, student=self.student, pool=self.pool, augment=self.augment, num_classes=self.num_classes,
+                            student_feat_shapes=student_shapes, teacher_feat_shapes=self.teacher_feat_shapes, device=device)
+        self.method = build_method(ctx, self.aug_generator)
+        self.extras = nn.ModuleDict({name: m for name, m in self.method.named_children() if name not in ("student", "kl")})
+        self.sampler = self.method.make_sampler(opt, device)
+        params = list(self.student.parameters()) + [p for p in self.extras.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        if opt.compile:
+            self.method.student = torch.compile(self.student)
+        self.steps_per_epoch = steps_per_epoch(self.pool.n_images, opt.batch_size)
+
+    # ------------------------------------------------------------------------------ state
+    def _fresh_state(self) -> dict[str, Any]:
+        return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "lr": float(self.opt.learning_rate),
+                "best_val_acc": -1.0, "best_val_acc_top5": 0.0, "best_val_loss": math.inf, "best_epoch": 0,
+                "epochs_since_best": 0, "decays": 0, "finished": False, "elapsed_s": 0.0}
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The weights the schedule returns to: student, method modules (CRD memory too) and optimizer momentum."""
+        return copy.deepcopy({"model": self.student.state_dict(), "extras": self.extras.state_dict(),
+                              "optimizer": self.optimizer.state_dict()})
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        self.student.load_state_dict(snapshot["model"])
+        self.extras.load_state_dict(snapshot["extras"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self._set_lr(self.state["lr"])
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {"model": self.student.state_dict(), "extras": self.extras.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "state": dict(self.state), "best": self.best,
+                "sampler": self.sampler.state_dict(), "method_rng": self.method.extra_state(),
+                "aug_rng": self.aug_generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "accum": {k: v.detach().cpu() for k, v in self.accum.items()}, "wandb_id": self.logger.wandb_id,
+                "epoch": self.state["epoch"], "accuracy": self.state["best_val_acc"]}
+
+    def _save_last(self) -> None:
+        self.state["elapsed_s"] = self.elapsed_before + self.clock.elapsed()
+        atomic_save(self._checkpoint(), self.last_path)
+        self.last_saved_at = time.perf_counter()
+
+    def _save_best(self) -> None:
+        atomic_save({"model": self.best["model"], "extras": self.best["extras"], "epoch": self.state["best_epoch"],
+                     "accuracy": self.state["best_val_acc"], "model_s": self.opt.model_s}, self.best_path)
+
+    def _load_last(self) -> dict[str, Any]:
+        ckpt = safe_load(self.last_path, map_location=self.device)
+        self.student.load_state_dict(ckpt["model"])
+        self.extras.load_state_dict(ckpt["extras"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = dict(ckpt["state"])
+        self.best = ckpt["best"]
+        self.sampler.load_state_dict(ckpt["sampler"])
+        self.method.load_extra_state(ckpt["method_rng"])
+        self.aug_generator.set_state(ckpt["aug_rng"].cpu() if hasattr(ckpt["aug_rng"], "cpu") else ckpt["aug_rng"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        self.accum = {k: v.to(self.device) for k, v in ckpt["accum"].items()}
+        self._set_lr(self.state["lr"])
+        return ckpt
+
+    # ------------------------------------------------------------------------------ training
+    def _train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        with autocast(self.device, self.opt.amp):
+            terms = self.method(batch)
+        loss = torch.stack([t.float() for t in terms.values()]).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {**{k: v.detach() for k, v in terms.items()}, "train_loss": loss.detach()}
+
+    def _check_finite(self, step_terms: dict[str, Tensor]) -> None:
+        if bool(torch.isfinite(step_terms["train_loss"]).item()):
+            return
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in step_terms.items())
+        where = f"{self.last_path}" if self.last_path.is_file() else "none was written yet"
+        raise NonFiniteLoss(
+            f"the loss became non-finite at step {self.state['global_step']} (pseudo-epoch {self.state['epoch'] + 1}; "
+            f"{values}); nothing was reported as a result, the last good checkpoint is {where}: lower --learning_rate "
+            "or the loss weights and start a new run"
+        )
+
+    def _train_epoch(self) -> bool:
+        """Run the rest of the current pseudo-epoch; return False when stopped by a signal."""
+        self.student.train()
+        self.extras.train()
+        check_every_step = self.device.type != "cuda"  # on CUDA a per-step check would sync the host every step
+        progress = Progress(self.steps_per_epoch, f"epoch {self.state['epoch'] + 1}", self.state["step_in_epoch"])
+        try:
+            while self.state["step_in_epoch"] < self.steps_per_epoch:
+                step_terms = self._train_step(self.sampler.next_batch())
+                self.state["global_step"] += 1
+                self.state["step_in_epoch"] += 1
+                for key, value in step_terms.items():
+                    self.accum[key] = self.accum.get(key, torch.zeros((), device=self.device)) + value.float()
+                if check_every_step:
+                    self._check_finite(step_terms)
+                progress.update()
+                if self.stop.requested:
+                    return False
+        finally:
+            progress.close()
+        if not check_every_step and not bool(torch.isfinite(self.accum["train_loss"]).item()):
+            self._check_finite({k: v / self.steps_per_epoch for k, v in self.accum.items()})
+        return True
+
+    def _end_epoch(self) -> bool:
+        """Validate, log, apply the schedule; return True when training is over."""
+        opt, state = self.opt, self.state
+        n_steps = max(state["step_in_epoch"], 1)
+        train_terms = {k: v.item() / n_steps for k, v in self.accum.items()}
+        self.accum = {}
+        state["epoch"] += 1
+        state["step_in_epoch"] = 0
+        val = evaluate(self.student, self.val_images, self.val_labels, self.augment.normalize, amp=opt.amp,
+                       channels_last=opt.channels_last)
+        improved = val["acc"] > state["best_val_acc"]
+        if improved:
+            state.update(best_val_acc=val["acc"], best_val_acc_top5=val["acc_top5"], best_val_loss=val["loss"],
+                         best_epoch=state["epoch"], epochs_since_best=0)
+            self.best = self._snapshot()
+        else:
+            state["epochs_since_best"] += 1
+        metrics = {"val_acc": val["acc"], "val_acc_top5": val["acc_top5"], "val_loss": val["loss"], "lr": state["lr"],
+                   "teacher_calls": self.teacher_meta["teacher_calls"], "best_val_acc": state["best_val_acc"],
+                   "pseudo_epoch": state["epoch"]}
+        metrics.update({("train_loss" if k == "train_loss" else f"loss_{k}"): v for k, v in train_terms.items()})
+        self.logger.log(metrics, step=state["epoch"])
+        print(f"epoch {state['epoch']:4d} | lr {state['lr']:.4g} | train_loss {train_terms.get('train_loss', 0.0):.4f} | "
+              f"val_acc {val['acc']:6.2f} (best {state['best_val_acc']:.2f} @ {state['best_epoch']}) | "
+              f"{self.clock.elapsed() + self.elapsed_before:.1f}s", flush=True)
+        done = state["epoch"] >= opt.epochs
+        if not done and state["epochs_since_best"] >= opt.patience:
+            if state["decays"] >= opt.lr_decay_times:
+                done = True
+            else:
+                state["decays"] += 1
+                state["lr"] *= opt.lr_decay_rate
+                state["epochs_since_best"] = 0
+                self._restore(self.best)
+                print(f"no improvement for {opt.patience} pseudo-epochs: back to the best weights (epoch "
+                      f"{state['best_epoch']}), learning rate -> {state['lr']:.4g}", flush=True)
+                self._save_last()
+        return done
+
+    # ------------------------------------------------------------------------------ the run
+    def run(self) -> Path:
+        opt = self.opt
+        ensure_writable(self.run_dir)
+        if self.results_path.is_file():
+            print(f"this configuration already finished; delete {self.run_dir} to run it again", flush=True)
+            print(f"results: {self.results_path}", flush=True)
+            return self.results_path
+        resuming = self._decide_resume()
+        self._prepare_data()
+        self._prepare_teacher_cache()
+        self._prepare_student()
+        self.state, self.accum, self.best = self._fresh_state(), {}, None
+        wandb_id = None
+        if resuming:
+            wandb_id = self._load_last()["wandb_id"]
+            print(f"resumed at pseudo-epoch {self.state['epoch']} step {self.state['step_in_epoch']} "
+                  f"(global step {self.state['global_step']})", flush=True)
+        else:
+            self.best = self._snapshot()
+        config = {**vars(opt), "n_train": self.pool.n_images, "n_val": int(self.val_labels.shape[0])}
+        self.logger = RunLogger(self.run_dir, config, opt, job_type="student", wandb_id=wandb_id)
+        self.clock, self.elapsed_before = Stopwatch(), float(self.state["elapsed_s"])
+        self.last_saved_at = -math.inf
+        exit_code = 1
+        try:
+            with self.stop.installed():
+                done = self.state["finished"]
+                while not done:
+                    if not self._train_epoch():
+                        self._save_last()
+                        print(f"stopped: saved {self.last_path}; resume with the same command (or add --resume)", flush=True)
+                        exit_code = self.stop.exit_code()
+                        raise SystemExit(exit_code)
+                    done = self._end_epoch()
+                    if done or self.state["epoch"] == 1 or time.perf_counter() - self.last_saved_at >= CHECKPOINT_EVERY_S:
+                        self.state["finished"] = done
+                        self._save_last()
+                        self._save_best()
+            results = self._finish()
+            exit_code = 0
+        finally:
+            self.logger.close(exit_code)
+        print(f"results: {self.results_path}", flush=True)
+        return results
+
+    def _finish(self) -> Path:
+        opt, state = self.opt, self.state
+        self.student.load_state_dict(self.best["model"])
+        test = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize, amp=opt.amp,
+                        channels_last=opt.channels_last)
+        results = {
+            "test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
+            "best_val_acc": state["best_val_acc"], "best_val_acc_top5": state["best_val_acc_top5"],
+            "best_val_loss": state["best_val_loss"], "best_epoch": state["best_epoch"],
+            "teacher_acc": self.teacher_meta["teacher_acc"], "teacher_calls": self.teacher_meta["teacher_calls"],
+            "teacher_eval_calls": self.teacher_meta["teacher_eval_calls"], "teacher_sha256": self.teacher_meta["teacher_sha256"],
+            "n_train": self.pool.n_images, "n_val": int(self.val_labels.shape[0]), "n_test": int(self.test_labels.shape[0]),
+            "pseudo_epochs": state["epoch"], "steps": state["global_step"], "lr_decays": state["decays"],
+            "wall_time_s": self.elapsed_before + self.clock.elapsed(), "config": dict(vars(opt)),
+            **provenance(self.device),
+        }
+        atomic_write_json(results, self.results_path)
+        summary = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.logger.summary(summary)
+        print(f"test_acc {results['test_acc']:.2f} (top-5 {results['test_acc_top5']:.2f}) with the best-validation weights "
+              f"of pseudo-epoch {state['best_epoch']}; teacher calls {results['teacher_calls']}", flush=True)
+        return self.results_path
+
+
+def _pool_state(pool) -> dict[str, Any]:
+    return {"images": pool.images.cpu(), "labels": pool.labels.cpu(), "image_ids": torch.as_tensor(pool.image_ids).cpu(),
+            "n_images": int(pool.n_images), "views": int(pool.views), "teacher_logits": pool.teacher_logits.cpu(),
+            "teacher_feats": {int(k): v.cpu() for k, v in pool.teacher_feats.items()}, "teacher_calls": int(pool.teacher_calls)}
+
+
+def _pool_from_state(state: dict[str, Any], device: torch.device):
+    from dataset import TrainPool
+
+    return TrainPool(images=state["images"].to(device), labels=state["labels"].to(device), image_ids=state["image_ids"],
+                     n_images=state["n_images"], views=state["views"], teacher_logits=state["teacher_logits"].to(device),
+                     teacher_feats={k: v.to(device) for k, v in state["teacher_feats"].items()},
+                     teacher_calls=state["teacher_calls"])

@@ -1,0 +1,71 @@
+"""End to end: every --relational x compatible --distill combination trains and writes results.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import train_student
+from helper.options import parse_student_args, student_run_dir
+
+RESULT_KEYS = {"test_acc", "test_acc_top5", "test_loss", "best_val_acc", "teacher_acc", "teacher_calls", "teacher_eval_calls",
+               "n_train", "n_val", "pseudo_epochs", "steps", "wall_time_s", "config", "git_commit", "torch_version", "device",
+               "teacher_sha256"}
+
+COMBINATIONS = [(None, d) for d in ("kd", "hint", "vid", "correlation")] + [
+    (r, "kd") for r in ("ckd", "ckd_add", "ckd_mixup", "mixup", "mixup3", "cutmix", "rkd", "dist", "crd")
+] + [("ckd_inter", d) for d in ("hint", "vid", "correlation")]
+
+
+def base_args(fake_cifar: Path, save_dir: Path, *extra: str) -> list[str]:
+    teacher = save_dir / "models" / "resnet8_vanilla" / "ckpt_epoch_240.pth"
+    return ["--model_s", "resnet8", "--model_t", "resnet8", "--path_t", str(teacher), "--subset_size", "200",
+            "--epochs", "2", "--dataset", "cifar100", "--data_folder", str(fake_cifar), "--device", "cpu",
+            "--batch_size", "32", "--nce_k", "32", "--save_dir", str(save_dir), *extra]
+
+
+@pytest.fixture()
+def save_dir(tiny_teacher: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "save"
+    shutil.copytree(tiny_teacher, target)
+    return target
+
+
+@pytest.mark.parametrize("relational,distill", COMBINATIONS, ids=[f"{r}-{d}" for r, d in COMBINATIONS])
+def test_every_method_trains_end_to_end(relational, distill, fake_cifar, save_dir, capsys):
+    argv = base_args(fake_cifar, save_dir, f"--relational={relational}", "--distill", distill, "--w_kd=1.0")
+    train_student.main(argv)
+    out = capsys.readouterr().out.strip().splitlines()
+    results_path = Path(out[-1].removeprefix("results: "))
+    assert out[-1].startswith("results: ") and results_path.is_file()
+    results = json.loads(results_path.read_text())
+    assert RESULT_KEYS <= set(results)
+    assert results["teacher_calls"] == 160 and results["n_train"] == 160 and results["n_val"] == 40
+    assert results["teacher_eval_calls"] == 100
+    assert results["pseudo_epochs"] == 2 and results["steps"] == 2 * 5  # ceil(160 / 32) steps per pseudo-epoch
+    assert results["config"]["relational"] == relational and results["config"]["distill"] == distill
+    assert 0.0 <= results["test_acc"] <= 100.0
+    run_dir = results_path.parent
+    assert (run_dir / "best.pth").is_file() and (run_dir / "last.pth").is_file()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+def test_run_folders_differ_for_any_flag(fake_cifar, save_dir):
+    a = parse_student_args(base_args(fake_cifar, save_dir))
+    b = parse_student_args(base_args(fake_cifar, save_dir, "--kd_T", "3"))
+    c = parse_student_args(base_args(fake_cifar, save_dir, "--_tags", "x"))
+    dirs = {student_run_dir(a), student_run_dir(b), student_run_dir(c)}
+    assert len(dirs) == 3
+    assert all(":" not in d.name for d in dirs)
+
+
+def test_finished_run_is_not_repeated(fake_cifar, save_dir, capsys):
+    argv = base_args(fake_cifar, save_dir, "--relational", "ckd", "--epochs", "1")
+    train_student.main(argv)
+    first = capsys.readouterr().out.strip().splitlines()[-1]
+    train_student.main(argv)
+    second = capsys.readouterr().out
+    assert "already finished" in second and second.strip().splitlines()[-1] == first
