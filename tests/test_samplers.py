@@ -1,0 +1,226 @@
+"""Samplers: contents, exact tuple counts, class constraints, full batches and bit-identical resume."""
+
+import io
+import itertools
+import math
+
+import pytest
+import torch
+
+from dataset import (
+    ClassBalancedSampler,
+    CRDSampler,
+    PlainSampler,
+    TrainPool,
+    TupleSampler,
+    ckd_group_sizes,
+    group_feature_mean,
+    group_targets,
+    steps_per_epoch,
+)
+from helper.errors import UserError
+
+
+def _canonical(row: list[int], group_sizes: tuple[int, ...], unordered: bool = True) -> tuple:
+    out, start = [], 0
+    for g in group_sizes:
+        part = row[start: start + g]
+        out.append(tuple(sorted(part)) if unordered else tuple(part))
+        start += g
+    return tuple(out)
+
+
+def _brute_force_count(image_ids: list[int], group_sizes: tuple[int, ...], unordered: bool) -> int:
+    k = sum(group_sizes)
+    seen = set()
+    for row in itertools.permutations(range(len(image_ids)), k):
+        if len({image_ids[i] for i in row}) == k:
+            seen.add(_canonical(list(row), group_sizes, unordered))
+    return len(seen)
+
+
+def _pool(n_images: int = 12, views: int = 2, num_classes: int = 4) -> TrainPool:
+    gen = torch.Generator().manual_seed(0)
+    m = n_images * views
+    labels = (torch.arange(n_images) % num_classes).repeat(views)
+    return TrainPool(
+        images=torch.zeros((m, 3, 32, 32), dtype=torch.uint8), labels=labels,
+        image_ids=torch.arange(n_images).repeat(views), n_images=n_images, views=views,
+        teacher_logits=torch.randn((m, num_classes), generator=gen), teacher_feats={}, teacher_calls=m,
+    )
+
+
+def test_steps_per_epoch_and_ckd_groups():
+    assert steps_per_epoch(1600, 64) == 25
+    assert steps_per_epoch(1601, 64) == 26
+    assert ckd_group_sizes(2) == (1, 1)
+    assert ckd_group_sizes(3) == (2, 1)
+    assert ckd_group_sizes(4) == (2, 2)
+    with pytest.raises(UserError):
+        ckd_group_sizes(1)
+
+
+def test_plain_sampler_passes_are_permutations_and_batches_are_full():
+    sampler = PlainSampler(10, 4, seed=0, device="cpu")
+    batches = [sampler.next_batch()["idx"] for _ in range(5)]  # 20 rows = two passes exactly
+    assert all(b.shape == (4,) and b.dtype == torch.int64 for b in batches)
+    rows = torch.cat(batches)
+    assert sorted(rows[:10].tolist()) == list(range(10))
+    assert sorted(rows[10:].tolist()) == list(range(10))
+    assert rows[:10].tolist() != rows[10:].tolist()
+
+
+@pytest.mark.parametrize(
+    "image_ids, group_sizes, unordered",
+    [
+        (list(range(6)), (1, 1), True),
+        (list(range(6)), (2, 1), True),
+        (list(range(6)), (2, 2), True),
+        (list(range(5)), (1, 1, 1), True),
+        (list(range(5)), (2, 1), False),
+        ([0, 1, 2, 3, 0, 1, 2, 3], (2, 1), True),  # two views per image
+        ([0, 0, 0, 1, 2, 2, 3], (1, 2), True),  # uneven number of items per image
+    ],
+)
+def test_exact_tuple_count_and_full_enumeration(image_ids, group_sizes, unordered):
+    expected = _brute_force_count(image_ids, group_sizes, unordered)
+    sampler = TupleSampler(image_ids, group_sizes, max_samples=10_000, batch_size=expected, seed=1, device="cpu",
+                           unordered_within_group=unordered)
+    assert sampler.num_distinct_tuples() == expected
+    assert isinstance(sampler.num_distinct_tuples(), int)
+    rows = sampler.next_batch()["groups"].tolist()  # one batch = exactly one pass
+    assert len({_canonical(r, group_sizes, unordered) for r in rows}) == expected
+
+
+def test_known_counts():
+    assert TupleSampler(list(range(6)), (1, 1), 100, 8, 0, "cpu").num_distinct_tuples() == 30
+    assert TupleSampler(list(range(6)), (2, 1), 100, 8, 0, "cpu").num_distinct_tuples() == 60
+    big = TupleSampler(list(range(1600)) * 2, (1, 1), 100, 8, 0, "cpu")
+    assert big.num_distinct_tuples() == 1600 * 1599 * 4
+
+
+@pytest.mark.parametrize("max_samples", [40, 2500])  # 40: random draws; 2500: enumerate and subsample (3960 exist)
+def test_tuples_distinct_images_and_distinct_within_pass(max_samples):
+    ids = list(range(11)) * 2
+    group_sizes = (2, 1)
+    sampler = TupleSampler(ids, group_sizes, max_samples=max_samples, batch_size=7, seed=3, device="cpu")
+    assert sampler._mode == ("draw" if max_samples == 40 else "subsample")
+    assert sampler.num_distinct_tuples() == math.comb(11, 2) * 9 * 2**3  # image choices times 2 views per item
+    assert sampler.pass_length() == max_samples
+    rows = torch.cat([sampler.next_batch()["groups"] for _ in range(math.ceil(2 * max_samples / 7))])
+    for r in rows.tolist():
+        assert len({ids[i] for i in r}) == 3, "a tuple repeats an image"
+    first_pass = [_canonical(r, group_sizes) for r in rows[:max_samples].tolist()]
+    second_pass = [_canonical(r, group_sizes) for r in rows[max_samples: 2 * max_samples].tolist()]
+    assert len(set(first_pass)) == max_samples
+    assert len(set(second_pass)) == max_samples
+    assert first_pass != second_pass
+
+
+def test_tuple_sampler_rejects_too_few_images():
+    with pytest.raises(UserError):
+        TupleSampler([0, 0, 1], (2, 1), 10, 4, 0, "cpu")
+    with pytest.raises(UserError):
+        TupleSampler(list(range(5)), (1, 1), 0, 4, 0, "cpu")
+
+
+def test_group_targets_histograms_and_teacher_means():
+    pool = _pool()
+    sampler = TupleSampler(pool.image_ids, (2, 1), max_samples=50, batch_size=16, seed=0, device="cpu")
+    groups = sampler.next_batch()["groups"]
+    hist, mean = group_targets(pool, groups, num_classes=4)
+    assert hist.shape == (16, 4) and mean.shape == (16, 4)
+    torch.testing.assert_close(hist.sum(dim=1), torch.ones(16))
+    for b in range(16):
+        expected = torch.zeros(4)
+        for i in groups[b].tolist():
+            expected[pool.labels[i]] += 1 / 3
+        torch.testing.assert_close(hist[b], expected)
+        torch.testing.assert_close(mean[b], pool.teacher_logits[groups[b]].mean(dim=0))
+    feats = torch.randn(pool.n_items, 5, 2, 2).half()
+    fm = group_feature_mean(feats, groups[:, :2])
+    assert fm.dtype == torch.float32 and fm.shape == (16, 5, 2, 2)
+    torch.testing.assert_close(fm[3], feats[groups[3, :2]].float().mean(dim=0))
+
+
+@pytest.mark.parametrize("mode", ["exact", "relax"])
+def test_crd_negatives_other_class_and_positives_same_class(mode):
+    labels = torch.arange(60) % 4
+    labels[:7] = 3  # uneven classes
+    sampler = CRDSampler(labels, batch_size=8, nce_k=50, mode=mode, seed=0, device="cpu")
+    seen = set()
+    for _ in range(20):
+        batch = sampler.next_batch()
+        idx, contrast = batch["idx"], batch["contrast_idx"]
+        assert idx.shape == (8,) and contrast.shape == (8, 51)
+        anchor = labels[idx][:, None]
+        assert bool((labels[contrast[:, 1:]] != anchor).all())
+        assert bool((labels[contrast[:, :1]] == anchor).all())
+        if mode == "exact":
+            assert torch.equal(contrast[:, 0], idx)
+        seen.update(contrast[:, 1:].flatten().tolist())
+    assert len(seen) == 60  # every item serves as a negative of some anchor
+
+
+def test_crd_needs_two_classes():
+    with pytest.raises(UserError):
+        CRDSampler(torch.zeros(10, dtype=torch.long), 4, 8, "exact", 0, "cpu")
+    with pytest.raises(UserError):
+        CRDSampler(torch.arange(10) % 2, 4, 8, "nearest", 0, "cpu")
+
+
+def test_class_balanced_batches_have_at_most_five_per_class():
+    labels = torch.arange(300) % 20
+    sampler = ClassBalancedSampler(labels, batch_size=32, seed=0, device="cpu")
+    covered = set()
+    for _ in range(40):
+        idx = sampler.next_batch()["idx"]
+        assert idx.shape == (32,)
+        assert int(torch.bincount(labels[idx], minlength=20).max()) <= 5
+        assert len(set(idx.tolist())) == 32
+        covered.update(idx.tolist())
+    assert len(covered) == 300
+    few_classes = ClassBalancedSampler(torch.arange(40) % 4, batch_size=32, seed=0, device="cpu")
+    idx = few_classes.next_batch()["idx"]
+    assert idx.shape == (32,) and int(torch.bincount(torch.arange(40)[idx] % 4).max()) <= 8
+
+
+def _roundtrip(state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+SAMPLERS = {
+    "plain": lambda: PlainSampler(23, 5, seed=4, device="cpu"),
+    "tuple_all": lambda: TupleSampler(list(range(6)), (1, 1), 100, 7, seed=4, device="cpu"),
+    "tuple_draw": lambda: TupleSampler(list(range(30)) * 2, (2, 1), 40, 6, seed=4, device="cpu"),
+    "crd": lambda: CRDSampler(torch.arange(23) % 3, 5, 9, "relax", seed=4, device="cpu"),
+    "class_balanced": lambda: ClassBalancedSampler(torch.arange(40) % 8, 6, seed=4, device="cpu"),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_resume_is_bit_identical(name):
+    reference = SAMPLERS[name]()
+    expected = [reference.next_batch() for _ in range(25)]
+    interrupted = SAMPLERS[name]()
+    for _ in range(11):  # crosses at least one pass boundary for every sampler above
+        interrupted.next_batch()
+    state = _roundtrip(interrupted.state_dict())
+    resumed = SAMPLERS[name]()
+    resumed.load_state_dict(state)
+    for want in expected[11:]:
+        got = resumed.next_batch()
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key])
+
+
+def test_resume_with_other_settings_is_a_user_error():
+    state = PlainSampler(23, 5, seed=4, device="cpu").state_dict()
+    with pytest.raises(UserError):
+        PlainSampler(23, 5, seed=5, device="cpu").load_state_dict(state)
+    with pytest.raises(UserError):
+        TupleSampler(list(range(6)), (1, 1), 100, 5, seed=4, device="cpu").load_state_dict(state)
