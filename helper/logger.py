@@ -15,6 +15,7 @@ import netrc
 import os
 import socket
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -96,7 +97,7 @@ class RunLogger:
             entity = getattr(opt, "wdb_entity", None) or os.environ.get("WANDB_ENTITY")
             tags = [t for t in (getattr(opt, "_tags", None) or "").split(",") if t.strip()]
             if self.wandb_id is None:
-                self.wandb_id = wandb.util.generate_id()
+                self.wandb_id = uuid.uuid4().hex[:12]
             self.wandb = wandb.init(
                 project=project, entity=entity, tags=tags or None, config=config, dir=str(self.run_dir),
                 mode=mode, id=self.wandb_id, resume="allow", job_type=job_type, reinit="finish_previous",

@@ -113,7 +113,7 @@ def provenance(device: torch.device) -> dict[str, str]:
     name = str(device)
     if device.type == "cuda":
         name = f"{device} ({torch.cuda.get_device_name(device)})"
-    return {"git_commit": git_commit(), "torch_version": torch.__version__, "device": name}
+    return {"git_commit": git_commit(), "torch_version": str(torch.__version__), "device": name}
 
 
 class Progress:

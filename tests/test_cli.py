@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helper.wandb_offline import read_offline_run
 from tests.conftest import ROOT
 
 PY = sys.executable
@@ -121,9 +122,11 @@ def test_wandb_offline_without_key_logs_metrics(fake_cifar, save_dir, tmp_path):
     run_dir = Path(proc.stdout.strip().splitlines()[-1].removeprefix("results: ")).parent
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline, "no W&B offline run folder"
-    summary = json.loads((offline[0] / "files" / "wandb-summary.json").read_text())
-    assert summary["test_acc"] == pytest.approx(results["test_acc"])
-    assert "val_acc" in summary and "teacher_calls" in summary
+    run = read_offline_run(offline[0])
+    assert run["summary"]["test_acc"] == pytest.approx(results["test_acc"])
+    assert [row["val_acc"] for row in run["history"]] and len(run["history"]) == 2
+    assert run["summary"]["teacher_calls"] == 160 and "loss_cls" in run["summary"] and "lr" in run["summary"]
+    assert run["config"]["relational"] == "ckd"
 
 
 def test_wandb_key_without_network_falls_back_quickly(fake_cifar, save_dir):
