@@ -26,6 +26,21 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def train_step(method: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Tensor], device: torch.device,
+               amp: bool = False) -> dict[str, Tensor]:
+    """One optimiser step: the method's weighted loss terms, their sum, backward, SGD.
+
+    Returns the detached terms plus ``train_loss``, still on the device (no host sync).
+    """
+    with autocast(device, amp):
+        terms = method(batch)
+    loss = torch.stack([t.float() for t in terms.values()]).sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {**{k: v.detach() for k, v in terms.items()}, "train_loss": loss.detach()}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, normalize: Callable[[Tensor], Tensor],
              batch_size: int = EVAL_BATCH_SIZE, amp: bool = False, channels_last: bool = False) -> dict[str, float]:

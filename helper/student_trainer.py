@@ -29,7 +29,7 @@ from helper.checkpoint import atomic_save, atomic_write_json, extract_state_dict
 from helper.device import configure_backend, resolve_device
 from helper.errors import UserError
 from helper.logger import RunLogger
-from helper.loops import Progress, StopRequest, Stopwatch, autocast, evaluate, provenance
+from helper.loops import Progress, StopRequest, Stopwatch, evaluate, provenance, train_step
 from helper.methods import MethodContext, build_method, check_hint_layer, feature_shapes, teacher_feature_layers, validate_combination
 from helper.options import student_run_dir
 from models import model_dict
@@ -218,13 +218,7 @@ class StudentRun:
 
     # ------------------------------------------------------------------------------ training
     def _train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        with autocast(self.device, self.opt.amp):
-            terms = self.method(batch)
-        loss = torch.stack([t.float() for t in terms.values()]).sum()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {**{k: v.detach() for k, v in terms.items()}, "train_loss": loss.detach()}
+        return train_step(self.method, self.optimizer, batch, self.device, self.opt.amp)
 
     def _check_finite(self, step_terms: dict[str, Tensor]) -> None:
         if bool(torch.isfinite(step_terms["train_loss"]).item()):
