@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -59,6 +60,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.{name}.XXXX.tmp`` files that writes killed mid-way (SIGKILL, power loss) left in ``folder``.
+
+    Called when a run starts in its folder; the complete files next to them are never touched.
+    Returns the removed paths.
+    """
+    removed = []
+    for leftover in sorted(Path(folder).glob(".*.tmp")):
+        try:
+            if leftover.is_file():
+                leftover.unlink()
+                removed.append(leftover)
+        except OSError:  # another process removed it first, or no permission: harmless either way
+            pass
+    return removed
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -114,7 +132,7 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
                 "and re-save them as plain state_dicts"
             ) from err
         raise UserError(f"{path} is not a readable checkpoint ({text.splitlines()[0]}); re-download or re-train it") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, struct.error, UnicodeDecodeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(
             f"{path} is truncated or not a PyTorch checkpoint ({first}); delete it and re-download or re-train it"

@@ -1,0 +1,352 @@
+"""Throughput benchmark of one student configuration, offline, on synthetic data.
+
+    python scripts/bench.py --model_s resnet32 --model_t resnet110 --relational ckd --device cpu
+
+Builds a run exactly as ``train_student.py`` does (the same option parser, teacher cache, method, sampler and SGD
+set-up, through the functions of :mod:`helper.student_trainer`), but on random uint8 images of CIFAR-100 shape
+(100 classes, ``--subset_size`` images split train/validation as a run splits them) and a randomly initialised
+``--model_t`` teacher. After a warm-up it measures, in one process:
+
+* ``bound``: the student's forward + backward + SGD step on pre-staged device tensors of exactly the shapes the
+  method feeds it (CKD: a P-group and an N-group forward of batch*P and batch*N images; white-box methods: feature
+  forwards), with cross-entropy against fixed labels: no sampling, no augmentation, no method loss;
+* ``step``: ``train_step(method, optimizer, sampler.next_batch(), device, amp)`` plus the trainer's on-device
+  accumulation (and, off CUDA, its per-step finiteness check), i.e. the training step of ``train_student.py``;
+* ``data``: sampling + augmentation + cached-teacher look-ups alone (no student);
+* ``cache`` vs ``forward``: building the teacher cache over the training split against a plain batched no-grad
+  teacher forward over the same, already normalised, tensors (interleaved, best of ``--cache_repeats``);
+* the peak memory (CPU: the RSS high-water mark; CUDA: ``torch.cuda.max_memory_allocated``).
+
+Throughputs are student input images per second (CKD: batch * pos_and_neg per step), best of ``--repeats``
+interleaved blocks. It prints a table and, as its last line, one JSON object. Extra ``train_student.py`` flags
+(``--w_kd 1``, ``--hint_layer 1``, ...) are passed through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from dataset import CIFAR100_MEAN, CIFAR100_STD, make_subset_split  # noqa: E402
+from dataset.augment import DeviceAugment  # noqa: E402
+from dataset.samplers import group_feature_mean, group_targets  # noqa: E402
+from dataset.teacher_cache import build_train_pool  # noqa: E402
+from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights  # noqa: E402
+from helper.device import configure_backend, resolve_device, synchronize  # noqa: E402
+from helper.errors import run_main  # noqa: E402
+from helper.loops import autocast, train_step  # noqa: E402
+from helper.methods import CKDMethod, Method, MixMethod, validate_combination  # noqa: E402
+from helper.options import build_student_parser, finalize_student_args, none_or_str, str2bool  # noqa: E402
+from helper.student_trainer import accumulate, build_student, build_training, cache_teacher  # noqa: E402
+from models import model_dict  # noqa: E402
+
+NUM_CLASSES = 100
+IMAGE_SHAPE = (3, 32, 32)
+# the teacher batch of build_train_pool; the plain forward uses the same one
+CACHE_BATCH = int(inspect.signature(build_train_pool).parameters["batch_size"].default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    flag = parser.add_argument
+    flag("--model_s", type=str, default="resnet32", help="student architecture")
+    flag("--model_t", type=str, default="resnet110", help="teacher architecture (randomly initialised)")
+    flag("--relational", type=none_or_str, default=None, help="None, ckd, ckd_add, ckd_mixup, ckd_inter, mixup, mixup3, cutmix, "
+         "rkd, dist, crd (as train_student.py)")
+    flag("--distill", type=str, default="kd", help="kd, hint, vid, correlation")
+    flag("--pos_and_neg", type=int, default=2, help="CKD group size P+N")
+    flag("--batch_size", type=int, default=64, help="batch size (CKD: tuples per batch)")
+    flag("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    flag("--steps", type=int, default=30, help="timed steps per measurement block")
+    flag("--warmup", type=int, default=5, help="untimed steps before the measurements (bound, step and data path each)")
+    flag("--repeats", type=int, default=3, help="interleaved measurement blocks; the best one counts")
+    flag("--cache_repeats", type=int, default=3, help="interleaved cache builds / plain forwards; the best one counts")
+    flag("--subset_size", type=int, default=2000, help="synthetic images (train + validation)")
+    flag("--nce_k", type=int, default=None, help="CRD negatives (default: train_student.py's)")
+    flag("--amp", type=str2bool, nargs="?", const=True, default=False, help="bf16 autocast")
+    flag("--channels_last", type=str2bool, nargs="?", const=True, default=False, help="channels-last student and inputs")
+    flag("--compile", type=str2bool, nargs="?", const=True, default=False, help="torch.compile the student")
+    flag("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores this process may use)")
+    flag("--seed", type=int, default=0, help="seed of the synthetic data, the models and the samplers")
+    return parser
+
+
+def student_options(args: argparse.Namespace, extra: list[str]) -> argparse.Namespace:
+    """A train_student.py option namespace for this benchmark (parsed and finalised by train_student's own functions)."""
+    argv = ["--model_s", args.model_s, "--model_t", args.model_t, f"--relational={args.relational}", "--distill", args.distill,
+            "--pos_and_neg", str(args.pos_and_neg), "--batch_size", str(args.batch_size), "--device", args.device,
+            "--subset_size", str(args.subset_size), "--seed", str(args.seed), f"--amp={args.amp}",
+            f"--channels_last={args.channels_last}", f"--compile={args.compile}", "--path_t", "synthetic-teacher.pth"]
+    if args.nce_k is not None:
+        argv += ["--nce_k", str(args.nce_k)]
+    return finalize_student_args(build_student_parser().parse_args(argv + extra))
+
+
+def synthetic_split(opt: argparse.Namespace) -> tuple[Tensor, Tensor]:
+    """Random uint8 CIFAR-100-shaped images and labels; the training part of the run's subset split."""
+    g = torch.Generator().manual_seed(opt.seed)
+    images = torch.randint(0, 256, (opt.subset_size, *IMAGE_SHAPE), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, NUM_CLASSES, (opt.subset_size,), generator=g)
+    split = make_subset_split(opt.subset_size, opt.subset_size, opt.train_val_frac, opt.seed, opt.batch_size)
+    train_idx = torch.as_tensor(split.train_idx, dtype=torch.long)
+    return images[train_idx], labels[train_idx]
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return rss_peak_mb()
+
+
+def rss_peak_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+# ------------------------------------------------------------------------------------------ the measured pieces
+def plain_forward(teacher: nn.Module, normalised: Tensor, is_feat: bool, device: torch.device, amp: bool) -> None:
+    """The reference for the cache: a batched no-grad teacher forward over already normalised tensors."""
+    with torch.no_grad(), autocast(device, amp):
+        for start in range(0, normalised.shape[0], CACHE_BATCH):
+            teacher(normalised[start:start + CACHE_BATCH], is_feat=is_feat)
+
+
+def measure_cache(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
+                  device: torch.device, repeats: int) -> tuple[Any, list[tuple[int, ...]], float, float]:
+    """(pool, teacher feature shapes, best cache-build time, best plain-forward time), interleaved, after one warm-up."""
+    images, labels = images.to(device), labels.to(device)
+    normalised = augment.normalize(images)
+    pool, feat_shapes = cache_teacher(opt, teacher, images, labels, augment, device)  # warm-up
+    is_feat = bool(pool.teacher_feats)
+    t_cache = t_forward = float("inf")
+    for _ in range(repeats):
+        t_forward = min(t_forward, timed(lambda: plain_forward(teacher, normalised, is_feat, device, opt.amp), device))
+        del pool
+        synchronize(device)
+        start = time.perf_counter()
+        pool, feat_shapes = cache_teacher(opt, teacher, images, labels, augment, device)
+        synchronize(device)
+        t_cache = min(t_cache, time.perf_counter() - start)
+    return pool, feat_shapes, t_cache, t_forward
+
+
+def wants_feats(method: Method) -> bool:
+    return getattr(method, "white_box", None) is not None and method.w_inter != 0
+
+
+def forward_plan(method: Method, batch_size: int) -> list[tuple[int, bool]]:
+    """(images, is_feat) of each student forward of one training step of ``method``."""
+    if isinstance(method, CKDMethod):
+        return [(batch_size * method.n_pos, wants_feats(method)), (batch_size * method.n_neg, wants_feats(method))]
+    if isinstance(method, MixMethod):
+        return [(batch_size, False)]
+    return [(batch_size, wants_feats(method))]
+
+
+def make_bound_step(method: Method, opt: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+    """Forward + backward + SGD of the student alone on pre-staged inputs of the method's shapes."""
+    pool, augment = method.ctx.pool, method.ctx.augment
+    g = torch.Generator().manual_seed(opt.seed + 1)
+    inputs = []
+    for n_images, is_feat in forward_plan(method, opt.batch_size):
+        idx = torch.randint(0, pool.n_items, (n_images,), generator=g).to(device)
+        x = augment.normalize(pool.images[idx])
+        if opt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, NUM_CLASSES, (n_images,), generator=g).to(device)
+        inputs.append((x, y, is_feat))
+    student = method.student  # the compiled one with --compile
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay)
+
+    def step() -> None:
+        with autocast(device, opt.amp):
+            outputs = [student(x, is_feat=True)[1] if is_feat else student(x) for x, _, is_feat in inputs]
+        loss = torch.stack([F.cross_entropy(out.float(), y) for out, (_, y, _) in zip(outputs, inputs)]).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def make_full_step(setup: Any, device: torch.device, amp: bool) -> Callable[[], None]:
+    """The training step of train_student.py (StudentRun._train_epoch's loop body without progress output)."""
+    accum: dict[str, Tensor] = {}
+    check_every_step = device.type != "cuda"
+
+    def step() -> None:
+        terms = train_step(setup.method, setup.optimizer, setup.sampler.next_batch(), device, amp)
+        accumulate(accum, terms, device)
+        if check_every_step and not bool(torch.isfinite(terms["train_loss"]).item()):
+            raise RuntimeError("the benchmark loss became non-finite")
+
+    return step
+
+
+def make_data_step(method: Method, sampler: Any) -> Callable[[], None]:
+    """Sampling + augmentation + cached-teacher look-ups of one step, without the student or the loss.
+
+    Mirrors each method's ``losses`` up to the student call.
+    """
+    pool, num_classes = method.ctx.pool, method.ctx.num_classes
+    sink: list[Tensor] = []
+
+    def step() -> None:
+        batch = sampler.next_batch()
+        with torch.no_grad():
+            if isinstance(method, CKDMethod):
+                groups = batch["groups"]
+                pos, neg = groups[:, :method.n_pos], groups[:, method.n_pos:]
+                out = [method.images(pos), method.images(neg), *group_targets(pool, pos, num_classes),
+                       *group_targets(pool, neg, num_classes)]
+                if wants_feats(method):
+                    out += [group_feature_mean(pool.teacher_feats[j], pos) - group_feature_mean(pool.teacher_feats[j], neg)
+                            for j in method.white_box.teacher_layers()]
+            elif isinstance(method, MixMethod):
+                groups = batch["groups"]
+                x = method.images(groups.t()).reshape(method.n_images, groups.shape[0], *IMAGE_SHAPE)
+                if method.cutmix:
+                    lam = sample_mixup_weights(2, method.generator)[0]
+                    mixed = apply_cutmix(x[0], x[1], cutmix_box(x.shape[-2], x.shape[-1], float(lam), method.generator))
+                else:
+                    mixed = mix_images(list(x), sample_mixup_weights(method.n_images, method.generator).to(x.device))
+                cols = [groups[:, k] for k in range(method.n_images)]
+                out = [mixed, *(method.teacher_logits(c) for c in cols), *(pool.labels[c] for c in cols)]
+            else:
+                idx = batch["idx"]
+                out = [method.images(idx), pool.labels[idx], method.teacher_logits(idx)]
+                if wants_feats(method):
+                    out += [pool.teacher_feats[j][idx].float() for j in method.white_box.teacher_layers()]
+        sink[:] = out
+
+    return step
+
+
+def best_rate(fns: dict[str, Callable[[], None]], steps: int, repeats: int, device: torch.device) -> dict[str, float]:
+    """Best (shortest) time per step of each function over ``repeats`` interleaved blocks of ``steps`` steps."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            def block(fn: Callable[[], None] = fn) -> None:
+                for _ in range(steps):
+                    fn()
+            best[name] = min(best[name], timed(block, device) / steps)
+    return best
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args, extra = build_parser().parse_known_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.cache_repeats < 1:
+        raise SystemExit("error: --steps, --repeats and --cache_repeats must be at least 1 and --warmup at least 0")
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    torch.set_num_threads(int(threads))
+    opt = student_options(args, extra)
+    validate_combination(opt)
+    device = resolve_device(opt.device)
+    configure_backend(device, deterministic=opt.deterministic)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    train_images, train_labels = synthetic_split(opt)
+    augment = DeviceAugment(CIFAR100_MEAN, CIFAR100_STD, opt.use_DA, device)
+    torch.manual_seed(opt.seed)
+    teacher = model_dict[opt.model_t](num_classes=NUM_CLASSES).to(device).eval()
+
+    pool, teacher_feat_shapes, t_cache, t_forward = measure_cache(opt, teacher, train_images, train_labels, augment, device,
+                                                                  args.cache_repeats)
+    n_cache = pool.n_items
+    del teacher
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    student = build_student(opt, NUM_CLASSES, device)
+    setup = build_training(opt, student, pool, augment, NUM_CLASSES, teacher_feat_shapes, device, IMAGE_SHAPE)
+    setup.method.train()
+    images_per_step = sum(n for n, _ in forward_plan(setup.method, opt.batch_size))
+    fns = {"bound": make_bound_step(setup.method, opt, device), "step": make_full_step(setup, device, opt.amp),
+           "data": make_data_step(setup.method, setup.sampler)}
+    for fn in fns.values():
+        for _ in range(args.warmup):
+            fn()
+    synchronize(device)
+    per_step = best_rate(fns, args.steps, args.repeats, device)
+    rates = {name: images_per_step / t for name, t in per_step.items()}
+
+    result: dict[str, Any] = {
+        "step_vs_bound": rates["step"] / rates["bound"],
+        "cache_vs_forward": t_forward / t_cache,
+        "images_per_s": rates["step"],
+        "bound_images_per_s": rates["bound"],
+        "data_images_per_s": rates["data"],
+        "cache_images_per_s": n_cache / t_cache,
+        "forward_images_per_s": n_cache / t_forward,
+        "step_ms": 1000 * per_step["step"],
+        "bound_ms": 1000 * per_step["bound"],
+        "data_ms": 1000 * per_step["data"],
+        "cache_s": t_cache,
+        "forward_s": t_forward,
+        "peak_mem_mb": peak_memory_mb(device),
+        "peak_rss_mb": rss_peak_mb(),
+        "images_per_step": images_per_step,
+        "model_s": opt.model_s, "model_t": opt.model_t, "relational": opt.relational, "distill": opt.distill,
+        "pos_and_neg": opt.pos_and_neg, "batch_size": opt.batch_size, "nce_k": opt.nce_k, "subset_size": opt.subset_size,
+        "n_train": pool.n_images, "w_kd": opt.w_kd, "device": str(device), "amp": opt.amp,
+        "channels_last": opt.channels_last, "compile": opt.compile, "threads": torch.get_num_threads(),
+        "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "torch_version": str(torch.__version__),
+    }
+    if device.type == "cuda":
+        result["device_name"] = torch.cuda.get_device_name(device)
+    print_table(result)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def print_table(r: dict[str, Any]) -> None:
+    method = r["relational"] or "none"
+    print(f"bench: student {r['model_s']}, teacher {r['model_t']}, relational {method}, distill {r['distill']}, "
+          f"batch {r['batch_size']} ({r['images_per_step']} student images/step), device {r['device']}, amp {r['amp']}, "
+          f"channels_last {r['channels_last']}, compile {r['compile']}, threads {r['threads']}, torch {r['torch_version']}")
+    rows = [
+        ("bound (student fwd+bwd+SGD)", r["bound_images_per_s"], f"{r['bound_ms']:.1f} ms/step"),
+        ("step (train_step as trained)", r["images_per_s"], f"{r['step_ms']:.1f} ms/step"),
+        ("data path (no student)", r["data_images_per_s"], f"{r['data_ms']:.2f} ms/step"),
+        ("teacher cache build", r["cache_images_per_s"], f"{r['cache_s']:.2f} s for {r['n_train']} images"),
+        ("plain teacher forward", r["forward_images_per_s"], f"{r['forward_s']:.2f} s"),
+    ]
+    print(f"{'measurement':<30} {'images/s':>12}  detail")
+    for name, rate, detail in rows:
+        print(f"{name:<30} {rate:>12,.0f}  {detail}")
+    print(f"{'step_vs_bound':<30} {r['step_vs_bound']:>12.3f}")
+    print(f"{'cache_vs_forward':<30} {r['cache_vs_forward']:>12.3f}")
+    print(f"{'peak memory (MB)':<30} {r['peak_mem_mb']:>12,.0f}")
+
+
+if __name__ == "__main__":
+    run_main(main)

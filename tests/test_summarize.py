@@ -1,0 +1,220 @@
+"""scripts/summarize.py on synthetic runs: labels, learning rate chosen on validation (never test),
+mean/std/n per cell, Markdown/CSV/PNG outputs, W&B offline runs, and the empty-folder error."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helper.errors import UserError
+from helper.options import build_student_parser
+from scripts import summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = {"resnet32": "resnet110", "wrn_16_2": "wrn_40_2"}
+# label -> (flags, base test accuracy)
+METHODS = {
+    "ce": ({"relational": None, "distill": "kd", "w_kd": 0.0}, 40.0),
+    "kd": ({"relational": None, "distill": "kd", "w_kd": 1.0}, 44.0),
+    "ckd": ({"relational": "ckd", "distill": "kd", "w_kd": 0.0}, 48.0),
+    "ckd(P+N=3)": ({"relational": "ckd", "distill": "kd", "w_kd": 0.0, "pos_and_neg": 3}, 49.0),
+    "crd+kd": ({"relational": "crd", "distill": "kd", "w_kd": 1.0}, 45.0),
+    "ckd_inter+hint": ({"relational": "ckd_inter", "distill": "hint", "w_kd": 0.0}, 47.0),
+}
+SIZES = (2000, 4000)
+SEEDS = (1, 2, 3)
+LRS = (0.05, 0.1)
+
+
+def accuracies(base: float, size: int, seed: int, lr: float) -> tuple[float, float]:
+    """(test, best val): lr 0.1 validates 5 points better but tests 3 points worse than lr 0.05."""
+    test = base + size / 1000 + seed * 0.1 + (-3.0 if lr == 0.1 else 0.0)
+    val = base + size / 1000 + seed * 0.2 + (5.0 if lr == 0.1 else 0.0)
+    return test, val
+
+
+def config_of(student: str, flags: dict, size: int, seed: int, lr: float, save_dir: Path) -> dict:
+    config = vars(build_student_parser().parse_args([]))
+    config.update(flags, model_s=student, model_t=PAIRS[student], subset_size=size, seed=seed, learning_rate=lr,
+                  save_dir=str(save_dir))
+    return config
+
+
+def write_runs(folder: Path) -> int:
+    count = 0
+    for student in PAIRS:
+        for label, (flags, base) in METHODS.items():
+            for size in SIZES:
+                for seed in SEEDS:
+                    for lr in LRS:
+                        test, val = accuracies(base, size, seed, lr)
+                        calls = 0 if label == "ce" else int(size * 0.8) * (2 if label.startswith("ckd_inter") else 1)
+                        run = folder / "student" / f"{student}_{label}_{size}_{seed}_{lr}"
+                        run.mkdir(parents=True)
+                        results = {"test_acc": test, "test_acc_top5": test + 20, "test_loss": 2.0, "best_val_acc": val,
+                                   "teacher_acc": 74.3 if student == "resnet32" else 75.6, "teacher_calls": calls,
+                                   "teacher_eval_calls": 0, "n_train": int(size * 0.8), "n_val": size // 5,
+                                   "pseudo_epochs": 10, "steps": 100, "wall_time_s": 1.0,
+                                   "config": config_of(student, flags, size, seed, lr, folder)}
+                        (run / "results.json").write_text(json.dumps(results))
+                        count += 1
+    return count
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("runs")
+    write_runs(folder)
+    return folder
+
+
+@pytest.mark.parametrize("flags, label", [
+    ({"relational": None, "distill": "kd", "w_kd": 0}, "ce"),
+    ({"relational": "None", "distill": "kd", "w_kd": 0.5}, "kd"),
+    ({"relational": "ckd", "distill": "kd", "w_kd": 0, "pos_and_neg": 2}, "ckd"),
+    ({"relational": "ckd_add", "distill": "kd", "w_kd": 0, "pos_and_neg": 4}, "ckd_add(P+N=4)"),
+    ({"relational": "mixup3", "distill": "kd", "w_kd": 0}, "mixup3"),
+    ({"relational": "ckd", "distill": "kd", "w_kd": 1}, "ckd+kd"),
+    ({"relational": "crd", "distill": "kd", "w_kd": 1}, "crd+kd"),
+    ({"relational": None, "distill": "hint", "w_kd": 1}, "hint+kd"),
+    ({"relational": None, "distill": "vid", "w_kd": 0}, "vid"),
+    ({"relational": "ckd_inter", "distill": "correlation", "w_kd": 0, "pos_and_neg": 3}, "ckd_inter(P+N=3)+correlation"),
+])
+def test_method_labels(flags: dict, label: str) -> None:
+    assert summarize.method_label(flags) == label
+
+
+def test_learning_rate_is_chosen_on_validation(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "out"
+    assert summarize.main([str(runs), "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert f"plot: {out_dir / summarize.PLOT_NAME}" in printed.splitlines()[-1]
+
+    with open(out_dir / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(PAIRS) * len(METHODS) * len(SIZES)
+    for row in rows:
+        base = METHODS[row["method"]][1]
+        size = int(row["subset_size"])
+        # lr 0.1 has the better validation accuracy, so it is reported although its test accuracy is lower
+        assert row["learning_rate"] == "0.1"
+        tests = [accuracies(base, size, seed, 0.1)[0] for seed in SEEDS]
+        assert float(row["test_acc_mean"]) == pytest.approx(statistics.fmean(tests), abs=1e-4)
+        assert float(row["test_acc_std"]) == pytest.approx(statistics.stdev(tests), abs=1e-4)
+        assert row["n"] == "3" and row["seeds"] == "1 2 3"
+        assert float(row["test_acc_mean"]) < statistics.fmean(accuracies(base, size, s, 0.05)[0] for s in SEEDS)
+
+    md = (out_dir / "summary.md").read_text()
+    assert md.count("## student ") == 2
+    assert "## student resnet32, teacher resnet110 (cifar100, teacher test accuracy 74.30%)" in md
+    ckd_row = next(line for line in md.splitlines() if line.startswith("| ckd |"))
+    # ckd at 2000 with lr 0.1: 48 + 2 - 3 + (0.1, 0.2, 0.3) -> 47.20 ± 0.10 over 3 seeds
+    assert ckd_row.split("|")[2].strip() == "47.20 ± 0.10 (n=3)"
+    assert md.index("| ce |") < md.index("| kd |") < md.index("| ckd |") < md.index("| ckd(P+N=3) |")
+    assert printed.startswith("# Student accuracy")
+
+    png = out_dir / summarize.PLOT_NAME
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ties_in_validation_prefer_more_seeds(tmp_path: Path) -> None:
+    def record(lr: float, seed: int, val: float, test: float) -> summarize.Record:
+        return summarize.Record(tmp_path, "cifar100", "resnet32", "resnet110", "ckd", 2000, lr, seed, test, val)
+
+    records = [record(0.1, 1, 50.0, 40.0), record(0.05, 1, 50.0, 45.0), record(0.05, 2, 50.0, 46.0)]
+    (cell,) = summarize.build_cells(records)[("cifar100", "resnet32", "resnet110")]
+    assert cell.learning_rate == 0.05 and cell.n == 2
+
+
+def test_wandb_offline_runs_are_read_and_deduplicated(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wandb_dir = tmp_path / "wandb"
+    flags, base = METHODS["ckd"]
+
+    def offline_run(name: str, seed: int, test: float, val: float) -> None:
+        files = wandb_dir / name / "files"
+        files.mkdir(parents=True)
+        config = config_of("resnet32", flags, 2000, seed, 0.1, runs)
+        config.update(n_train=1600, n_val=400)  # train_student.py's W&B config has these too
+        raw = {k: {"desc": None, "value": v} for k, v in config.items()}
+        raw["_wandb"] = {"desc": None, "value": {"cli_version": "0.31.0"}}
+        (files / "config.yaml").write_text(yaml.safe_dump(raw))
+        (files / "wandb-summary.json").write_text(json.dumps({"test_acc": test, "best_val_acc": val, "teacher_calls": 1600,
+                                                              "_runtime": 3}))
+
+    test, val = accuracies(base, 2000, 1, 0.1)
+    offline_run("offline-run-20250101_000000-aaaa", 1, test, val)  # the same run as a results.json: counted once
+    offline_run("offline-run-20250101_000001-bbbb", 4, 60.0, val)  # a fourth seed
+    (wandb_dir / "offline-run-20250101_000002-cccc" / "files").mkdir(parents=True)  # crashed: no summary at all
+    more = tmp_path / "more"
+    (more / "broken").mkdir(parents=True)
+    (more / "broken" / "results.json").write_text("{not json")  # reported and skipped, never fatal
+
+    out_dir = tmp_path / "out"
+    assert summarize.main([str(runs), str(more), "--wandb", str(wandb_dir), "--out", str(out_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "broken/results.json" in err and "found twice" in err and "cccc: it has neither" in err
+    with open(out_dir / "summary.csv", newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["model_s"] == "resnet32" and r["method"] == "ckd"
+                   and r["subset_size"] == "2000")
+    assert row["n"] == "4" and row["seeds"] == "1 2 3 4"
+    tests = [accuracies(base, 2000, seed, 0.1)[0] for seed in SEEDS] + [60.0]
+    assert float(row["test_acc_mean"]) == pytest.approx(statistics.fmean(tests), abs=1e-4)
+
+
+def _write_wandb_log(path: Path, records: list[bytes]) -> None:
+    """A .wandb transaction log as W&B writes it: header, then 32 KiB blocks of framed chunks."""
+    block, out = 32768, bytearray(b":W&B\xe1\xbe\x00")
+    for data in records:
+        first = True
+        while True:
+            left = block - len(out) % block
+            if left < 7:
+                out += b"\x00" * left
+                continue
+            size = min(len(data), left - 7)
+            last = size == len(data)
+            kind = 1 if first and last else 2 if first else 4 if last else 3
+            out += b"\x00\x00\x00\x00" + size.to_bytes(2, "little") + bytes([kind]) + data[:size]
+            data, first = data[size:], False
+            if last:
+                break
+    path.write_bytes(bytes(out))
+
+
+def test_wandb_transaction_log_of_recent_offline_runs(runs: Path, tmp_path: Path) -> None:
+    """Recent W&B versions keep offline runs only in run-*.wandb: config and summary are replayed from it."""
+    from wandb.proto import wandb_internal_pb2
+
+    config = config_of("wrn_16_2", METHODS["kd"][0], 4000, 7, 0.05, runs)
+    run = wandb_internal_pb2.Record()
+    for key, value in config.items():
+        run.run.config.update.add(key=key, value_json=json.dumps(value))
+    early, late, big = wandb_internal_pb2.Record(), wandb_internal_pb2.Record(), wandb_internal_pb2.Record()
+    early.summary.update.add(key="best_val_acc", value_json="10.0")
+    big.summary.update.add(key="notes", value_json=json.dumps("x" * 70_000))  # spans three blocks
+    late.summary.update.add(key="best_val_acc", value_json="51.5")  # later updates win
+    late.summary.update.add(key="test_acc", value_json="50.25")
+    late.summary.update.add(key="teacher_calls", value_json="3200")
+    folder = tmp_path / "wandb" / "offline-run-20250101_000000-dddd"
+    (folder / "files").mkdir(parents=True)
+    _write_wandb_log(folder / "run-dddd.wandb", [r.SerializeToString() for r in (run, early, big, late)])
+
+    record = summarize.read_wandb_run(folder)
+    assert (record.model_s, record.method, record.subset_size, record.seed) == ("wrn_16_2", "kd", 4000, 7)
+    assert (record.test_acc, record.best_val_acc, record.teacher_calls) == (50.25, 51.5, 3200)
+
+
+def test_empty_folder_is_one_clear_sentence(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(tmp_path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "found no finished run" in result.stderr
+    with pytest.raises(UserError, match="is not a folder"):
+        summarize.main([str(tmp_path / "missing")])

@@ -1,0 +1,252 @@
+"""Sweep files and scripts/sweep.py: every value is accepted by train_student.py's parser, the grids
+have the published sizes and W&B's order, bad files stop before launching, and restarts skip
+finished runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helper.errors import UserError, run_main
+from helper.options import build_student_parser, finalize_student_args
+from scripts import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "scripts" / "sweep.py"
+EXPECTED_RUNS = {"ckd.yml": 432, "mixup.yml": 432, "relational.yml": 648, "white_box.yml": 405,
+                 "white_box_ckd.yml": 405, "kd.yml": 432}
+SWEEP_FILES = sorted(p.name for p in ROOT.glob("*.yml"))
+
+
+
+
+def _run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SWEEP), *args], capture_output=True, text=True, cwd=cwd or ROOT,
+                          env=env, timeout=120)
+
+
+def test_every_published_sweep_file_is_present() -> None:
+    assert set(EXPECTED_RUNS) <= set(SWEEP_FILES)
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
+def test_sweep_file_is_a_valid_wandb_config(name: str) -> None:
+    config = yaml.safe_load((ROOT / name).read_text())
+    assert config["program"] == "train_student.py"
+    assert config["method"] == "grid"
+    assert config["metric"] == {"name": "test_acc", "goal": "maximize"}
+    assert config["command"] == ["${env}", "${interpreter}", "${program}", "${args}"]
+    assert "project" not in config and "entity" not in config  # left to `wandb sweep --project/--entity`
+    for spec in config["parameters"].values():
+        assert set(spec) in ({"value"}, {"values"}), spec
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
+def test_every_parameter_value_is_accepted_by_train_student(name: str) -> None:
+    """The check that would have caught the published mixup3 failure: each flag exists, each value parses."""
+    parameters = yaml.safe_load((ROOT / name).read_text())["parameters"]
+    parser = build_student_parser()
+    flags = {a.dest for a in parser._actions if a.option_strings}
+    for flag, spec in parameters.items():
+        assert flag in flags, f"{name}: {flag} is not a flag of train_student.py"
+        for value in spec.get("values", [spec.get("value")]):
+            opt = finalize_student_args(parser.parse_args([f"--{flag}={value}"]))
+            parsed = getattr(opt, flag)
+            expected = None if value in ("None", None) else value
+            assert parsed == expected or str(parsed) == str(expected), (flag, value, parsed)
+    # and every expanded run as a whole (the student parser + finalize, as sweep.py checks them)
+    runs = sweep.build_runs(sweep.expand_grid(parameters, name), name)
+    assert len({run.run_dir for run in runs}) == len(runs)  # every run writes its own folder
+
+
+def test_dry_run_count_from_the_command_line() -> None:
+    """`scripts/sweep.py ckd.yml --dry-run | wc -l` prints 432."""
+    result = _run("ckd.yml", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == EXPECTED_RUNS["ckd.yml"]
+    assert all(line.split()[1] == "train_student.py" for line in lines) and len(set(lines)) == len(lines)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_RUNS))
+def test_dry_run_counts(name: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same entry point in-process for every file (one line per run, nothing else)."""
+    monkeypatch.chdir(ROOT)
+    assert sweep.main([name, "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == EXPECTED_RUNS[name] and len(set(lines)) == len(lines) and err == ""
+
+
+def test_kd_sweep_holds_ce_and_kd_baselines() -> None:
+    configs = sweep.expand_grid(yaml.safe_load((ROOT / "kd.yml").read_text())["parameters"])
+    assert {(c["relational"], c["distill"], c["w_kd"]) for c in configs} == {("None", "kd", 0), ("None", "kd", 1)}
+
+
+def test_grid_order_follows_wandb() -> None:
+    """W&B sorts the parameters by name and takes the product with the last name varying fastest;
+    duplicate values (2 and 2.0) are dropped; constants are passed to every run."""
+    parameters = {
+        "seed": {"values": [1, 2]},
+        "model_s": {"values": ["vgg8", "resnet32", "vgg8"]},
+        "learning_rate": {"value": 0.05},
+        "subset_size": {"values": [3000, 2000, 3000.0]},
+    }
+    configs = sweep.expand_grid(parameters)
+    assert [list(c) for c in configs][0] == ["learning_rate", "model_s", "seed", "subset_size"]
+    assert [(c["model_s"], c["seed"], c["subset_size"]) for c in configs] == [
+        ("vgg8", 1, 3000), ("vgg8", 1, 2000), ("vgg8", 2, 3000), ("vgg8", 2, 2000),
+        ("resnet32", 1, 3000), ("resnet32", 1, 2000), ("resnet32", 2, 3000), ("resnet32", 2, 2000),
+    ]
+    assert sweep.to_args(configs[0]) == ["--learning_rate=0.05", "--model_s=vgg8", "--seed=1", "--subset_size=3000"]
+    # int_uniform and q_uniform become value lists as in W&B (q_uniform: max excluded, like numpy.arange)
+    assert [c["seed"] for c in sweep.expand_grid({"seed": {"distribution": "int_uniform", "min": 1, "max": 4}})] == [1, 2, 3, 4]
+    q = sweep.expand_grid({"w_kd": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25}})
+    assert [c["w_kd"] for c in q] == [0.0, 0.25, 0.5, 0.75]
+
+
+def test_dry_run_writes_wandb_style_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "s.yml").write_text(textwrap.dedent("""\
+        program: train_student.py
+        method: grid
+        parameters:
+          relational: {value: None}
+          w_kd: {values: [0, 1]}
+          seed: {value: 3}
+        """))
+    code = sweep.main([str(tmp_path / "s.yml"), "--dry-run", "--save_dir", str(tmp_path / "save"), "--gpus", "0,1",
+                       "--python", "PY", "--program", "prog.py"])
+    assert code == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"PY prog.py --relational=None --seed=3 --w_kd=0 --save_dir={tmp_path / 'save'}",
+        f"PY prog.py --relational=None --seed=3 --w_kd=1 --save_dir={tmp_path / 'save'}",
+    ]
+
+
+def test_random_search_is_seeded_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parameters = {
+        "learning_rate": {"distribution": "log_uniform_values", "min": 0.001, "max": 0.1},
+        "seed": {"distribution": "int_uniform", "min": 1, "max": 5},
+        "model_s": {"values": ["resnet32", "vgg8"]},
+        "w_kd": {"distribution": "q_uniform", "min": 0, "max": 2, "q": 0.5},
+    }
+    first, again = sweep.sample_random(parameters, 20, seed=7), sweep.sample_random(parameters, 20, seed=7)
+    assert first == again and len(first) == 20
+    assert all(0.001 <= c["learning_rate"] <= 0.1 and 1 <= c["seed"] <= 5 and c["w_kd"] in (0, 0.5, 1, 1.5, 2) for c in first)
+    (tmp_path / "r.yml").write_text(yaml.safe_dump({"program": "train_student.py", "method": "random", "parameters": parameters}))
+    assert sweep.main([str(tmp_path / "r.yml"), "--dry-run", "--count", "5"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 5
+    with pytest.raises(UserError, match="--count"):
+        sweep.main([str(tmp_path / "r.yml"), "--dry-run"])
+
+
+FAKE_PROGRAM = '''\
+"""Stands in for train_student.py: parses the flags, logs the call, writes results.json."""
+import json, os, sys
+sys.path.insert(0, {root!r})
+from helper.options import parse_student_args, student_run_dir
+
+opt = parse_student_args(sys.argv[1:])
+with open({log!r}, "a") as log:
+    log.write(json.dumps({{"argv": sys.argv[1:], "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}}) + "\\n")
+marker = {marker!r}
+if opt.seed == 2 and not os.path.exists(marker):  # fails once, as a crashed run would
+    open(marker, "w").close()
+    sys.exit(3)
+run_dir = student_run_dir(opt)
+run_dir.mkdir(parents=True, exist_ok=True)
+(run_dir / "results.json").write_text(json.dumps({{"test_acc": 1.0, "config": vars(opt)}}))
+print("results:", run_dir / "results.json")
+'''
+
+
+def _fake_program(tmp_path: Path) -> tuple[Path, Path]:
+    log = tmp_path / "calls.jsonl"
+    program = tmp_path / "fake_train_student.py"
+    program.write_text(FAKE_PROGRAM.format(root=str(ROOT), log=str(log), marker=str(tmp_path / "failed_once")))
+    return program, log
+
+
+def _calls(log: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_restart_skips_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    program, log = _fake_program(tmp_path)
+    (tmp_path / "s.yml").write_text("program: train_student.py\nmethod: grid\nparameters:\n"
+                                    "  seed: {values: [1, 2]}\n  subset_size: {value: 2000}\n  epochs: {value: 1}\n"
+                                    "  learning_rate: {values: [0.05, '0.050']}\n")  # one rate written twice: one run
+    args = [str(tmp_path / "s.yml"), "--program", str(program), "--save_dir", str(tmp_path / "save")]
+    assert sweep.main(args) == 1  # the seed-2 run failed; the sweep went on and reports it
+    out = capsys.readouterr().out
+    assert len(_calls(log)) == 2
+    assert out.count("skipped, the same configuration as run") == 2
+    assert "ran 1, skipped 2, failed 1" in out and "FAILED (exit code 3)" in out
+    assert len(list((tmp_path / "save" / "student").glob("*/results.json"))) == 1
+
+    assert sweep.main(args) == 0
+    out = capsys.readouterr().out
+    calls = _calls(log)
+    assert len(calls) == 3  # only the failed run was launched again
+    assert "--seed=2" in calls[-1]["argv"]
+    assert out.count("skipped, results.json already exists") == 2  # seed 1, at either spelling of the rate
+    assert "ran 1, skipped 3, failed 0" in out
+
+    assert sweep.main(args) == 0 and len(_calls(log)) == 3
+    assert "ran 0, skipped 4, failed 0" in capsys.readouterr().out
+
+
+def test_gpus_run_in_parallel_one_device_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    program, log = _fake_program(tmp_path)
+    (tmp_path / "failed_once").touch()  # no failures here
+    (tmp_path / "s.yml").write_text("program: train_student.py\nmethod: grid\nparameters:\n  seed: {values: [1, 2]}\n")
+    args = [str(tmp_path / "s.yml"), "--program", str(program), "--save_dir", str(tmp_path / "save"), "--gpus", "0,1"]
+    assert sweep.main(args) == 0, capsys.readouterr()
+    calls = _calls(log)
+    assert len(calls) == 2
+    assert not any("--device" in arg for c in calls for arg in c["argv"])  # same run folders as a W&B agent's
+    assert sorted(c["gpu"] for c in calls) == ["0", "1"]  # each run held its own GPU
+    assert len(list((tmp_path / "save" / "sweep_logs").glob("*.log"))) == 2
+    assert "ran 2, skipped 0, failed 0" in capsys.readouterr().out
+    assert sweep.main(args) == 0 and len(_calls(log)) == 2  # a restart on the GPUs skips both
+
+
+@pytest.mark.parametrize("parameters, words", [
+    ("  relational: {values: [ckd, mixup4]}\n", "invalid choice: 'mixup4'"),
+    ("  learning: {value: 0.1}\n", "'learning' is not a flag of train_student.py"),
+    ("  model_s: {values: [resnet32, resnet9]}\n", "unknown architecture 'resnet9'"),
+    ("  pos_and_neg: {values: [2, 1]}\n", "--pos_and_neg must be at least 2"),
+    ("  relational: {value: crd}\n  distill: {values: [kd, hint]}\n", "only combines with --relational None or ckd_inter"),
+])
+def test_bad_sweep_file_stops_before_launching(tmp_path: Path, capsys: pytest.CaptureFixture[str], parameters: str,
+                                               words: str) -> None:
+    program, log = _fake_program(tmp_path)
+    (tmp_path / "bad.yml").write_text("program: train_student.py\nmethod: grid\nparameters:\n  seed: {values: [1, 2]}\n"
+                                      + parameters)
+    args = [str(tmp_path / "bad.yml"), "--program", str(program), "--save_dir", str(tmp_path / "save")]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: sweep.main(args))
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: bad.yml") and words in lines[0], err
+    assert not log.exists() and not (tmp_path / "save").exists()
+
+
+def test_unsupported_method_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "b.yml").write_text("method: bayes\nparameters:\n  seed: {values: [1]}\n")
+    with pytest.raises(UserError, match="grid and random"):
+        sweep.main([str(tmp_path / "b.yml")])
+    with pytest.raises(UserError, match="does not exist"):
+        sweep.main([str(tmp_path / "nope.yml")])
+    (tmp_path / "g.yml").write_text("method: grid\nparameters:\n  learning_rate: {distribution: uniform, min: 0.01, max: 0.1}\n")
+    with pytest.raises(UserError, match="cannot enumerate"):
+        sweep.main([str(tmp_path / "g.yml"), "--dry-run"])
