@@ -92,9 +92,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "seed", "seed of the subset draw, the split, the samplers and the initialisation", type=int_like, default=42)
     _flag(parser, "trial", "trial number, only to tell repeated runs apart", type=int_like, default=1)
     _flag(parser, "save_dir", "root folder for runs and teacher checkpoints", type=str, default="./save")
-    _flag(parser, "resume", "continue the run from its last.pth (also offered when the same command is re-run)",
+    _flag(parser, "resume", "continue the run from its last.pth (re-running the same command resumes too)",
           type=str2bool, nargs="?", const=True, default=False)
-    _flag(parser, "wdb_project", "W&B project (default: $WANDB_PROJECT; unset = W&B off unless a key is set)", type=str, default=None)
+    _flag(parser, "wdb_project", "W&B project (default: $WANDB_PROJECT, else W&B's default project)", type=str, default=None)
     _flag(parser, "wdb_entity", "W&B entity (default: $WANDB_ENTITY)", type=str, default=None)
     _flag(parser, "_tags", "comma-separated W&B tags", type=str, default=None)
     _flag(parser, "amp", "bf16 autocast on CUDA and CPU where supported", type=str2bool, nargs="?", const=True, default=False)
@@ -131,7 +131,8 @@ def build_student_parser() -> OneLineParser:
     _flag(parser, "patience", "pseudo-epochs without validation improvement before the learning rate decays",
           type=int_like, default=50)
     _flag(parser, "lr_decay_rate", "factor applied to the learning rate at each decay", type=float, default=0.1)
-    _flag(parser, "lr_decay_times", "stop after this many decays", type=int_like, default=3)
+    _flag(parser, "lr_decay_times", "number of learning-rate decays; the next plateau after the last one ends the run",
+          type=int_like, default=3)
     _flag(parser, "w_cls", "weight of the classification (cross-entropy) term", type=float, default=1.0)
     _flag(parser, "w_kd", "weight of the KL distillation term", type=float, default=0.0)
     _flag(parser, "w_rel_scale", "scale of the relational method's default weight", type=float, default=1.0)

@@ -15,22 +15,40 @@ import copy
 import math
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dataset import build_train_pool, load_dataset, make_subset_split
+from dataset import TrainPool, build_train_pool, load_dataset, make_subset_split
 from dataset.augment import DeviceAugment
 from dataset.samplers import steps_per_epoch
 from dataset.teacher_cache import CountingModule
-from helper.checkpoint import atomic_save, atomic_write_json, extract_state_dict, file_sha256, load_weights_strict, safe_load
+from helper.checkpoint import (
+    atomic_save,
+    atomic_write_json,
+    extract_state_dict,
+    file_sha256,
+    load_weights_strict,
+    remove_stale_temp_files,
+    safe_load,
+)
 from helper.device import configure_backend, resolve_device
 from helper.errors import UserError
 from helper.logger import RunLogger
 from helper.loops import Progress, StopRequest, Stopwatch, evaluate, provenance, train_step
-from helper.methods import MethodContext, build_method, check_hint_layer, feature_shapes, teacher_feature_layers, validate_combination
+from helper.methods import (
+    Method,
+    MethodContext,
+    build_method,
+    check_hint_layer,
+    feature_shapes,
+    teacher_feature_layers,
+    validate_combination,
+)
 from helper.options import student_run_dir
 from models import model_dict
 
@@ -66,6 +84,77 @@ def load_teacher(opt: argparse.Namespace, num_classes: int, device: torch.device
     state = extract_state_dict(safe_load(path, map_location="cpu"), path)
     load_weights_strict(teacher, state, opt.model_t, path)
     return teacher.to(device).eval()
+
+
+def cache_teacher(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
+                  device: torch.device) -> tuple[TrainPool, list[tuple[int, ...]]]:
+    """The teacher cache of a run (its one teacher call per training image and view) and the teacher's feature shapes."""
+    feat_shapes = feature_shapes(teacher, device, tuple(images.shape[1:]))
+    feat_layers = teacher_feature_layers(opt, len(feat_shapes))
+    feat_dtype = torch.float16 if opt.cache_dtype == "float16" else torch.float32
+    pool = build_train_pool(teacher, images.to(device), labels.to(device), augment, device, views=opt.teacher_views,
+                            seed=opt.seed, feat_layers=feat_layers, feat_dtype=feat_dtype, amp=opt.amp)
+    return pool, feat_shapes
+
+
+def check_hint_layer_early(opt: argparse.Namespace, num_classes: int, image_shape: Sequence[int]) -> None:
+    """Check --hint_layer on freshly initialised CPU copies of both architectures, before the teacher file is read or
+    called (the global RNG is left as it was)."""
+    if opt.distill != "hint":
+        return
+    with torch.random.fork_rng(devices=[]):
+        counts = [len(feature_shapes(model_dict[name](num_classes=num_classes), torch.device("cpu"), tuple(image_shape)))
+                  for name in (opt.model_s, opt.model_t)]
+    check_hint_layer(opt, counts[0], counts[1])
+
+
+def build_student(opt: argparse.Namespace, num_classes: int, device: torch.device) -> nn.Module:
+    """``opt.model_s`` initialised from ``opt.seed`` on ``device`` (channels-last when asked)."""
+    torch.manual_seed(opt.seed)
+    student = model_dict[opt.model_s](num_classes=num_classes).to(device)
+    if opt.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    return student
+
+
+@dataclass
+class TrainingSetup:
+    """What a training step needs: the method (with its student), its sampler and the optimiser."""
+
+    method: Method
+    extras: nn.ModuleDict
+    sampler: Any
+    optimizer: torch.optim.Optimizer
+    aug_generator: torch.Generator
+
+
+def build_training(opt: argparse.Namespace, student: nn.Module, pool: TrainPool, augment: DeviceAugment, num_classes: int,
+                   teacher_feat_shapes: Sequence[tuple[int, ...]], device: torch.device,
+                   image_shape: Sequence[int]) -> TrainingSetup:
+    """The method of ``opt`` around ``student``, its sampler, and SGD over the student and the method's trainable modules.
+
+    With ``opt.compile`` the method runs a compiled student; ``student`` itself stays uncompiled, so its state_dict keys
+    (checkpoints) do not change.
+    """
+    student_shapes = feature_shapes(student, device, tuple(image_shape))
+    check_hint_layer(opt, len(student_shapes), len(teacher_feat_shapes))
+    aug_generator = torch.Generator(device=device).manual_seed(opt.seed + 104729)
+    ctx = MethodContext(opt=opt, student=student, pool=pool, augment=augment, num_classes=num_classes,
+                        student_feat_shapes=student_shapes, teacher_feat_shapes=list(teacher_feat_shapes), device=device)
+    method = build_method(ctx, aug_generator)
+    extras = nn.ModuleDict({name: m for name, m in method.named_children() if name not in ("student", "kl")})
+    sampler = method.make_sampler(opt, device)
+    params = list(student.parameters()) + [p for p in extras.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    if opt.compile:
+        method.student = torch.compile(student)
+    return TrainingSetup(method=method, extras=extras, sampler=sampler, optimizer=optimizer, aug_generator=aug_generator)
+
+
+def accumulate(accum: dict[str, Tensor], step_terms: dict[str, Tensor], device: torch.device) -> None:
+    """Add one step's loss terms to the per-epoch sums, on the device (no host sync)."""
+    for key, value in step_terms.items():
+        accum[key] = accum.get(key, torch.zeros((), device=device)) + value.float()
 
 
 class StudentRun:
@@ -123,14 +212,10 @@ class StudentRun:
                 return
         teacher = load_teacher(opt, self.num_classes, device)
         counted = CountingModule(teacher)
-        self.teacher_feat_shapes = feature_shapes(teacher, device, tuple(self.train_images.shape[1:]))
         test_stats = evaluate(counted, self.test_images, self.test_labels, self.augment.normalize, amp=opt.amp)
         teacher_eval_calls = counted.calls
-        feat_layers = teacher_feature_layers(opt, len(self.teacher_feat_shapes))
-        feat_dtype = torch.float16 if opt.cache_dtype == "float16" else torch.float32
-        self.pool = build_train_pool(teacher, self.train_images.to(device), self.train_labels.to(device), self.augment, device,
-                                     views=opt.teacher_views, seed=opt.seed, feat_layers=feat_layers, feat_dtype=feat_dtype,
-                                     amp=opt.amp)
+        self.pool, self.teacher_feat_shapes = cache_teacher(opt, teacher, self.train_images, self.train_labels, self.augment,
+                                                            device)
         self.teacher_meta = {"teacher_acc": test_stats["acc"], "teacher_acc_top5": test_stats["acc_top5"],
                              "teacher_calls": int(self.pool.teacher_calls), "teacher_eval_calls": int(teacher_eval_calls),
                              "teacher_sha256": file_sha256(opt.path_t)}
@@ -145,22 +230,11 @@ class StudentRun:
 
     def _prepare_student(self) -> None:
         opt, device = self.opt, self.device
-        torch.manual_seed(opt.seed)
-        self.student = model_dict[opt.model_s](num_classes=self.num_classes).to(device)
-        if opt.channels_last:
-            self.student = self.student.to(memory_format=torch.channels_last)
-        student_shapes = feature_shapes(self.student, device, tuple(self.train_images.shape[1:]))
-        check_hint_layer(opt, len(student_shapes), len(self.teacher_feat_shapes))
-        self.aug_generator = torch.Generator(device=device).manual_seed(opt.seed + 104729)
-        ctx = MethodContext(opt=opt, student=self.student, pool=self.pool, augment=self.augment, num_classes=self.num_classes,
-                            student_feat_shapes=student_shapes, teacher_feat_shapes=self.teacher_feat_shapes, device=device)
-        self.method = build_method(ctx, self.aug_generator)
-        self.extras = nn.ModuleDict({name: m for name, m in self.method.named_children() if name not in ("student", "kl")})
-        self.sampler = self.method.make_sampler(opt, device)
-        params = list(self.student.parameters()) + [p for p in self.extras.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay)
-        if opt.compile:
-            self.method.student = torch.compile(self.student)
+        self.student = build_student(opt, self.num_classes, device)
+        setup = build_training(opt, self.student, self.pool, self.augment, self.num_classes, self.teacher_feat_shapes, device,
+                               tuple(self.train_images.shape[1:]))
+        self.method, self.extras, self.sampler = setup.method, setup.extras, setup.sampler
+        self.optimizer, self.aug_generator = setup.optimizer, setup.aug_generator
         self.steps_per_epoch = steps_per_epoch(self.pool.n_images, opt.batch_size)
 
     # ------------------------------------------------------------------------------ state
@@ -224,10 +298,10 @@ class StudentRun:
         if bool(torch.isfinite(step_terms["train_loss"]).item()):
             return
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in step_terms.items())
-        where = f"{self.last_path}" if self.last_path.is_file() else "none was written yet"
+        where = f"the last good checkpoint is {self.last_path}" if self.last_path.is_file() else "no checkpoint was written yet"
         raise NonFiniteLoss(
             f"the loss became non-finite at step {self.state['global_step']} (pseudo-epoch {self.state['epoch'] + 1}; "
-            f"{values}); nothing was reported as a result, the last good checkpoint is {where}: lower --learning_rate "
+            f"{values}); nothing was reported as a result, {where}: lower --learning_rate "
             "or the loss weights and start a new run"
         )
 
@@ -242,8 +316,7 @@ class StudentRun:
                 step_terms = self._train_step(self.sampler.next_batch())
                 self.state["global_step"] += 1
                 self.state["step_in_epoch"] += 1
-                for key, value in step_terms.items():
-                    self.accum[key] = self.accum.get(key, torch.zeros((), device=self.device)) + value.float()
+                accumulate(self.accum, step_terms, self.device)
                 if check_every_step:
                     self._check_finite(step_terms)
                 progress.update()
@@ -298,12 +371,15 @@ class StudentRun:
     def run(self) -> Path:
         opt = self.opt
         ensure_writable(self.run_dir)
+        for leftover in remove_stale_temp_files(self.run_dir):
+            print(f"removed {leftover.name}, left by a checkpoint write that was killed", flush=True)
         if self.results_path.is_file():
             print(f"this configuration already finished; delete {self.run_dir} to run it again", flush=True)
             print(f"results: {self.results_path}", flush=True)
             return self.results_path
         resuming = self._decide_resume()
         self._prepare_data()
+        check_hint_layer_early(self.opt, self.num_classes, tuple(self.train_images.shape[1:]))
         self._prepare_teacher_cache()
         self._prepare_student()
         self.state, self.accum, self.best = self._fresh_state(), {}, None

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from dataset import load_dataset
 from dataset.augment import DeviceAugment
-from helper.checkpoint import atomic_save, safe_load
+from helper.checkpoint import atomic_save, remove_stale_temp_files, safe_load
 from helper.device import configure_backend, resolve_device
 from helper.errors import UserError
 from helper.logger import RunLogger
@@ -63,6 +63,8 @@ class TeacherRun:
     def run(self) -> Path:
         opt, device = self.opt, self.device
         ensure_writable(self.run_dir)
+        for leftover in remove_stale_temp_files(self.run_dir):
+            print(f"removed {leftover.name}, left by a checkpoint write that was killed", flush=True)
         if opt.resume and not self.last_path.is_file():
             raise UserError(f"--resume was given but {self.last_path} does not exist; drop --resume to train from scratch")
         train_set, test_set = load_dataset(opt.dataset, opt.data_folder)
