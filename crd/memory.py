@@ -34,12 +34,23 @@ def scores_against_bank(bank: Tensor, contrast_idx: Tensor, anchors: Tensor, T: 
 
     Computed in at least float32 with autocast off: with unit vectors and T = 0.07 the scores reach
     exp(1/0.07) ~ 1.6e6, beyond the float16 range.
+
+    When the bank has no more rows than there are candidates (always so for K = 16384 on a few-teacher-inference
+    subset), every anchor is scored against the whole bank by one [B, N] matrix product and the candidates are
+    picked from that: the same dot products without gathering B * (K+1) bank rows ([64, 16385, 128] floats per
+    bank and step). Otherwise the candidate rows are gathered and scored by a batched product.
     """
     batch, n_candidates = contrast_idx.shape
     dtype = torch.promote_types(torch.promote_types(bank.dtype, anchors.dtype), torch.float32)
-    weights = bank.index_select(0, contrast_idx.reshape(-1)).detach().view(batch, n_candidates, -1)
     with torch.autocast(device_type=anchors.device.type, enabled=False):
-        return torch.exp(torch.bmm(weights.to(dtype), anchors.to(dtype).unsqueeze(2)) / T)
+        if bank.shape[0] <= batch * n_candidates:
+            # a copy: the bank is updated in place after this forward, and the backward needs it as it was here
+            rows = bank.detach().to(dtype, copy=True)
+            dots = torch.mm(anchors.to(dtype), rows.t()).gather(1, contrast_idx)
+        else:
+            weights = bank.index_select(0, contrast_idx.reshape(-1)).detach().view(batch, n_candidates, -1)
+            dots = torch.bmm(weights.to(dtype), anchors.to(dtype).unsqueeze(2)).squeeze(2)
+        return torch.exp(dots / T).unsqueeze(2)
 
 
 class ContrastMemory(nn.Module):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from helper.device import to_device
 from helper.errors import UserError
 
 STREAM_PLAIN = 1
@@ -75,7 +76,7 @@ class _PassSampler:
             rows = np.ascontiguousarray(self._make_pass(self._rng(self.pass_idx)), dtype=np.int64)
             if rows.shape[0] == 0:
                 raise RuntimeError(f"{type(self).__name__} produced an empty pass")
-            self._pass = torch.from_numpy(rows).to(self.device)
+            self._pass = to_device(torch.from_numpy(rows), self.device)  # non-blocking on CUDA: no stream sync per pass
         return self._pass
 
     def _take(self, count: int) -> torch.Tensor:

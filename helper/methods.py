@@ -30,6 +30,7 @@ from dataset.augment import DeviceAugment
 from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, TupleSampler, group_feature_mean, group_targets
 from distiller_zoo import DIST, CKDLoss, Correlation, DistillKL, HintLoss, MixupLoss, RKDLoss, VIDLoss
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights
+from helper.device import to_device
 from helper.errors import UserError
 from models.util import ConvReg, LinearEmbed
 
@@ -293,7 +294,7 @@ class CKDMethod(Method):
         y_neg, t_neg = group_targets(self.ctx.pool, neg, self.ctx.num_classes)
         lam = None
         if self.mode == "ckd_mixup":
-            lam = torch.rand((), generator=self.generator).to(s_pos.device)  # λ ~ Beta(1,1), one per batch
+            lam = to_device(torch.rand((), generator=self.generator), s_pos.device)  # λ ~ Beta(1,1), one per batch
         terms = dict(self.ckd(s_pos, s_neg, t_pos, t_neg, y_pos, y_neg, lam=lam))
         if want_feats:
             feats_t = self.ctx.pool.teacher_feats
@@ -335,14 +336,14 @@ class MixMethod(Method):
             weights = torch.stack([lam_adj, 1 - lam_adj])
         else:
             weights = sample_mixup_weights(self.n_images, self.generator)
-            mixed = mix_images(list(x), weights.to(x.device))
+            mixed = mix_images(list(x), to_device(weights, x.device))  # non-blocking on CUDA: no stream sync per step
         if self.channels_last:
             mixed = mixed.contiguous(memory_format=torch.channels_last)
         logits = self.student(mixed).float()
         cols = [groups[:, k] for k in range(self.n_images)]
         t_logits = [self.teacher_logits(c) for c in cols]
         labels = [self.ctx.pool.labels[c] for c in cols]
-        return dict(self.mix_loss(logits, t_logits, labels, weights.to(logits.device)))
+        return dict(self.mix_loss(logits, t_logits, labels, to_device(weights, logits.device)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,27 +44,28 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from dataset import CIFAR100_MEAN, CIFAR100_STD, make_subset_split  # noqa: E402
+from dataset import CIFAR100_MEAN, CIFAR100_STD, TrainPool, make_subset_split  # noqa: E402
 from dataset.augment import DeviceAugment  # noqa: E402
 from dataset.samplers import group_feature_mean, group_targets  # noqa: E402
 from dataset.teacher_cache import build_train_pool  # noqa: E402
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights  # noqa: E402
 from helper.device import configure_backend, resolve_device, synchronize  # noqa: E402
-from helper.errors import run_main  # noqa: E402
+from helper.errors import UserError, run_main  # noqa: E402
 from helper.loops import autocast, train_step  # noqa: E402
-from helper.methods import CKDMethod, Method, MixMethod, validate_combination  # noqa: E402
-from helper.options import build_student_parser, finalize_student_args, none_or_str, str2bool  # noqa: E402
+from helper.methods import CKDMethod, Method, MixMethod, feature_shapes, teacher_feature_layers, validate_combination  # noqa: E402
+from helper.options import OneLineParser, build_student_parser, finalize_student_args, none_or_str, str2bool  # noqa: E402
 from helper.student_trainer import accumulate, build_student, build_training, cache_teacher  # noqa: E402
 from models import model_dict  # noqa: E402
 
 NUM_CLASSES = 100
 IMAGE_SHAPE = (3, 32, 32)
+CALIBRATION_IMAGES = 128  # images of the BatchNorm calibration of the random teacher
 # the teacher batch of build_train_pool; the plain forward uses the same one
 CACHE_BATCH = int(inspect.signature(build_train_pool).parameters["batch_size"].default)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     flag = parser.add_argument
     flag("--model_s", type=str, default="resnet32", help="student architecture")
     flag("--model_t", type=str, default="resnet110", help="teacher architecture (randomly initialised)")
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--steps", type=int, default=30, help="timed steps per measurement block")
     flag("--warmup", type=int, default=5, help="untimed steps before the measurements (bound, step and data path each)")
     flag("--repeats", type=int, default=3, help="interleaved measurement blocks; the best one counts")
-    flag("--cache_repeats", type=int, default=3, help="interleaved cache builds / plain forwards; the best one counts")
+    flag("--cache_repeats", type=int, default=2, help="interleaved cache builds / plain forwards; the best one counts")
     flag("--subset_size", type=int, default=2000, help="synthetic images (train + validation)")
     flag("--nce_k", type=int, default=None, help="CRD negatives (default: train_student.py's)")
     flag("--amp", type=str2bool, nargs="?", const=True, default=False, help="bf16 autocast")
@@ -137,22 +138,43 @@ def plain_forward(teacher: nn.Module, normalised: Tensor, is_feat: bool, device:
 
 
 def measure_cache(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
-                  device: torch.device, repeats: int) -> tuple[Any, list[tuple[int, ...]], float, float]:
+                  device: torch.device, repeats: int) -> tuple[TrainPool, list[tuple[int, ...]], float, float]:
     """(pool, teacher feature shapes, best cache-build time, best plain-forward time), interleaved, after one warm-up."""
     images, labels = images.to(device), labels.to(device)
     normalised = augment.normalize(images)
-    pool, feat_shapes = cache_teacher(opt, teacher, images, labels, augment, device)  # warm-up
-    is_feat = bool(pool.teacher_feats)
+    is_feat = bool(teacher_feature_layers(opt, len(feature_shapes(teacher, device, IMAGE_SHAPE))))
+    plain_forward(teacher, normalised[:CACHE_BATCH], is_feat, device, opt.amp)  # warm-up
+    pool: TrainPool | None = None
     t_cache = t_forward = float("inf")
     for _ in range(repeats):
         t_forward = min(t_forward, timed(lambda: plain_forward(teacher, normalised, is_feat, device, opt.amp), device))
-        del pool
+        pool = None
         synchronize(device)
         start = time.perf_counter()
         pool, feat_shapes = cache_teacher(opt, teacher, images, labels, augment, device)
         synchronize(device)
         t_cache = min(t_cache, time.perf_counter() - start)
+    assert pool is not None
     return pool, feat_shapes, t_cache, t_forward
+
+
+def calibrate_batchnorm(model: nn.Module, images: Tensor, augment: DeviceAugment) -> None:
+    """Give a randomly initialised model the BatchNorm statistics of the data (one train-mode no-grad forward).
+
+    Without it, the eval-mode outputs of a deep random ResNet grow without bound (logits ~1e8 for resnet110) and
+    the distillation losses overflow; with it the cached teacher outputs have the scale of a trained teacher's.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: exactly this batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(augment.normalize(images))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
 
 
 def wants_feats(method: Method) -> bool:
@@ -264,7 +286,7 @@ def best_rate(fns: dict[str, Callable[[], None]], steps: int, repeats: int, devi
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args, extra = build_parser().parse_known_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.cache_repeats < 1:
-        raise SystemExit("error: --steps, --repeats and --cache_repeats must be at least 1 and --warmup at least 0")
+        raise UserError("--steps, --repeats and --cache_repeats must be at least 1 and --warmup at least 0")
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     torch.set_num_threads(int(threads))
     opt = student_options(args, extra)
@@ -277,7 +299,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_images, train_labels = synthetic_split(opt)
     augment = DeviceAugment(CIFAR100_MEAN, CIFAR100_STD, opt.use_DA, device)
     torch.manual_seed(opt.seed)
-    teacher = model_dict[opt.model_t](num_classes=NUM_CLASSES).to(device).eval()
+    teacher = model_dict[opt.model_t](num_classes=NUM_CLASSES).to(device)
+    calibrate_batchnorm(teacher, train_images[:CALIBRATION_IMAGES].to(device), augment)
 
     pool, teacher_feat_shapes, t_cache, t_forward = measure_cache(opt, teacher, train_images, train_labels, augment, device,
                                                                   args.cache_repeats)
