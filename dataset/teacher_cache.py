@@ -71,6 +71,8 @@ def build_train_pool(
     batch_size: int = 512,
     feat_dtype: torch.dtype = torch.float32,
     amp: bool = False,
+    query_teacher: bool = True,
+    num_classes: int | None = None,
 ) -> TrainPool:
     """Pass every training image (``views`` times) through the teacher once and cache the outputs.
 
@@ -78,6 +80,10 @@ def build_train_pool(
     from ``torch.Generator().manual_seed(seed)`` on the CPU, so a seed gives the same views on every device.
     ``teacher(x, is_feat=True)`` is used only when ``feat_layers`` is non-empty. ``teacher_calls`` counts the
     images that went through the teacher (``n * views``).
+
+    ``query_teacher=False`` (methods that never read teacher outputs, e.g. the cross-entropy-only student) builds
+    the same pool without a single teacher call: the logits are zeros of width ``num_classes`` and
+    ``teacher_calls`` is 0.
     """
     device = torch.device(device)
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1:] != (3, 32, 32):
@@ -112,8 +118,12 @@ def build_train_pool(
     feat_layers = tuple(int(i) for i in feat_layers)
     logits_out: torch.Tensor | None = None
     feats_out: dict[int, torch.Tensor] = {}
+    if not query_teacher:
+        if num_classes is None:
+            raise ValueError("num_classes is required when the teacher is not queried")
+        logits_out = torch.zeros((total, num_classes), dtype=torch.float32, device=device)
     with torch.no_grad(), _autocast(device, amp):
-        for start in range(0, total, batch_size):
+        for start in range(0, total if query_teacher else 0, batch_size):
             stop = min(start + batch_size, total)
             x = augment.normalize(pool_images[start:stop])
             if feat_layers:

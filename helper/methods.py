@@ -72,6 +72,12 @@ def validate_combination(opt: argparse.Namespace) -> None:
         )
 
 
+def uses_teacher_outputs(opt: argparse.Namespace) -> bool:
+    """False only for the cross-entropy-only student (no relational method, no white-box loss, w_kd 0), which
+    needs no teacher output at all and therefore makes no teacher call."""
+    return not (opt.relational is None and opt.distill == "kd" and float(opt.w_kd) == 0.0)
+
+
 def teacher_feature_layers(opt: argparse.Namespace, n_teacher_feats: int) -> tuple[int, ...]:
     """Indices of the teacher's feature list that the cache must keep for this method."""
     if opt.distill == "hint":

@@ -47,6 +47,7 @@ from helper.methods import (
     check_hint_layer,
     feature_shapes,
     teacher_feature_layers,
+    uses_teacher_outputs,
     validate_combination,
 )
 from helper.options import student_run_dir
@@ -87,13 +88,14 @@ def load_teacher(opt: argparse.Namespace, num_classes: int, device: torch.device
 
 
 def cache_teacher(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
-                  device: torch.device) -> tuple[TrainPool, list[tuple[int, ...]]]:
+                  device: torch.device, num_classes: int) -> tuple[TrainPool, list[tuple[int, ...]]]:
     """The teacher cache of a run (its one teacher call per training image and view) and the teacher's feature shapes."""
     feat_shapes = feature_shapes(teacher, device, tuple(images.shape[1:]))
     feat_layers = teacher_feature_layers(opt, len(feat_shapes))
     feat_dtype = torch.float16 if opt.cache_dtype == "float16" else torch.float32
     pool = build_train_pool(teacher, images.to(device), labels.to(device), augment, device, views=opt.teacher_views,
-                            seed=opt.seed, feat_layers=feat_layers, feat_dtype=feat_dtype, amp=opt.amp)
+                            seed=opt.seed, feat_layers=feat_layers, feat_dtype=feat_dtype, amp=opt.amp,
+                            query_teacher=uses_teacher_outputs(opt), num_classes=num_classes)
     return pool, feat_shapes
 
 
@@ -215,7 +217,7 @@ class StudentRun:
         test_stats = evaluate(counted, self.test_images, self.test_labels, self.augment.normalize, amp=opt.amp)
         teacher_eval_calls = counted.calls
         self.pool, self.teacher_feat_shapes = cache_teacher(opt, teacher, self.train_images, self.train_labels, self.augment,
-                                                            device)
+                                                            device, self.num_classes)
         self.teacher_meta = {"teacher_acc": test_stats["acc"], "teacher_acc_top5": test_stats["acc_top5"],
                              "teacher_calls": int(self.pool.teacher_calls), "teacher_eval_calls": int(teacher_eval_calls),
                              "teacher_sha256": file_sha256(opt.path_t)}

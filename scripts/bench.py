@@ -151,7 +151,7 @@ def measure_cache(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, l
         pool = None
         synchronize(device)
         start = time.perf_counter()
-        pool, feat_shapes = cache_teacher(opt, teacher, images, labels, augment, device)
+        pool, feat_shapes = cache_teacher(opt, teacher, images, labels, augment, device, NUM_CLASSES)
         synchronize(device)
         t_cache = min(t_cache, time.perf_counter() - start)
     assert pool is not None

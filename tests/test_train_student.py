@@ -69,3 +69,10 @@ def test_finished_run_is_not_repeated(fake_cifar, save_dir, capsys):
     train_student.main(argv)
     second = capsys.readouterr().out
     assert "already finished" in second and second.strip().splitlines()[-1] == first
+
+
+def test_cross_entropy_only_student_makes_no_teacher_call(fake_cifar, save_dir, capsys):
+    train_student.main(base_args(fake_cifar, save_dir, "--relational=None", "--w_kd=0", "--epochs", "1"))
+    results = json.loads(Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("results: ")).read_text())
+    assert results["teacher_calls"] == 0  # nothing of the teacher is used, so nothing is asked of it
+    assert results["teacher_eval_calls"] == 100  # the teacher's own test accuracy is still reported, counted apart
