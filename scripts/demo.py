@@ -4,8 +4,8 @@
 
 1. trains a small teacher (resnet14) on the digits training split, once (cached in --out);
 2. runs the CE-only student, KD, mixup and CKD (resnet8 students) at two subset sizes x 3 seeds,
-   each run with its teacher queried once per training image;
-   (random crops only: horizontal flips would turn some digits into others);
+   each run querying its teacher once per training image (the CE-only student not at all), with
+   random crops only (horizontal flips would turn some digits into others);
 3. prints the summary table (test accuracy mean ± std over seeds, lr chosen on validation) and
    writes the accuracy-vs-teacher-calls plot.
 
