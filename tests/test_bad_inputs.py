@@ -1,4 +1,4 @@
-"""Every bad input of docs/bad_inputs.md, run as the real command: exit code 2, exactly one stderr line
+"""Every bad input of the README table, run as the real command: exit code 2, exactly one stderr line
 ``error: ...`` naming the problem, no traceback, and nothing written (the teacher never called where the
 error can be known before)."""
 
