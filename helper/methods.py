@@ -19,6 +19,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ from distiller_zoo import DIST, CKDLoss, Correlation, DistillKL, HintLoss, Mixup
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights
 from helper.device import to_device
 from helper.errors import UserError
+from models import model_dict
 from models.util import ConvReg, LinearEmbed
 
 # default weight of each relational method's 'rel' term (scaled by --w_rel_scale)
@@ -98,6 +100,44 @@ def check_hint_layer(opt: argparse.Namespace, n_student_feats: int, n_teacher_fe
                 f"--hint_layer {opt.hint_layer} is outside the feature list of {opt.model_s}/{opt.model_t} "
                 f"(valid: 0 to {limit - 1})"
             )
+
+
+def check_hint_layer_early(opt: argparse.Namespace, num_classes: int, image_shape: Sequence[int]) -> None:
+    """Check --hint_layer on freshly initialised CPU copies of both architectures, before the teacher file is read or
+    called (the global RNG is left as it was)."""
+    if opt.distill != "hint":
+        return
+    with torch.random.fork_rng(devices=[]):
+        counts = [len(feature_shapes(model_dict[name](num_classes=num_classes), torch.device("cpu"), tuple(image_shape)))
+                  for name in (opt.model_s, opt.model_t)]
+    check_hint_layer(opt, counts[0], counts[1])
+
+
+def _none(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        return None
+    return value
+
+
+def method_label(config: dict[str, Any]) -> str:
+    """The method name of a run's resolved flags (the rule is in scripts/summarize.py's docstring)."""
+    relational = _none(config.get("relational"))
+    distill = _none(config.get("distill")) or "kd"
+    w_kd = float(config.get("w_kd") or 0.0)
+    if relational is None:
+        if distill == "kd":
+            return "kd" if w_kd > 0 else "ce"
+        label = str(distill)
+    else:
+        label = str(relational)
+        pos_and_neg = int(float(config.get("pos_and_neg", 2) or 2))
+        if relational in tuple(CKD_MODES) and pos_and_neg != 2:
+            label += f"(P+N={pos_and_neg})"
+        if distill != "kd":
+            label += f"+{distill}"
+    if w_kd > 0:
+        label += "+kd"
+    return label
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from helper.methods import (
     MethodContext,
     build_method,
     check_hint_layer,
+    check_hint_layer_early,
     feature_shapes,
     teacher_feature_layers,
     uses_teacher_outputs,
@@ -97,17 +98,6 @@ def cache_teacher(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, l
                             seed=opt.seed, feat_layers=feat_layers, feat_dtype=feat_dtype, amp=opt.amp,
                             query_teacher=uses_teacher_outputs(opt), num_classes=num_classes)
     return pool, feat_shapes
-
-
-def check_hint_layer_early(opt: argparse.Namespace, num_classes: int, image_shape: Sequence[int]) -> None:
-    """Check --hint_layer on freshly initialised CPU copies of both architectures, before the teacher file is read or
-    called (the global RNG is left as it was)."""
-    if opt.distill != "hint":
-        return
-    with torch.random.fork_rng(devices=[]):
-        counts = [len(feature_shapes(model_dict[name](num_classes=num_classes), torch.device("cpu"), tuple(image_shape)))
-                  for name in (opt.model_s, opt.model_t)]
-    check_hint_layer(opt, counts[0], counts[1])
 
 
 def build_student(opt: argparse.Namespace, num_classes: int, device: torch.device) -> nn.Module:

@@ -51,9 +51,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from helper.errors import UserError, run_main  # noqa: E402
+from helper.methods import method_label  # noqa: E402
 from helper.options import OneLineParser  # noqa: E402
 
-CKD_FAMILY = ("ckd", "ckd_add", "ckd_mixup", "ckd_inter")
 METHOD_ORDER = ("ce", "kd", "ckd", "ckd_add", "ckd_mixup", "ckd_inter", "mixup", "mixup3", "cutmix",
                 "rkd", "dist", "crd", "hint", "vid", "correlation")
 # flags that do not change what a run computes: two runs differing only here are the same run
@@ -114,33 +114,6 @@ class Cell:
 
 
 # ---------------------------------------------------------------- labels
-
-
-def _none(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
-        return None
-    return value
-
-
-def method_label(config: dict[str, Any]) -> str:
-    """The method name of a run's resolved flags (rule in the module docstring)."""
-    relational = _none(config.get("relational"))
-    distill = _none(config.get("distill")) or "kd"
-    w_kd = float(config.get("w_kd") or 0.0)
-    if relational is None:
-        if distill == "kd":
-            return "kd" if w_kd > 0 else "ce"
-        label = str(distill)
-    else:
-        label = str(relational)
-        pos_and_neg = int(float(config.get("pos_and_neg", 2) or 2))
-        if relational in CKD_FAMILY and pos_and_neg != 2:
-            label += f"(P+N={pos_and_neg})"
-        if distill != "kd":
-            label += f"+{distill}"
-    if w_kd > 0:
-        label += "+kd"
-    return label
 
 
 def method_sort_key(label: str) -> tuple[int, str]:
