@@ -163,6 +163,7 @@ def test_teacher_trained_on_digits_is_found_by_the_student(tmp_path):
     ckpt = torch.load(ckpt_path, weights_only=True)
     assert {"model", "epoch", "accuracy", "optimizer"} <= set(ckpt) and ckpt["epoch"] == 3
     results = results_of(run_cli(["train_student.py", "--model_s", "resnet8", "--model_t", "resnet8", "--dataset", "digits",
-                                  "--subset_size", "300", "--epochs", "1", "--save_dir", str(save_dir), "--device", "cpu"]))
+                                  "--subset_size", "300", "--epochs", "1", "--save_dir", str(save_dir), "--device", "cpu",
+                                  "--relational", "ckd"]))
     assert results["teacher_calls"] == 240
     assert results["teacher_acc"] == pytest.approx(ckpt["accuracy"])

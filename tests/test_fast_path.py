@@ -44,7 +44,7 @@ def make_setup(method: str, *flags: str) -> tuple[TrainingSetup, bool]:
     augment = DeviceAugment(CIFAR100_MEAN, CIFAR100_STD, opt.use_DA, CPU)
     torch.manual_seed(1)
     teacher = model_dict["resnet8"](num_classes=100).eval()
-    pool, teacher_shapes = cache_teacher(opt, teacher, images, labels, augment, CPU)
+    pool, teacher_shapes = cache_teacher(opt, teacher, images, labels, augment, CPU, 100)
     student = build_student(opt, 100, CPU)
     return build_training(opt, student, pool, augment, 100, teacher_shapes, CPU, (3, 32, 32)), opt.amp
 
