@@ -15,6 +15,9 @@
 # Python: $PYTHON, else .venv/bin/python, else python3. Exit 0 when every teacher is good,
 # 1 when any failed, 2 on a usage error.
 
+# `sh scripts/fetch_pretrained_teachers.sh` (as the published instructions say) runs dash on Debian: re-run under bash
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
+
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

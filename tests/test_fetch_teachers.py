@@ -228,3 +228,10 @@ def test_verify_teacher_accepts_a_good_file(good_bytes: bytes, tmp_path: Path) -
     path = tmp_path / "ckpt.pth"
     path.write_bytes(good_bytes)
     assert "holds a valid resnet56" in verify(NAME, path)
+
+
+def test_runs_when_started_with_sh() -> None:
+    # the published instructions say `sh scripts/fetch_pretrained_teachers.sh`; on Debian sh is dash
+    result = subprocess.run(["sh", str(SCRIPT), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and "Illegal option" not in result.stderr
