@@ -26,6 +26,12 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def train_step(method: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Tensor], device: torch.device,
                amp: bool = False) -> dict[str, Tensor]:
     """One optimiser step: the method's weighted loss terms, their sum, backward, SGD.

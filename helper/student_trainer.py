@@ -39,7 +39,7 @@ from helper.checkpoint import (
 from helper.device import configure_backend, resolve_device
 from helper.errors import UserError
 from helper.logger import RunLogger
-from helper.loops import Progress, StopRequest, Stopwatch, evaluate, provenance, train_step
+from helper.loops import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_step
 from helper.methods import (
     Method,
     MethodContext,
@@ -247,8 +247,7 @@ class StudentRun:
         self._set_lr(self.state["lr"])
 
     def _set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
 
     def _checkpoint(self) -> dict[str, Any]:
         return {"model": self.student.state_dict(), "extras": self.extras.state_dict(),

@@ -22,7 +22,7 @@ from helper.checkpoint import atomic_save, remove_stale_temp_files, safe_load
 from helper.device import configure_backend, resolve_device
 from helper.errors import UserError
 from helper.logger import RunLogger
-from helper.loops import Progress, StopRequest, Stopwatch, autocast, evaluate, provenance
+from helper.loops import Progress, StopRequest, Stopwatch, autocast, evaluate, provenance, set_lr
 from helper.options import default_learning_rate, teacher_checkpoint_path
 from helper.student_trainer import ensure_writable
 from models import model_dict
@@ -99,8 +99,7 @@ class TeacherRun:
             with self.stop.installed():
                 for epoch in range(start_epoch, opt.epochs + 1):
                     lr = self.lr_at(epoch)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
+                    set_lr(optimizer, lr)
                     model.train()
                     order = torch.randperm(n, generator=shuffle).to(device)
                     loss_sum = torch.zeros((), device=device)
