@@ -8,14 +8,16 @@ loop reads the cached logits and features from the returned :class:`TrainPool`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from dataset.augment import DeviceAugment, crop_flip, draw_crop_params
+from helper.checkpoint import atomic_save, safe_load
 from helper.errors import UserError
 
 
@@ -52,11 +54,55 @@ class TrainPool:
     def n_items(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached teacher outputs and the pool's images."""
+        tensors = [self.images, self.labels, self.teacher_logits, *self.teacher_feats.values()]
+        return int(sum(t.numel() * t.element_size() for t in tensors))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every field, on the CPU (what a teacher cache file holds)."""
+        return {"images": self.images.cpu(), "labels": self.labels.cpu(), "image_ids": torch.as_tensor(self.image_ids).cpu(),
+                "n_images": int(self.n_images), "views": int(self.views), "teacher_logits": self.teacher_logits.cpu(),
+                "teacher_feats": {int(k): v.cpu() for k, v in self.teacher_feats.items()},
+                "teacher_calls": int(self.teacher_calls)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str) -> TrainPool:
+        """The pool saved by :meth:`state_dict`, on ``device`` (``image_ids`` stays on the CPU)."""
+        device = torch.device(device)
+        return cls(images=state["images"].to(device), labels=state["labels"].to(device), image_ids=state["image_ids"].cpu(),
+                   n_images=int(state["n_images"]), views=int(state["views"]), teacher_logits=state["teacher_logits"].to(device),
+                   teacher_feats={int(k): v.to(device) for k, v in state["teacher_feats"].items()},
+                   teacher_calls=int(state["teacher_calls"]))
+
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
     if not amp:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+TEACHER_VIEWS = ("augmented", "clean")
+
+
+def _drawn_views(clean: torch.Tensor, n_views: int, seed: int, use_DA: int, chunk: int = 4096) -> torch.Tensor:
+    """``n_views`` random views of every image (view-major, uint8 [n_views * N, ...]): crop with ``use_DA`` >= 1,
+    flip too with ``use_DA`` 2; all draws from one CPU generator seeded with ``seed``."""
+    n = int(clean.shape[0])
+    if n_views <= 0:
+        return clean[:0]
+    if use_DA == 0:
+        return clean.repeat(n_views, 1, 1, 1)
+    generator = torch.Generator().manual_seed(int(seed))
+    offsets, flips = draw_crop_params(n_views * n, generator, flip=use_DA == 2)
+    out = torch.empty((n_views * n, *clean.shape[1:]), dtype=torch.uint8, device=clean.device)
+    for view in range(n_views):
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            lo, hi = view * n + start, view * n + stop
+            out[lo:hi] = crop_flip(clean[start:stop], offsets[lo:hi], None if flips is None else flips[lo:hi])
+    return out
 
 
 def build_train_pool(
@@ -73,11 +119,17 @@ def build_train_pool(
     amp: bool = False,
     query_teacher: bool = True,
     num_classes: int | None = None,
+    teacher_view: str = "augmented",
 ) -> TrainPool:
     """Pass every training image (``views`` times) through the teacher once and cache the outputs.
 
-    View 0 is the clean image; views 1..views-1 are random crop (4-pixel zero padding) + flip views drawn once
-    from ``torch.Generator().manual_seed(seed)`` on the CPU, so a seed gives the same views on every device.
+    ``teacher_view="augmented"`` (the published behaviour): the teacher sees ``views`` random views of each image,
+    augmented as the student is (``augment.use_DA``: crop with 4-pixel zero padding, and flip), drawn once; the
+    pool's items are the clean image ``views`` times, so the student trains on fresh augmentations of the clean
+    image against the cached teacher output of a drawn view. ``teacher_view="clean"``: view 0 is the clean image and
+    views 1..views-1 are random crop + flip views; the pool's items are those views themselves.
+    Views are drawn from ``torch.Generator().manual_seed(seed)`` on the CPU, so a seed gives the same views on every
+    device.
     ``teacher(x, is_feat=True)`` is used only when ``feat_layers`` is non-empty. ``teacher_calls`` counts the
     images that went through the teacher (``n * views``).
 
@@ -95,24 +147,24 @@ def build_train_pool(
         raise UserError(f"--teacher_views must be at least 1, got {views}")
     if batch_size < 1:
         raise UserError(f"the teacher batch size must be at least 1, got {batch_size}")
+    if teacher_view not in TEACHER_VIEWS:
+        raise UserError(f"--teacher_view must be one of {', '.join(TEACHER_VIEWS)}, got '{teacher_view}'")
     counter = teacher if isinstance(teacher, CountingModule) else CountingModule(teacher)
     counter.eval()
     calls_before = counter.calls
     total = n * views
 
-    pool_images = torch.empty((total, 3, 32, 32), dtype=torch.uint8, device=device)
     clean = images.to(device)
-    pool_images[:n] = clean
-    if views > 1:
-        generator = torch.Generator().manual_seed(int(seed))
-        offsets, flips = draw_crop_params((views - 1) * n, generator, flip=True)
-        chunk = max(batch_size, 4096)
-        for view in range(1, views):
-            base = (view - 1) * n
-            for start in range(0, n, chunk):
-                stop = min(start + chunk, n)
-                pool_images[view * n + start: view * n + stop] = crop_flip(
-                    clean[start:stop], offsets[base + start: base + stop], flips[base + start: base + stop])
+    drawn = _drawn_views(clean, views if teacher_view == "augmented" else views - 1, seed, augment.use_DA
+                         if teacher_view == "augmented" else 2)
+    if teacher_view == "augmented":
+        # as published: the student trains on fresh augmentations of the clean image, its target is the teacher on
+        # the view drawn once here
+        pool_images = clean.repeat(views, 1, 1, 1)
+        teacher_inputs = drawn
+    else:
+        pool_images = torch.cat([clean, drawn]) if views > 1 else clean
+        teacher_inputs = pool_images
     del clean
 
     feat_layers = tuple(int(i) for i in feat_layers)
@@ -125,7 +177,7 @@ def build_train_pool(
     with torch.no_grad(), _autocast(device, amp):
         for start in range(0, total if query_teacher else 0, batch_size):
             stop = min(start + batch_size, total)
-            x = augment.normalize(pool_images[start:stop])
+            x = augment.normalize(teacher_inputs[start:stop])
             if feat_layers:
                 feats, logits = counter(x, is_feat=True)
                 if start == 0:
@@ -153,3 +205,25 @@ def build_train_pool(
         teacher_feats=feats_out,
         teacher_calls=counter.calls - calls_before,
     )
+
+
+def load_or_build_cache(
+    path: str | Path,
+    teacher_sha256: str | None,
+    build: Callable[[], tuple[TrainPool, dict[str, Any]]],
+    device: torch.device | str,
+) -> tuple[TrainPool, dict[str, Any], bool]:
+    """The teacher cache of a run: reloaded from ``path`` when it was built from the same teacher file, else built.
+
+    ``build()`` queries the teacher and returns ``(pool, meta)``; ``meta`` must hold ``teacher_sha256``. A reload makes
+    no teacher call. ``teacher_sha256=None`` (the teacher file is gone) accepts any saved cache. A new cache is written
+    atomically. Returns ``(pool, meta, reused)``.
+    """
+    path = Path(path)
+    if path.is_file():
+        saved = safe_load(path, map_location="cpu")
+        if teacher_sha256 is None or saved["meta"]["teacher_sha256"] == teacher_sha256:
+            return TrainPool.from_state_dict(saved["pool"], device), saved["meta"], True
+    pool, meta = build()
+    atomic_save({"pool": pool.state_dict(), "meta": meta}, path)
+    return pool, meta, False

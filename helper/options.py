@@ -40,7 +40,7 @@ DEFAULT_TEACHER = {
 }
 
 # flags that never change what a run computes, so they do not enter the run-folder name
-NON_IDENTITY_FLAGS = ("resume", "save_dir")
+NON_IDENTITY_FLAGS = ("resume", "save_dir", "keep_cache")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -131,8 +131,8 @@ def build_student_parser() -> OneLineParser:
     _flag(parser, "patience", "pseudo-epochs without validation improvement before the learning rate decays",
           type=int_like, default=50)
     _flag(parser, "lr_decay_rate", "factor applied to the learning rate at each decay", type=float, default=0.1)
-    _flag(parser, "lr_decay_times", "number of learning-rate decays; the next plateau after the last one ends the run",
-          type=int_like, default=3)
+    _flag(parser, "lr_decay_times", "number of learning-rate phases, as published (3: the initial rate and two decays); "
+          "the plateau that ends the last phase ends the run", type=int_like, default=3)
     _flag(parser, "w_cls", "weight of the classification (cross-entropy) term", type=float, default=1.0)
     _flag(parser, "w_kd", "weight of the KL distillation term", type=float, default=0.0)
     _flag(parser, "w_rel_scale", "scale of the relational method's default weight", type=float, default=1.0)
@@ -147,9 +147,19 @@ def build_student_parser() -> OneLineParser:
     _flag(parser, "nce_t", "CRD temperature", type=float, default=0.07)
     _flag(parser, "nce_m", "CRD memory momentum", type=float, default=0.5)
     _flag(parser, "hint_layer", "feature index used by FitNet (hint)", type=int_like, default=2)
-    _flag(parser, "teacher_views", "teacher queries per training image (1 = the clean image only)", type=int_like, default=1)
-    _flag(parser, "cache_dtype", "storage type of cached teacher features", type=str, default="float32",
-          choices=("float32", "float16"))
+    _flag(parser, "teacher_views", "teacher queries per training image (random views drawn once; teacher calls = "
+          "n_train x this)", type=int_like, default=1)
+    _flag(parser, "teacher_view", "what the teacher sees: augmented (as published: one random crop/flip view per image "
+          "and --teacher_views, drawn with --seed) or clean (the clean image, plus --teacher_views - 1 random views)",
+          type=str, default="augmented", choices=("augmented", "clean"))
+    _flag(parser, "cache_dtype", "storage type of cached teacher feature maps (logits stay float32)", type=str,
+          default="float16", choices=("float32", "float16"))
+    _flag(parser, "keep_cache", "keep teacher_cache.pth in the run folder after the run finishes (deleted by default)",
+          type=str2bool, nargs="?", const=True, default=False)
+    _flag(parser, "calibrate", "none (published) or train_mean: fold mean(cached teacher logits) - mean(student logits) "
+          "over the training split into the classifier bias of the validated/saved model; meant for ckd and ckd_inter, "
+          "whose loss leaves the per-class logit offset free (see README)", type=str, default="none",
+          choices=("none", "train_mean"))
     add_common_flags(parser)
     return parser
 
@@ -202,8 +212,10 @@ def finalize_student_args(opt: argparse.Namespace) -> argparse.Namespace:
     for flag in ("batch_size", "epochs", "max_rel_samples", "feat_dim"):
         if getattr(opt, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(opt, flag)}")
-    if opt.patience < 0 or opt.lr_decay_times < 0:
-        raise UserError("--patience and --lr_decay_times must not be negative")
+    if opt.patience < 0:
+        raise UserError(f"--patience must not be negative, got {opt.patience}")
+    if opt.lr_decay_times < 1:
+        raise UserError(f"--lr_decay_times counts learning-rate phases and must be at least 1, got {opt.lr_decay_times}")
     if opt.learning_rate <= 0:
         raise UserError(f"--learning_rate must be positive, got {opt.learning_rate}")
     for flag in ("w_cls", "w_kd", "w_rel_scale", "w_inter_scale", "kd_T", "nce_t"):

@@ -1,11 +1,10 @@
 """The student run: data, cached teacher, method, schedule, checkpoints, exact resume, results.
 
-Schedule (as published): validate after every pseudo-epoch (ceil(n_train / batch_size) steps) and
-keep the best-validation weights; after ``--patience`` pseudo-epochs without improvement, reload the
-best weights and multiply the learning rate by ``--lr_decay_rate``; the run stops at the next plateau
-after ``--lr_decay_times`` decays, or after ``--epochs`` pseudo-epochs. Unlike the published code, the
-optimizer momentum and the CRD memory are restored together with the best weights. The reported test
-accuracy is that of the best-validation weights.
+Schedule (as published, see helper/schedule.py): validate after every pseudo-epoch (ceil(n_train /
+batch_size) steps) and keep the best-validation weights; after ``--patience`` pseudo-epochs without
+improvement, reload the best weights of the trained modules (not the optimizer momentum, not the CRD
+memory: as published) and start the next learning-rate phase; ``--lr_decay_times`` phases in all, or
+``--epochs`` pseudo-epochs. The reported test accuracy is that of the best-validation weights.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ from torch import Tensor, nn
 from dataset import TrainPool, build_train_pool, load_dataset, make_subset_split
 from dataset.augment import DeviceAugment
 from dataset.samplers import steps_per_epoch
-from dataset.teacher_cache import CountingModule
+from dataset.teacher_cache import CountingModule, load_or_build_cache
+from helper.calibration import fold_shift, shifted, train_mean_shift
 from helper.checkpoint import (
     atomic_save,
     atomic_write_json,
@@ -52,6 +52,7 @@ from helper.methods import (
     validate_combination,
 )
 from helper.options import student_run_dir
+from helper.schedule import DECAY, STOP, PlateauSchedule
 from models import model_dict
 
 # last.pth is written after the first pseudo-epoch, then at most this often (seconds), on every learning-rate
@@ -96,7 +97,8 @@ def cache_teacher(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, l
     feat_dtype = torch.float16 if opt.cache_dtype == "float16" else torch.float32
     pool = build_train_pool(teacher, images.to(device), labels.to(device), augment, device, views=opt.teacher_views,
                             seed=opt.seed, feat_layers=feat_layers, feat_dtype=feat_dtype, amp=opt.amp,
-                            query_teacher=uses_teacher_outputs(opt), num_classes=num_classes)
+                            query_teacher=uses_teacher_outputs(opt), num_classes=num_classes,
+                            teacher_view=opt.teacher_view)
     return pool, feat_shapes
 
 
@@ -190,35 +192,32 @@ class StudentRun:
     def _prepare_teacher_cache(self) -> None:
         """Query the teacher once per training image (and view), or reload the cache of this run."""
         opt, device = self.opt, self.device
-        if self.cache_path.is_file():
-            # this configuration already paid for its teacher calls (an interrupted or resumed run): reuse them,
-            # unless the teacher file changed since
-            cache = safe_load(self.cache_path, map_location=device)
-            same_teacher = not Path(opt.path_t).is_file() or file_sha256(opt.path_t) == cache["meta"]["teacher_sha256"]
-            if same_teacher:
-                self.pool = _pool_from_state(cache["pool"], device)
-                self.teacher_meta = cache["meta"]
-                self.teacher_feat_shapes = [tuple(s) for s in cache["teacher_feat_shapes"]]
-                print(f"reusing the teacher cache {self.cache_path} ({self.teacher_meta['teacher_calls']} teacher calls, "
-                      "no new ones)", flush=True)
-                return
-        teacher = load_teacher(opt, self.num_classes, device)
-        counted = CountingModule(teacher)
-        test_stats = evaluate(counted, self.test_images, self.test_labels, self.augment.normalize, amp=opt.amp)
-        teacher_eval_calls = counted.calls
-        self.pool, self.teacher_feat_shapes = cache_teacher(opt, teacher, self.train_images, self.train_labels, self.augment,
-                                                            device, self.num_classes)
-        self.teacher_meta = {"teacher_acc": test_stats["acc"], "teacher_acc_top5": test_stats["acc_top5"],
-                             "teacher_calls": int(self.pool.teacher_calls), "teacher_eval_calls": int(teacher_eval_calls),
-                             "teacher_sha256": file_sha256(opt.path_t)}
-        atomic_save({"pool": _pool_state(self.pool), "meta": self.teacher_meta,
-                     "teacher_feat_shapes": [list(s) for s in self.teacher_feat_shapes]}, self.cache_path)
-        del teacher, counted
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        print(f"teacher {opt.model_t}: test acc {self.teacher_meta['teacher_acc']:.2f}%, "
-              f"{self.teacher_meta['teacher_calls']} teacher calls for {self.pool.n_images} training images "
-              f"(+{teacher_eval_calls} for its test evaluation)", flush=True)
+        teacher_sha256 = file_sha256(opt.path_t) if Path(opt.path_t).is_file() else None
+
+        def build() -> tuple[TrainPool, dict[str, Any]]:
+            teacher = load_teacher(opt, self.num_classes, device)
+            counted = CountingModule(teacher)
+            test_stats = evaluate(counted, self.test_images, self.test_labels, self.augment.normalize, amp=opt.amp)
+            pool, feat_shapes = cache_teacher(opt, teacher, self.train_images, self.train_labels, self.augment, device,
+                                              self.num_classes)
+            meta = {"teacher_acc": test_stats["acc"], "teacher_acc_top5": test_stats["acc_top5"],
+                    "teacher_calls": int(pool.teacher_calls), "teacher_eval_calls": int(counted.calls),
+                    "teacher_sha256": teacher_sha256 or file_sha256(opt.path_t),
+                    "teacher_feat_shapes": [list(shape) for shape in feat_shapes]}
+            del teacher, counted
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return pool, meta
+
+        self.pool, self.teacher_meta, reused = load_or_build_cache(self.cache_path, teacher_sha256, build, device)
+        self.teacher_feat_shapes = [tuple(shape) for shape in self.teacher_meta["teacher_feat_shapes"]]
+        if reused:
+            print(f"reusing the teacher cache {self.cache_path} ({self.teacher_meta['teacher_calls']} teacher calls, "
+                  "no new ones)", flush=True)
+        else:
+            print(f"teacher {opt.model_t}: test acc {self.teacher_meta['teacher_acc']:.2f}%, "
+                  f"{self.teacher_meta['teacher_calls']} teacher calls for {self.pool.n_images} training images "
+                  f"(+{self.teacher_meta['teacher_eval_calls']} for its test evaluation)", flush=True)
 
     def _prepare_student(self) -> None:
         opt, device = self.opt, self.device
@@ -231,31 +230,41 @@ class StudentRun:
 
     # ------------------------------------------------------------------------------ state
     def _fresh_state(self) -> dict[str, Any]:
-        return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "lr": float(self.opt.learning_rate),
-                "best_val_acc": -1.0, "best_val_acc_top5": 0.0, "best_val_loss": math.inf, "best_epoch": 0,
-                "epochs_since_best": 0, "decays": 0, "finished": False, "elapsed_s": 0.0}
+        return {"step_in_epoch": 0, "global_step": 0, "best_val_acc_top5": 0.0, "best_val_loss": math.inf,
+                "finished": False, "elapsed_s": 0.0}
 
-    def _snapshot(self) -> dict[str, Any]:
-        """The weights the schedule returns to: student, method modules (CRD memory too) and optimizer momentum."""
-        return copy.deepcopy({"model": self.student.state_dict(), "extras": self.extras.state_dict(),
-                              "optimizer": self.optimizer.state_dict()})
+    def _new_schedule(self) -> PlateauSchedule:
+        opt = self.opt
+        return PlateauSchedule(opt.learning_rate, opt.patience, opt.lr_decay_rate, opt.lr_decay_times, opt.epochs)
+
+    def _snapshot(self, shift: Tensor | None = None) -> dict[str, Any]:
+        """The weights the schedule returns to (the student and the method's trained modules, as published: not the
+        optimizer momentum, not the CRD memory), with the calibration shift they were validated with."""
+        return copy.deepcopy({"model": self.student.state_dict(), "extras": restorable_state(self.extras),
+                              "shift": None if shift is None else shift.detach()})
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
         self.student.load_state_dict(snapshot["model"])
-        self.extras.load_state_dict(snapshot["extras"])
-        self.optimizer.load_state_dict(snapshot["optimizer"])
-        self._set_lr(self.state["lr"])
+        self.extras.load_state_dict(snapshot["extras"], strict=False)
+        self._set_lr(self.schedule.lr)
+
+    def _calibration_shift(self) -> Tensor:
+        """The train-split shift of the current student weights (no teacher call: cached logits only)."""
+        clean = self.pool.images[: self.pool.n_images]  # the first n_images items are the clean images in every mode
+        return train_mean_shift(self.student, clean, self.pool.teacher_logits, self.augment.normalize, amp=self.opt.amp,
+                                channels_last=self.opt.channels_last)
 
     def _set_lr(self, lr: float) -> None:
         set_lr(self.optimizer, lr)
 
     def _checkpoint(self) -> dict[str, Any]:
         return {"model": self.student.state_dict(), "extras": self.extras.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "state": dict(self.state), "best": self.best,
+                "optimizer": self.optimizer.state_dict(), "state": dict(self.state), "schedule": self.schedule.state_dict(),
+                "best": self.best,
                 "sampler": self.sampler.state_dict(), "method_rng": self.method.extra_state(),
                 "aug_rng": self.aug_generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "accum": {k: v.detach().cpu() for k, v in self.accum.items()}, "wandb_id": self.logger.wandb_id,
-                "epoch": self.state["epoch"], "accuracy": self.state["best_val_acc"]}
+                "epoch": self.schedule.epoch, "accuracy": self.schedule.best_acc}
 
     def _save_last(self) -> None:
         self.state["elapsed_s"] = self.elapsed_before + self.clock.elapsed()
@@ -263,8 +272,9 @@ class StudentRun:
         self.last_saved_at = time.perf_counter()
 
     def _save_best(self) -> None:
-        atomic_save({"model": self.best["model"], "extras": self.best["extras"], "epoch": self.state["best_epoch"],
-                     "accuracy": self.state["best_val_acc"], "model_s": self.opt.model_s}, self.best_path)
+        model = fold_shift(self.best["model"], self.student, self.best["shift"], self.num_classes)
+        atomic_save({"model": model, "extras": self.best["extras"], "epoch": self.schedule.best_epoch,
+                     "accuracy": self.schedule.best_acc, "model_s": self.opt.model_s}, self.best_path)
 
     def _load_last(self) -> dict[str, Any]:
         ckpt = safe_load(self.last_path, map_location=self.device)
@@ -272,13 +282,14 @@ class StudentRun:
         self.extras.load_state_dict(ckpt["extras"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = dict(ckpt["state"])
+        self.schedule.load_state_dict(ckpt["schedule"])
         self.best = ckpt["best"]
         self.sampler.load_state_dict(ckpt["sampler"])
         self.method.load_extra_state(ckpt["method_rng"])
         self.aug_generator.set_state(ckpt["aug_rng"].cpu() if hasattr(ckpt["aug_rng"], "cpu") else ckpt["aug_rng"])
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         self.accum = {k: v.to(self.device) for k, v in ckpt["accum"].items()}
-        self._set_lr(self.state["lr"])
+        self._set_lr(self.schedule.lr)
         return ckpt
 
     # ------------------------------------------------------------------------------ training
@@ -291,7 +302,7 @@ class StudentRun:
         values = ", ".join(f"{k}={v.item():.4g}" for k, v in step_terms.items())
         where = f"the last good checkpoint is {self.last_path}" if self.last_path.is_file() else "no checkpoint was written yet"
         raise NonFiniteLoss(
-            f"the loss became non-finite at step {self.state['global_step']} (pseudo-epoch {self.state['epoch'] + 1}; "
+            f"the loss became non-finite at step {self.state['global_step']} (pseudo-epoch {self.schedule.epoch + 1}; "
             f"{values}); nothing was reported as a result, {where}: lower --learning_rate "
             "or the loss weights and start a new run"
         )
@@ -301,7 +312,7 @@ class StudentRun:
         self.student.train()
         self.extras.train()
         check_every_step = self.device.type != "cuda"  # on CUDA a per-step check would sync the host every step
-        progress = Progress(self.steps_per_epoch, f"epoch {self.state['epoch'] + 1}", self.state["step_in_epoch"])
+        progress = Progress(self.steps_per_epoch, f"epoch {self.schedule.epoch + 1}", self.state["step_in_epoch"])
         try:
             while self.state["step_in_epoch"] < self.steps_per_epoch:
                 step_terms = self._train_step(self.sampler.next_batch())
@@ -321,42 +332,37 @@ class StudentRun:
 
     def _end_epoch(self) -> bool:
         """Validate, log, apply the schedule; return True when training is over."""
-        opt, state = self.opt, self.state
+        opt, state, schedule = self.opt, self.state, self.schedule
         n_steps = max(state["step_in_epoch"], 1)
         train_terms = {k: v.item() / n_steps for k, v in self.accum.items()}
         self.accum = {}
-        state["epoch"] += 1
         state["step_in_epoch"] = 0
-        val = evaluate(self.student, self.val_images, self.val_labels, self.augment.normalize, amp=opt.amp,
-                       channels_last=opt.channels_last)
-        improved = val["acc"] > state["best_val_acc"]
-        if improved:
-            state.update(best_val_acc=val["acc"], best_val_acc_top5=val["acc_top5"], best_val_loss=val["loss"],
-                         best_epoch=state["epoch"], epochs_since_best=0)
-            self.best = self._snapshot()
-        else:
-            state["epochs_since_best"] += 1
-        metrics = {"val_acc": val["acc"], "val_acc_top5": val["acc_top5"], "val_loss": val["loss"], "lr": state["lr"],
-                   "teacher_calls": self.teacher_meta["teacher_calls"], "best_val_acc": state["best_val_acc"],
-                   "pseudo_epoch": state["epoch"]}
+        lr = schedule.lr
+        shift = self._calibration_shift() if opt.calibrate == "train_mean" else None
+        with shifted(self.student, shift, self.num_classes):
+            val = evaluate(self.student, self.val_images, self.val_labels, self.augment.normalize, amp=opt.amp,
+                           channels_last=opt.channels_last)
+        step = schedule.update(val["acc"])
+        if step.improved:
+            state.update(best_val_acc_top5=val["acc_top5"], best_val_loss=val["loss"])
+            self.best = self._snapshot(shift)
+        metrics = {"val_acc": val["acc"], "val_acc_top5": val["acc_top5"], "val_loss": val["loss"], "lr": lr,
+                   "teacher_calls": self.teacher_meta["teacher_calls"], "best_val_acc": schedule.best_acc,
+                   "pseudo_epoch": schedule.epoch}
+        if shift is not None:
+            metrics["calibration_shift_norm"] = float(shift.norm())
         metrics.update({("train_loss" if k == "train_loss" else f"loss_{k}"): v for k, v in train_terms.items()})
-        self.logger.log(metrics, step=state["epoch"])
-        print(f"epoch {state['epoch']:4d} | lr {state['lr']:.4g} | train_loss {train_terms.get('train_loss', 0.0):.4f} | "
-              f"val_acc {val['acc']:6.2f} (best {state['best_val_acc']:.2f} @ {state['best_epoch']}) | "
+        self.logger.log(metrics, step=schedule.epoch)
+        print(f"epoch {schedule.epoch:4d} | lr {lr:.4g} | train_loss {train_terms.get('train_loss', 0.0):.4f} | "
+              f"val_acc {val['acc']:6.2f} (best {schedule.best_acc:.2f} @ {schedule.best_epoch}) | "
               f"{self.clock.elapsed() + self.elapsed_before:.1f}s", flush=True)
-        done = state["epoch"] >= opt.epochs
-        if not done and state["epochs_since_best"] >= opt.patience:
-            if state["decays"] >= opt.lr_decay_times:
-                done = True
-            else:
-                state["decays"] += 1
-                state["lr"] *= opt.lr_decay_rate
-                state["epochs_since_best"] = 0
-                self._restore(self.best)
-                print(f"no improvement for {opt.patience} pseudo-epochs: back to the best weights (epoch "
-                      f"{state['best_epoch']}), learning rate -> {state['lr']:.4g}", flush=True)
-                self._save_last()
-        return done
+        if step.action == DECAY:
+            self._restore(self.best)
+            print(f"no improvement for {opt.patience} pseudo-epochs: back to the best weights (epoch "
+                  f"{schedule.best_epoch}), learning rate -> {schedule.lr:.4g} (phase {schedule.phase + 1} of "
+                  f"{schedule.phases})", flush=True)
+            self._save_last()
+        return step.action == STOP
 
     # ------------------------------------------------------------------------------ the run
     def run(self) -> Path:
@@ -374,10 +380,11 @@ class StudentRun:
         self._prepare_teacher_cache()
         self._prepare_student()
         self.state, self.accum, self.best = self._fresh_state(), {}, None
+        self.schedule = self._new_schedule()
         wandb_id = None
         if resuming:
             wandb_id = self._load_last()["wandb_id"]
-            print(f"resumed at pseudo-epoch {self.state['epoch']} step {self.state['step_in_epoch']} "
+            print(f"resumed at pseudo-epoch {self.schedule.epoch} step {self.state['step_in_epoch']} "
                   f"(global step {self.state['global_step']})", flush=True)
         else:
             self.best = self._snapshot()
@@ -396,7 +403,7 @@ class StudentRun:
                         exit_code = self.stop.exit_code()
                         raise SystemExit(exit_code)
                     done = self._end_epoch()
-                    if done or self.state["epoch"] == 1 or time.perf_counter() - self.last_saved_at >= CHECKPOINT_EVERY_S:
+                    if done or self.schedule.epoch == 1 or time.perf_counter() - self.last_saved_at >= CHECKPOINT_EVERY_S:
                         self.state["finished"] = done
                         self._save_last()
                         self._save_best()
@@ -408,39 +415,42 @@ class StudentRun:
         return results
 
     def _finish(self) -> Path:
-        opt, state = self.opt, self.state
+        opt, state, schedule = self.opt, self.state, self.schedule
         self.student.load_state_dict(self.best["model"])
-        test = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize, amp=opt.amp,
-                        channels_last=opt.channels_last)
+        test_kwargs = {"amp": opt.amp, "channels_last": opt.channels_last}
+        with shifted(self.student, self.best["shift"], self.num_classes):
+            test = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize, **test_kwargs)
+        shift = self.best["shift"] if self.best["shift"] is not None else self._calibration_shift()
+        with shifted(self.student, shift, self.num_classes):
+            test_cal = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize, **test_kwargs)
         results = {
             "test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
-            "best_val_acc": state["best_val_acc"], "best_val_acc_top5": state["best_val_acc_top5"],
-            "best_val_loss": state["best_val_loss"], "best_epoch": state["best_epoch"],
+            "test_acc_calibrated": test_cal["acc"], "calibration_shift_norm": float(shift.norm()),
+            "best_val_acc": schedule.best_acc, "best_val_acc_top5": state["best_val_acc_top5"],
+            "best_val_loss": state["best_val_loss"], "best_epoch": schedule.best_epoch,
             "teacher_acc": self.teacher_meta["teacher_acc"], "teacher_calls": self.teacher_meta["teacher_calls"],
             "teacher_eval_calls": self.teacher_meta["teacher_eval_calls"], "teacher_sha256": self.teacher_meta["teacher_sha256"],
             "n_train": self.pool.n_images, "n_val": int(self.val_labels.shape[0]), "n_test": int(self.test_labels.shape[0]),
-            "pseudo_epochs": state["epoch"], "steps": state["global_step"], "lr_decays": state["decays"],
+            "pseudo_epochs": schedule.epoch, "steps": state["global_step"], "lr_decays": schedule.decays,
+            "cache_bytes": self.pool.nbytes,
             "wall_time_s": self.elapsed_before + self.clock.elapsed(), "config": dict(vars(opt)),
             **provenance(self.device),
         }
         atomic_write_json(results, self.results_path)
+        if not opt.keep_cache:
+            self.cache_path.unlink(missing_ok=True)
         summary = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.logger.summary(summary)
         print(f"test_acc {results['test_acc']:.2f} (top-5 {results['test_acc_top5']:.2f}) with the best-validation weights "
-              f"of pseudo-epoch {state['best_epoch']}; teacher calls {results['teacher_calls']}", flush=True)
+              f"of pseudo-epoch {schedule.best_epoch}; calibrated {results['test_acc_calibrated']:.2f}; "
+              f"teacher calls {results['teacher_calls']}", flush=True)
         return self.results_path
 
 
-def _pool_state(pool) -> dict[str, Any]:
-    return {"images": pool.images.cpu(), "labels": pool.labels.cpu(), "image_ids": torch.as_tensor(pool.image_ids).cpu(),
-            "n_images": int(pool.n_images), "views": int(pool.views), "teacher_logits": pool.teacher_logits.cpu(),
-            "teacher_feats": {int(k): v.cpu() for k, v in pool.teacher_feats.items()}, "teacher_calls": int(pool.teacher_calls)}
-
-
-def _pool_from_state(state: dict[str, Any], device: torch.device):
-    from dataset import TrainPool
-
-    return TrainPool(images=state["images"].to(device), labels=state["labels"].to(device), image_ids=state["image_ids"],
-                     n_images=state["n_images"], views=state["views"], teacher_logits=state["teacher_logits"].to(device),
-                     teacher_feats={k: v.to(device) for k, v in state["teacher_feats"].items()},
-                     teacher_calls=state["teacher_calls"])
+def restorable_state(modules: nn.Module) -> dict[str, Tensor]:
+    """The state of ``modules`` that the schedule restores: everything but the buffers of parameter-free submodules
+    (the CRD memory banks, which the published code keeps when it returns to the best weights)."""
+    skip = {f"{name}.{buf}" if name else buf
+            for name, module in modules.named_modules() if not any(True for _ in module.parameters())
+            for buf, _ in module.named_buffers(recurse=False)}
+    return {k: v for k, v in modules.state_dict().items() if k not in skip}

@@ -226,7 +226,7 @@ def test_nan_loss_names_the_last_good_checkpoint(fake_cifar: Path, save_dir: Pat
 
     def poisoned_step(self: StudentRun, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         terms = real_step(self, batch)
-        if self.state["epoch"] >= 1 and self.state["step_in_epoch"] == 2:  # third step of the second pseudo-epoch
+        if self.schedule.epoch >= 1 and self.state["step_in_epoch"] == 2:  # third step of the second pseudo-epoch
             terms = {k: v * math.inf if k == "rel" else v * math.nan for k, v in terms.items()}
         return terms
 

@@ -10,10 +10,13 @@ from dataset import (
     CountingModule,
     DeviceAugment,
     build_train_pool,
+    crop_flip,
+    draw_crop_params,
     load_dataset,
     make_subset_split,
     random_views,
 )
+from dataset.teacher_cache import load_or_build_cache
 from helper.errors import UserError
 from tests.cifar_fixture import make_fake_cifar100
 
@@ -87,7 +90,8 @@ def test_validation_images_never_reach_the_teacher(cifar):
     teacher = _teacher()
     teacher.record = True
     augment = _augment()
-    pool = build_train_pool(teacher, images[split.train_idx], cifar.labels[split.train_idx], augment, "cpu", batch_size=64)
+    pool = build_train_pool(teacher, images[split.train_idx], cifar.labels[split.train_idx], augment, "cpu", batch_size=64,
+                            teacher_view="clean")
     seen = torch.cat(teacher.seen)
     assert seen.shape[0] == pool.teacher_calls == split.n_train == 320
     mean = torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1)
@@ -100,11 +104,11 @@ def test_validation_images_never_reach_the_teacher(cifar):
     assert not seen_keys & val_keys
 
 
-def test_cached_logits_equal_a_direct_eval_forward(cifar):
+def test_clean_view_cache_equals_a_direct_eval_forward(cifar):
     teacher = _teacher()
     images, labels = cifar.images[:300], cifar.labels[:300]
     augment = _augment()
-    pool = build_train_pool(teacher, images, labels, augment, "cpu", views=3, seed=9, batch_size=128)
+    pool = build_train_pool(teacher, images, labels, augment, "cpu", views=3, seed=9, batch_size=128, teacher_view="clean")
     assert not teacher.training
     assert not pool.teacher_logits.requires_grad and pool.teacher_logits.dtype == torch.float32
     with torch.no_grad():
@@ -114,11 +118,70 @@ def test_cached_logits_equal_a_direct_eval_forward(cifar):
     assert torch.equal(pool.images[:300], images)
     expected_views = random_views(images, 2, torch.Generator().manual_seed(9)).reshape(600, 3, 32, 32)
     assert torch.equal(pool.images[300:], expected_views)
-    again = build_train_pool(teacher, images, labels, augment, "cpu", views=3, seed=9, batch_size=7)
+    again = build_train_pool(teacher, images, labels, augment, "cpu", views=3, seed=9, batch_size=7, teacher_view="clean")
     assert torch.equal(again.images, pool.images)
     torch.testing.assert_close(again.teacher_logits, pool.teacher_logits, rtol=1e-5, atol=1e-5)
-    other_seed = build_train_pool(teacher, images, labels, augment, "cpu", views=3, seed=10, batch_size=128)
+    other_seed = build_train_pool(teacher, images, labels, augment, "cpu", views=3, seed=10, batch_size=128,
+                                  teacher_view="clean")
     assert not torch.equal(other_seed.images[300:], pool.images[300:])
+
+
+@pytest.mark.parametrize("use_da", [0, 1, 2])
+def test_default_cache_is_the_teacher_on_drawn_augmented_views(cifar, use_da):
+    """As published: the teacher sees one random view per image (crop with use_DA >= 1, flip with 2), drawn from the
+    seed; the student's items stay the clean images."""
+    teacher = _teacher()
+    teacher.record = True
+    images, labels = cifar.images[:200], cifar.labels[:200]
+    augment = DeviceAugment(CIFAR100_MEAN, CIFAR100_STD, use_da, "cpu")
+    pool = build_train_pool(teacher, images, labels, augment, "cpu", views=2, seed=5, batch_size=64)
+    assert pool.teacher_calls == 400 and torch.cat(teacher.seen).shape[0] == 400
+    assert torch.equal(pool.images, images.repeat(2, 1, 1, 1))  # the student augments the clean image afresh
+    teacher.eval()
+    with torch.no_grad():
+        on_clean = teacher(augment.normalize(images))
+        generator = torch.Generator().manual_seed(5)
+        if use_da == 0:
+            drawn = images.repeat(2, 1, 1, 1)
+        else:
+            offsets, flips = draw_crop_params(400, generator, flip=use_da == 2)
+            drawn = crop_flip(images.repeat(2, 1, 1, 1), offsets, flips)
+        on_views = teacher(augment.normalize(drawn))
+    torch.testing.assert_close(pool.teacher_logits, on_views, rtol=1e-5, atol=1e-5)
+    if use_da == 0:
+        torch.testing.assert_close(pool.teacher_logits[:200], on_clean, rtol=1e-5, atol=1e-5)
+    else:  # most views moved: the cache is not the clean-image output
+        differs = (pool.teacher_logits[:200] - on_clean).abs().amax(dim=1) > 1e-4
+        assert differs.float().mean() > 0.5
+        assert not torch.equal(pool.teacher_logits[:200], pool.teacher_logits[200:])  # two views, two draws
+
+
+def test_pool_state_dict_round_trip_and_cache_reuse(cifar, tmp_path):
+    teacher = CountingModule(_teacher())
+    images, labels = cifar.images[:64], cifar.labels[:64]
+    built = []
+
+    def build():
+        pool = build_train_pool(teacher, images, labels, _augment(), "cpu", views=2, seed=1, feat_layers=(0,),
+                                feat_dtype=torch.float16)
+        built.append(pool)
+        return pool, {"teacher_sha256": "abc", "teacher_calls": pool.teacher_calls}
+
+    path = tmp_path / "teacher_cache.pth"
+    pool, meta, reused = load_or_build_cache(path, "abc", build, "cpu")
+    assert not reused and path.is_file() and teacher.calls == 128
+    again, meta2, reused = load_or_build_cache(path, "abc", build, "cpu")
+    assert reused and teacher.calls == 128 and len(built) == 1 and meta2 == meta
+    for name in ("images", "labels", "image_ids", "teacher_logits"):
+        assert torch.equal(getattr(again, name), getattr(pool, name)), name
+    assert (again.n_images, again.views, again.teacher_calls) == (64, 2, 128)
+    assert again.teacher_feats.keys() == pool.teacher_feats.keys()
+    assert torch.equal(again.teacher_feats[0], pool.teacher_feats[0]) and again.teacher_feats[0].dtype == torch.float16
+    assert again.nbytes == pool.nbytes > 0
+    rebuilt, _, reused = load_or_build_cache(path, "another teacher", build, "cpu")
+    assert not reused and teacher.calls == 256  # a changed teacher file is queried again
+    _, _, reused = load_or_build_cache(path, None, build, "cpu")  # teacher file gone: any saved cache is used
+    assert reused and teacher.calls == 256
 
 
 def test_features_are_cached_only_when_requested(cifar):
@@ -126,7 +189,7 @@ def test_features_are_cached_only_when_requested(cifar):
     images, labels = cifar.images[:50], cifar.labels[:50]
     augment = _augment()
     pool = build_train_pool(teacher, images, labels, augment, "cpu", feat_layers=(0, -2), batch_size=16,
-                            feat_dtype=torch.float16)
+                            feat_dtype=torch.float16, teacher_view="clean")
     assert all(kw == {"is_feat": True} for kw in teacher.forward_kwargs)
     assert set(pool.teacher_feats) == {0, -2}
     assert pool.teacher_feats[0].shape == (50, 4, 16, 16) and pool.teacher_feats[0].dtype == torch.float16
