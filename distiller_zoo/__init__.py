@@ -1,10 +1,16 @@
-"""Distillation losses: KD and the RepDistiller baselines, DIST, the CKD comparative loss and mixup baselines."""
+"""Distillation losses: KD and the RepDistiller baselines, DIST, DKD, the CKD comparative loss and mixup baselines."""
 
+from distiller_zoo.AB import ABLoss, activation_boundary_loss
+from distiller_zoo.AT import Attention, at_loss, attention_map
 from distiller_zoo.CC import Correlation, consecutive_discrepancy_correlation
 from distiller_zoo.CKD import CKD_MODES, CKDLoss, combine, group_mean, label_histogram
 from distiller_zoo.DIST import DIST, cosine_similarity, inter_class_relation, intra_class_relation, pearson_correlation
+from distiller_zoo.DKD import DKD, dkd_loss
 from distiller_zoo.FitNet import HintLoss, hint_loss
+from distiller_zoo.FSP import FSP, fsp_matrix
+from distiller_zoo.FT import FactorTransfer, factor_transfer_loss
 from distiller_zoo.KD import DistillKL, distill_kl
+from distiller_zoo.KDSVD import KDSVD
 from distiller_zoo.mixup import (
     MixupLoss,
     apply_cutmix,
@@ -14,6 +20,8 @@ from distiller_zoo.mixup import (
     sample_mixup_weights,
     soft_cross_entropy,
 )
+from distiller_zoo.NST import NSTLoss, nst_loss, poly_kernel
+from distiller_zoo.PKT import PKT, pkt_loss
 from distiller_zoo.RKD import (
     RKDLoss,
     mean_normalised_distances,
@@ -22,24 +30,40 @@ from distiller_zoo.RKD import (
     rkd_distance_loss,
     triplet_angle_cosines,
 )
+from distiller_zoo.SP import Similarity, similarity_matrix, sp_loss
 from distiller_zoo.VID import VIDLoss, gaussian_nll, inverse_softplus, match_spatial_size
 
 __all__ = [
     "CKD_MODES",
+    "ABLoss",
+    "Attention",
     "CKDLoss",
     "Correlation",
     "DIST",
+    "DKD",
     "DistillKL",
+    "FSP",
+    "FactorTransfer",
     "HintLoss",
+    "KDSVD",
     "MixupLoss",
+    "NSTLoss",
+    "PKT",
     "RKDLoss",
+    "Similarity",
     "VIDLoss",
+    "activation_boundary_loss",
     "apply_cutmix",
+    "at_loss",
+    "attention_map",
     "combine",
     "consecutive_discrepancy_correlation",
     "cosine_similarity",
     "cutmix_box",
     "distill_kl",
+    "dkd_loss",
+    "factor_transfer_loss",
+    "fsp_matrix",
     "gaussian_nll",
     "group_mean",
     "hint_loss",
@@ -50,12 +74,17 @@ __all__ = [
     "match_spatial_size",
     "mean_normalised_distances",
     "mix_images",
+    "nst_loss",
     "pairwise_distances",
     "pearson_correlation",
+    "pkt_loss",
+    "poly_kernel",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "sample_gamma",
     "sample_mixup_weights",
+    "similarity_matrix",
     "soft_cross_entropy",
+    "sp_loss",
     "triplet_angle_cosines",
 ]

@@ -1,7 +1,9 @@
 """Adapters that distillers put between student and teacher features, plus small helpers shared by the model zoo.
 
 ``ConvReg`` is the FitNet regressor (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015);
-``Embed`` / ``LinearEmbed`` are the projection heads used by CRD-style and CC losses.
+``Embed`` / ``LinearEmbed`` are the projection heads used by CRD-style and CC losses;
+``Paraphraser`` / ``Translator`` are the Factor Transfer encoders (Kim et al., NeurIPS 2018) and
+``Connector`` the per-layer student adapters of Activation Boundaries (Heo et al., AAAI 2019).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvReg", "Embed", "LinearEmbed", "ModelOutput", "init_conv_fan_out"]
+__all__ = ["Connector", "ConvReg", "Embed", "LinearEmbed", "ModelOutput", "Paraphraser", "Translator", "init_conv_fan_out"]
 
 # What every zoo model's forward returns: logits, or (features, logits) with is_feat=True.
 ModelOutput = Tensor | tuple[list[Tensor], Tensor]
@@ -57,6 +59,70 @@ class ConvReg(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.bn(self.conv(x))
         return self.relu(x) if self.use_relu else x
+
+
+def _conv_stack(channels: Sequence[int], use_bn: bool, transpose: bool = False) -> nn.Sequential:
+    """3x3 stride-1 (transposed) convs between consecutive widths, each followed by optional BN and LeakyReLU(0.1).
+
+    Layer indices (conv, BN-or-empty, activation) match RepDistiller's, so its state dicts load.
+    """
+    conv = nn.ConvTranspose2d if transpose else nn.Conv2d
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip(channels[:-1], channels[1:]):
+        layers += [conv(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out) if use_bn else nn.Sequential(), nn.LeakyReLU(0.1)]
+    return nn.Sequential(*layers)
+
+
+class Paraphraser(nn.Module):
+    """Factor Transfer paraphraser: a conv autoencoder on the teacher feature map (N, C, H, W).
+
+    The encoder maps C -> C -> int(C * k) -> int(C * k) channels (the factor); the decoder maps back.
+    It is trained alone first (reconstruction MSE), then frozen and used with ``is_factor=True``.
+    """
+
+    def __init__(self, t_shape: Sequence[int], k: float = 0.5, use_bn: bool = False) -> None:
+        super().__init__()
+        in_channel = int(t_shape[1])
+        out_channel = int(t_shape[1] * k)
+        self.encoder = _conv_stack([in_channel, in_channel, out_channel, out_channel], use_bn)
+        self.decoder = _conv_stack([out_channel, out_channel, in_channel, in_channel], use_bn, transpose=True)
+
+    def forward(self, f_s: Tensor, is_factor: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The factor alone when ``is_factor``, else (factor, reconstruction)."""
+        factor = self.encoder(f_s)
+        if is_factor:
+            return factor
+        return factor, self.decoder(factor)
+
+
+class Translator(nn.Module):
+    """Factor Transfer translator: encodes the student feature map into a factor of int(C_t * k) channels."""
+
+    def __init__(self, s_shape: Sequence[int], t_shape: Sequence[int], k: float = 0.5, use_bn: bool = True) -> None:
+        super().__init__()
+        in_channel = int(s_shape[1])
+        out_channel = int(t_shape[1] * k)
+        self.encoder = _conv_stack([in_channel, in_channel, out_channel, out_channel], use_bn)
+
+    def forward(self, f_s: Tensor) -> Tensor:
+        return self.encoder(f_s)
+
+
+class Connector(nn.Module):
+    """Activation Boundaries connectors: per layer, identity when channels and height already match the
+    teacher's, otherwise a ``ConvReg`` without the final ReLU (the AB loss needs signed outputs)."""
+
+    def __init__(self, s_shapes: Sequence[Sequence[int]], t_shapes: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        if len(s_shapes) != len(t_shapes):
+            raise ValueError(f"Connector needs as many student as teacher shapes, got {len(s_shapes)} and {len(t_shapes)}")
+        self.connectors = nn.ModuleList(
+            nn.Sequential() if s[1] == t[1] and s[2] == t[2] else ConvReg(s, t, use_relu=False)
+            for s, t in zip(s_shapes, t_shapes)
+        )
+
+    def forward(self, g_s: Sequence[Tensor]) -> list[Tensor]:
+        return [connector(f) for connector, f in zip(self.connectors, g_s)]
 
 
 class Embed(nn.Module):
