@@ -137,6 +137,8 @@ def method_label(config: dict[str, Any]) -> str:
             label += f"+{distill}"
     if w_kd > 0:
         label += "+kd"
+    if _none(config.get("calibrate")) not in (None, "none"):
+        label += "+cal"
     return label
 
 

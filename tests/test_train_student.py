@@ -76,3 +76,14 @@ def test_cross_entropy_only_student_makes_no_teacher_call(fake_cifar, save_dir, 
     results = json.loads(Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("results: ")).read_text())
     assert results["teacher_calls"] == 0  # nothing of the teacher is used, so nothing is asked of it
     assert results["teacher_eval_calls"] == 100  # the teacher's own test accuracy is still reported, counted apart
+
+
+def test_lr_decay_times_three_trains_exactly_three_phases(fake_cifar, save_dir, capsys):
+    train_student.main(base_args(fake_cifar, save_dir, "--relational", "ckd", "--epochs", "60", "--patience", "1",
+                                 "--lr_decay_times", "3"))
+    out = capsys.readouterr().out
+    results = json.loads(Path(out.strip().splitlines()[-1].removeprefix("results: ")).read_text())
+    assert results["lr_decays"] == 2 and results["pseudo_epochs"] < 60
+    lrs = {float(line.split("| lr ")[1].split(" |")[0]) for line in out.splitlines() if line.startswith("epoch ")}
+    assert sorted(lrs, reverse=True) == pytest.approx([0.05, 0.005, 0.0005])
+    assert "phase 3 of 3" in out and "phase 4" not in out

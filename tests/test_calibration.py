@@ -1,0 +1,150 @@
+"""CKD's free per-class logit offset, and --calibrate train_mean, which removes it without a teacher call."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_student
+from distiller_zoo import CKDLoss
+from helper.calibration import classifier_name, fold_shift, shifted, train_mean_shift
+from models import model_dict
+from tests.test_train_student import base_args
+
+
+def _groups(seed: int, b: int = 6, c: int = 10):
+    g = torch.Generator().manual_seed(seed)
+    s_pos, s_neg, t_pos, t_neg = (torch.randn(b, c, generator=g, dtype=torch.float64) for _ in range(4))
+    y = torch.nn.functional.one_hot(torch.randint(c, (2, b), generator=g), c).double()
+    return s_pos, s_neg, t_pos, t_neg, y[0], y[1]
+
+
+@pytest.mark.parametrize("w_kd", [0.0, 1.0])
+def test_ckd_loss_is_blind_to_a_vector_added_to_every_student_logit(w_kd):
+    s_pos, s_neg, t_pos, t_neg, y_pos, y_neg = _groups(0)
+    offset = 25.0 * torch.randn(1, s_pos.shape[1], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    loss = CKDLoss("ckd", w_cls=1.0, w_rel=1.0, w_kd=w_kd)
+    plain = loss(s_pos, s_neg, t_pos, t_neg, y_pos, y_neg)
+    moved = loss(s_pos + offset, s_neg + offset, t_pos, t_neg, y_pos, y_neg)
+    assert plain.keys() == moved.keys()
+    for key in plain:
+        torch.testing.assert_close(moved[key], plain[key], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["ckd_add", "ckd_mixup"])
+def test_ckd_add_and_ckd_mixup_see_absolute_logits(mode):
+    s_pos, s_neg, t_pos, t_neg, y_pos, y_neg = _groups(2)
+    offset = torch.randn(1, s_pos.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    loss = CKDLoss(mode, w_cls=1.0, w_rel=1.0)
+    lam = 0.3 if mode == "ckd_mixup" else None
+    plain = loss(s_pos, s_neg, t_pos, t_neg, y_pos, y_neg, lam=lam)
+    moved = loss(s_pos + offset, s_neg + offset, t_pos, t_neg, y_pos, y_neg, lam=lam)
+    for key in ("cls", "rel"):
+        assert abs(float(moved[key] - plain[key])) > 1e-3
+
+
+@pytest.fixture()
+def save_dir(tiny_teacher: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "save"
+    shutil.copytree(tiny_teacher, target)
+    return target
+
+
+def _method(fake_cifar, save_dir, *flags):
+    """A built CKD method on the fake CIFAR pool, as the trainer builds it."""
+    from helper.options import parse_student_args
+    from helper.student_trainer import StudentRun
+
+    run = StudentRun(parse_student_args(base_args(fake_cifar, save_dir, *flags)))
+    run._prepare_data()
+    run._prepare_teacher_cache()
+    run._prepare_student()
+    return run
+
+
+@pytest.mark.parametrize("flags", [("--relational", "ckd"), ("--relational", "ckd_inter", "--distill", "hint")],
+                         ids=["ckd", "ckd_inter"])
+def test_a_ckd_step_gives_the_classifier_bias_zero_gradient(fake_cifar, save_dir, flags):
+    run = _method(fake_cifar, save_dir, *flags, "--w_kd", "0")
+    batch = run.sampler.next_batch()
+    terms = run.method(batch)
+    logit_terms = sum(v for k, v in terms.items() if k != "inter")
+    run.optimizer.zero_grad(set_to_none=True)
+    logit_terms.backward()
+    name = classifier_name(run.student, run.num_classes)
+    bias_grad = run.student.get_submodule(name).bias.grad
+    weight_grad = run.student.get_submodule(name).weight.grad
+    assert bias_grad is not None and float(bias_grad.abs().max()) < 1e-7
+    assert float(weight_grad.abs().max()) > 1e-5  # the loss does train the classifier, only not its offset
+
+
+def test_shift_is_folded_into_the_bias_and_restored_exactly():
+    torch.manual_seed(0)
+    model = model_dict["resnet8"](num_classes=10).eval()
+    x = torch.randn(4, 3, 32, 32)
+    shift = torch.randn(10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        base = model(x)
+        with shifted(model, shift, 10):
+            moved = model(x)
+    torch.testing.assert_close(moved, base + shift, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    fresh = model_dict["resnet8"](num_classes=10).eval()
+    fresh.load_state_dict(fold_shift(model.state_dict(), model, shift, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), base + shift, rtol=1e-5, atol=1e-5)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    teacher_logits = torch.randn(8, 10)
+    norm = lambda u: u.float() / 255.0  # noqa: E731
+    delta = train_mean_shift(model, images, teacher_logits, norm)
+    with torch.no_grad(), shifted(model, delta, 10):
+        calibrated_mean = model(norm(images)).mean(0)
+    torch.testing.assert_close(calibrated_mean, teacher_logits.mean(0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet50"])
+def test_every_family_has_a_classifier_bias(name):
+    model = model_dict[name](num_classes=100)
+    assert model.get_submodule(classifier_name(model, 100)).bias.shape == (100,)
+
+
+def _results(capsys) -> dict:
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(Path(out[-1].removeprefix("results: ")).read_text())
+
+
+def test_calibrated_run_saves_a_plain_model_that_reproduces_test_acc(fake_cifar, save_dir, capsys):
+    common = ("--relational", "ckd", "--epochs", "3", "--patience", "50", "--deterministic")
+    train_student.main(base_args(fake_cifar, save_dir, *common))
+    plain = _results(capsys)
+    train_student.main(base_args(fake_cifar, save_dir, *common, "--calibrate", "train_mean"))
+    calibrated = _results(capsys)
+    assert calibrated["teacher_calls"] == plain["teacher_calls"] == 160  # calibration makes no teacher call
+    for res in (plain, calibrated):
+        assert {"test_acc_calibrated", "calibration_shift_norm", "cache_bytes"} <= set(res)
+        assert res["calibration_shift_norm"] > 0
+    assert calibrated["test_acc_calibrated"] == calibrated["test_acc"]
+    run_dir = Path(save_dir) / "student"
+    cal_dir = next(d for d in run_dir.iterdir() if json.loads((d / "results.json").read_text())["config"]["calibrate"]
+                   == "train_mean")
+    plain_dir = next(d for d in run_dir.iterdir() if d != cal_dir)
+    # the optimiser's model is untouched: with no schedule decay, the last weights are identical
+    last_cal = torch.load(cal_dir / "last.pth", weights_only=True)["model"]
+    last_plain = torch.load(plain_dir / "last.pth", weights_only=True)["model"]
+    assert all(torch.equal(last_cal[k], last_plain[k]) for k in last_plain)
+    assert not (cal_dir / "teacher_cache.pth").exists()  # deleted once the run finished
+    # best.pth is a plain model_dict checkpoint whose bias holds the shift: it reproduces test_acc exactly
+    from dataset import load_dataset
+    from dataset.augment import DeviceAugment
+    from helper.loops import evaluate
+
+    _, test = load_dataset("cifar100", fake_cifar, download=False)
+    model = model_dict["resnet8"](num_classes=100)
+    model.load_state_dict(torch.load(cal_dir / "best.pth", weights_only=True)["model"])
+    acc = evaluate(model, test.images, test.labels, DeviceAugment(test.mean, test.std, 0, "cpu").normalize)["acc"]
+    assert acc == calibrated["test_acc"]
