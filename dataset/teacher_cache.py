@@ -39,7 +39,7 @@ class TrainPool:
     Item ``m`` is view ``m // n_images`` of training image ``image_ids[m] = m % n_images``; view 0 is the clean image.
     """
 
-    images: torch.Tensor  # uint8 [M, 3, 32, 32], M = n_images * views
+    images: torch.Tensor  # uint8 [M, 3, S, S] as stored (S >= the model input), M = n_images * views
     labels: torch.Tensor  # int64 [M]
     image_ids: torch.Tensor  # int64 [M], CPU
     n_images: int
@@ -76,8 +76,11 @@ def build_train_pool(
 ) -> TrainPool:
     """Pass every training image (``views`` times) through the teacher once and cache the outputs.
 
-    View 0 is the clean image; views 1..views-1 are random crop (4-pixel zero padding) + flip views drawn once
-    from ``torch.Generator().manual_seed(seed)`` on the CPU, so a seed gives the same views on every device.
+    View 0 is the clean image; views 1..views-1 are same-size random crop + flip views (zero padding
+    ``augment.view_padding``: 4 pixels for CIFAR and for Cars' 64x64 images) drawn once from
+    ``torch.Generator().manual_seed(seed)`` on the CPU, so a seed gives the same views on every device. The teacher
+    sees ``augment.eval_view`` of each item: the item itself for CIFAR, its centre crop when images are stored
+    larger than the model input (Cars: the centre 56x56 of a 64x64 view is a RandomCrop(56) + flip of the image).
     ``teacher(x, is_feat=True)`` is used only when ``feat_layers`` is non-empty. ``teacher_calls`` counts the
     images that went through the teacher (``n * views``).
 
@@ -86,8 +89,8 @@ def build_train_pool(
     ``teacher_calls`` is 0.
     """
     device = torch.device(device)
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1:] != (3, 32, 32):
-        raise UserError(f"training images must be uint8 [N, 3, 32, 32], got {images.dtype} {tuple(images.shape)}")
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+        raise UserError(f"training images must be square uint8 [N, 3, S, S], got {images.dtype} {tuple(images.shape)}")
     n = int(images.shape[0])
     if n < 1 or labels.shape != (n,):
         raise UserError(f"need at least one training image and one label per image, got {n} images and {tuple(labels.shape)} labels")
@@ -100,19 +103,21 @@ def build_train_pool(
     calls_before = counter.calls
     total = n * views
 
-    pool_images = torch.empty((total, 3, 32, 32), dtype=torch.uint8, device=device)
+    size = int(images.shape[-1])
+    pool_images = torch.empty((total, 3, size, size), dtype=torch.uint8, device=device)
     clean = images.to(device)
     pool_images[:n] = clean
     if views > 1:
         generator = torch.Generator().manual_seed(int(seed))
-        offsets, flips = draw_crop_params((views - 1) * n, generator, flip=True)
+        view_pad = augment.view_padding(size)
+        offsets, flips = draw_crop_params((views - 1) * n, generator, flip=True, max_offset=2 * view_pad)
         chunk = max(batch_size, 4096)
         for view in range(1, views):
             base = (view - 1) * n
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
                 pool_images[view * n + start: view * n + stop] = crop_flip(
-                    clean[start:stop], offsets[base + start: base + stop], flips[base + start: base + stop])
+                    clean[start:stop], offsets[base + start: base + stop], flips[base + start: base + stop], pad=view_pad)
     del clean
 
     feat_layers = tuple(int(i) for i in feat_layers)
@@ -125,7 +130,7 @@ def build_train_pool(
     with torch.no_grad(), _autocast(device, amp):
         for start in range(0, total if query_teacher else 0, batch_size):
             stop = min(start + batch_size, total)
-            x = augment.normalize(pool_images[start:stop])
+            x = augment.normalize_eval(pool_images[start:stop])
             if feat_layers:
                 feats, logits = counter(x, is_feat=True)
                 if start == 0:
