@@ -310,7 +310,7 @@ def test_train_pool_keeps_64_pixel_items_and_feeds_the_teacher_56_pixel_crops():
     offsets, flips = draw_crop_params(12, torch.Generator().manual_seed(1), flip=True, max_offset=8)
     assert torch.equal(pool.images[6:], crop_flip(x.repeat(2, 1, 1, 1), offsets, flips, pad=4))
     with torch.no_grad():
-        direct = teacher.module(aug.normalize_eval(pool.images)) if hasattr(teacher, "module") else teacher(aug.normalize_eval(pool.images))
+        direct = teacher(aug.normalize_eval(pool.images))
     torch.testing.assert_close(pool.teacher_logits, direct)
     with pytest.raises(UserError, match="square uint8"):
         build_train_pool(teacher, x[:, :, :, :60], labels, aug, "cpu")
