@@ -1,5 +1,5 @@
-"""Data for the few-teacher-inference setting: data sets, the subset split, device augmentation,
-the one-time teacher cache and the resumable index samplers."""
+"""Data for the few-teacher-inference setting: data sets (CIFAR-100, digits, Stanford Cars), the subset split,
+device augmentation, the one-time teacher cache and the resumable index samplers."""
 
 from __future__ import annotations
 
@@ -18,23 +18,30 @@ from dataset.samplers import (
     group_targets,
     steps_per_epoch,
 )
+from dataset.stanfordcars import CARS_CLASSES, CARS_MEAN, CARS_STD, load_stanfordcars
 from dataset.subset import SubsetSplit, make_subset_split, min_subset_size, split_sizes
 from dataset.teacher_cache import CountingModule, TrainPool, build_train_pool
 from helper.errors import UserError
 
-DATASETS = ("cifar100", "digits")
+DATASETS = ("cifar100", "digits", "stanfordcars")
 
 
 def load_dataset(name: str, data_folder: str | Path, download: bool = True) -> tuple[ImageSet, ImageSet]:
-    """(train, test) of ``--dataset name``: ``cifar100`` from ``data_folder`` (downloaded when missing) or ``digits``."""
+    """(train, test) of ``--dataset name``: ``cifar100`` from ``data_folder`` (downloaded when missing), ``digits``, or
+    ``stanfordcars`` from ``data_folder`` or ``data_folder/stanford_cars`` (never downloaded: the original URL is gone)."""
     if name == "cifar100":
         return load_cifar100(data_folder, download=download)
     if name == "digits":
         return load_digits_dataset()
+    if name == "stanfordcars":
+        return load_stanfordcars(data_folder)
     raise UserError(f"unknown data set '{name}'; use one of {', '.join(DATASETS)}")
 
 
 __all__ = [
+    "CARS_CLASSES",
+    "CARS_MEAN",
+    "CARS_STD",
     "CIFAR100_MD5",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
@@ -59,6 +66,7 @@ __all__ = [
     "load_cifar100",
     "load_dataset",
     "load_digits_dataset",
+    "load_stanfordcars",
     "make_subset_split",
     "min_subset_size",
     "random_views",

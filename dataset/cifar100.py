@@ -41,11 +41,13 @@ DOWNLOAD_TIMEOUT_S = 30.0
 class ImageSet:
     """Images and labels of one split, kept on the CPU as uint8 (normalised later, on the device)."""
 
-    images: torch.Tensor  # uint8 [N, 3, 32, 32]
+    images: torch.Tensor  # uint8 [N, 3, S, S]: S = 32 for CIFAR and digits, 64 for Stanford Cars
     labels: torch.Tensor  # int64 [N]
     num_classes: int
     mean: tuple[float, float, float]  # per-channel mean in [0, 1] units
     std: tuple[float, float, float]  # per-channel std in [0, 1] units
+    crop_size: int = 32  # model input size: random crop for training, centre crop (when S > crop_size) otherwise
+    crop_padding: int = 4  # zero padding of the training crop (RandomCrop(32, padding=4) for CIFAR)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

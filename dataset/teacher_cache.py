@@ -41,7 +41,7 @@ class TrainPool:
     Item ``m`` is view ``m // n_images`` of training image ``image_ids[m] = m % n_images``; view 0 is the clean image.
     """
 
-    images: torch.Tensor  # uint8 [M, 3, 32, 32], M = n_images * views
+    images: torch.Tensor  # uint8 [M, 3, S, S] as stored (S >= the model input), M = n_images * views
     labels: torch.Tensor  # int64 [M]
     image_ids: torch.Tensor  # int64 [M], CPU
     n_images: int
@@ -86,7 +86,7 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
 TEACHER_VIEWS = ("augmented", "clean")
 
 
-def _drawn_views(clean: torch.Tensor, n_views: int, seed: int, use_DA: int, chunk: int = 4096) -> torch.Tensor:
+def _drawn_views(clean: torch.Tensor, n_views: int, seed: int, use_DA: int, pad: int, chunk: int = 4096) -> torch.Tensor:
     """``n_views`` random views of every image (view-major, uint8 [n_views * N, ...]): crop with ``use_DA`` >= 1,
     flip too with ``use_DA`` 2; all draws from one CPU generator seeded with ``seed``."""
     n = int(clean.shape[0])
@@ -95,13 +95,13 @@ def _drawn_views(clean: torch.Tensor, n_views: int, seed: int, use_DA: int, chun
     if use_DA == 0:
         return clean.repeat(n_views, 1, 1, 1)
     generator = torch.Generator().manual_seed(int(seed))
-    offsets, flips = draw_crop_params(n_views * n, generator, flip=use_DA == 2)
+    offsets, flips = draw_crop_params(n_views * n, generator, flip=use_DA == 2, max_offset=2 * pad)
     out = torch.empty((n_views * n, *clean.shape[1:]), dtype=torch.uint8, device=clean.device)
     for view in range(n_views):
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             lo, hi = view * n + start, view * n + stop
-            out[lo:hi] = crop_flip(clean[start:stop], offsets[lo:hi], None if flips is None else flips[lo:hi])
+            out[lo:hi] = crop_flip(clean[start:stop], offsets[lo:hi], None if flips is None else flips[lo:hi], pad=pad)
     return out
 
 
@@ -124,12 +124,15 @@ def build_train_pool(
     """Pass every training image (``views`` times) through the teacher once and cache the outputs.
 
     ``teacher_view="augmented"`` (the published behaviour): the teacher sees ``views`` random views of each image,
-    augmented as the student is (``augment.use_DA``: crop with 4-pixel zero padding, and flip), drawn once; the
-    pool's items are the clean image ``views`` times, so the student trains on fresh augmentations of the clean
-    image against the cached teacher output of a drawn view. ``teacher_view="clean"``: view 0 is the clean image and
-    views 1..views-1 are random crop + flip views; the pool's items are those views themselves.
-    Views are drawn from ``torch.Generator().manual_seed(seed)`` on the CPU, so a seed gives the same views on every
-    device.
+    augmented as the student is (``augment.use_DA``: crop, and flip), drawn once; the pool's items are the clean
+    image ``views`` times, so the student trains on fresh augmentations of the clean image against the cached
+    teacher output of a drawn view. ``teacher_view="clean"``: view 0 is the clean image and views 1..views-1 are
+    random crop + flip views; the pool's items are those views themselves.
+    Views keep the stored size (zero padding ``augment.view_padding``: 4 pixels for CIFAR and for Cars' 64x64
+    images) and are drawn from ``torch.Generator().manual_seed(seed)`` on the CPU, so a seed gives the same views
+    on every device. The teacher sees ``augment.eval_view`` of each view: the view itself for CIFAR, its centre crop
+    when images are stored larger than the model input (Cars: the centre 56x56 of a 64x64 view is a
+    RandomCrop(56) + flip of the image).
     ``teacher(x, is_feat=True)`` is used only when ``feat_layers`` is non-empty. ``teacher_calls`` counts the
     images that went through the teacher (``n * views``).
 
@@ -138,8 +141,8 @@ def build_train_pool(
     ``teacher_calls`` is 0.
     """
     device = torch.device(device)
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1:] != (3, 32, 32):
-        raise UserError(f"training images must be uint8 [N, 3, 32, 32], got {images.dtype} {tuple(images.shape)}")
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+        raise UserError(f"training images must be square uint8 [N, 3, S, S], got {images.dtype} {tuple(images.shape)}")
     n = int(images.shape[0])
     if n < 1 or labels.shape != (n,):
         raise UserError(f"need at least one training image and one label per image, got {n} images and {tuple(labels.shape)} labels")
@@ -155,15 +158,14 @@ def build_train_pool(
     total = n * views
 
     clean = images.to(device)
-    drawn = _drawn_views(clean, views if teacher_view == "augmented" else views - 1, seed, augment.use_DA
-                         if teacher_view == "augmented" else 2)
+    view_pad = augment.view_padding(int(images.shape[-1]))
     if teacher_view == "augmented":
         # as published: the student trains on fresh augmentations of the clean image, its target is the teacher on
         # the view drawn once here
         pool_images = clean.repeat(views, 1, 1, 1)
-        teacher_inputs = drawn
+        teacher_inputs = _drawn_views(clean, views, seed, augment.use_DA, view_pad)
     else:
-        pool_images = torch.cat([clean, drawn]) if views > 1 else clean
+        pool_images = torch.cat([clean, _drawn_views(clean, views - 1, seed, 2, view_pad)]) if views > 1 else clean
         teacher_inputs = pool_images
     del clean
 
@@ -177,7 +179,7 @@ def build_train_pool(
     with torch.no_grad(), _autocast(device, amp):
         for start in range(0, total if query_teacher else 0, batch_size):
             stop = min(start + batch_size, total)
-            x = augment.normalize(teacher_inputs[start:stop])
+            x = augment.normalize_eval(teacher_inputs[start:stop])
             if feat_layers:
                 feats, logits = counter(x, is_feat=True)
                 if start == 0:
