@@ -92,7 +92,7 @@ def load_teacher(opt: argparse.Namespace, num_classes: int, device: torch.device
 def cache_teacher(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
                   device: torch.device, num_classes: int) -> tuple[TrainPool, list[tuple[int, ...]]]:
     """The teacher cache of a run (its one teacher call per training image and view) and the teacher's feature shapes."""
-    feat_shapes = feature_shapes(teacher, device, tuple(images.shape[1:]))
+    feat_shapes = feature_shapes(teacher, device, (3, augment.crop, augment.crop))
     feat_layers = teacher_feature_layers(opt, len(feat_shapes))
     feat_dtype = torch.float16 if opt.cache_dtype == "float16" else torch.float32
     pool = build_train_pool(teacher, images.to(device), labels.to(device), augment, device, views=opt.teacher_views,
@@ -179,7 +179,8 @@ class StudentRun:
         train_set, test_set = load_dataset(opt.dataset, opt.data_folder)
         self.num_classes = train_set.num_classes
         self.split = make_subset_split(len(train_set.labels), opt.subset_size, opt.train_val_frac, opt.seed, opt.batch_size)
-        self.augment = DeviceAugment(train_set.mean, train_set.std, opt.use_DA, device)
+        self.augment = DeviceAugment.for_images(train_set, opt.use_DA, device)
+        self.input_shape = (3, self.augment.crop, self.augment.crop)  # what the models see (Cars: 56x56 crops of 64x64)
         train_idx = torch.as_tensor(self.split.train_idx, dtype=torch.long)
         val_idx = torch.as_tensor(self.split.val_idx, dtype=torch.long)
         self.train_images = train_set.images[train_idx]
@@ -197,7 +198,7 @@ class StudentRun:
         def build() -> tuple[TrainPool, dict[str, Any]]:
             teacher = load_teacher(opt, self.num_classes, device)
             counted = CountingModule(teacher)
-            test_stats = evaluate(counted, self.test_images, self.test_labels, self.augment.normalize, amp=opt.amp)
+            test_stats = evaluate(counted, self.test_images, self.test_labels, self.augment.normalize_eval, amp=opt.amp)
             pool, feat_shapes = cache_teacher(opt, teacher, self.train_images, self.train_labels, self.augment, device,
                                               self.num_classes)
             meta = {"teacher_acc": test_stats["acc"], "teacher_acc_top5": test_stats["acc_top5"],
@@ -223,7 +224,7 @@ class StudentRun:
         opt, device = self.opt, self.device
         self.student = build_student(opt, self.num_classes, device)
         setup = build_training(opt, self.student, self.pool, self.augment, self.num_classes, self.teacher_feat_shapes, device,
-                               tuple(self.train_images.shape[1:]))
+                               self.input_shape)
         self.method, self.extras, self.sampler = setup.method, setup.extras, setup.sampler
         self.optimizer, self.aug_generator = setup.optimizer, setup.aug_generator
         self.steps_per_epoch = steps_per_epoch(self.pool.n_images, opt.batch_size)
@@ -251,7 +252,7 @@ class StudentRun:
     def _calibration_shift(self) -> Tensor:
         """The train-split shift of the current student weights (no teacher call: cached logits only)."""
         clean = self.pool.images[: self.pool.n_images]  # the first n_images items are the clean images in every mode
-        return train_mean_shift(self.student, clean, self.pool.teacher_logits, self.augment.normalize, amp=self.opt.amp,
+        return train_mean_shift(self.student, clean, self.pool.teacher_logits, self.augment.normalize_eval, amp=self.opt.amp,
                                 channels_last=self.opt.channels_last)
 
     def _set_lr(self, lr: float) -> None:
@@ -340,7 +341,7 @@ class StudentRun:
         lr = schedule.lr
         shift = self._calibration_shift() if opt.calibrate == "train_mean" else None
         with shifted(self.student, shift, self.num_classes):
-            val = evaluate(self.student, self.val_images, self.val_labels, self.augment.normalize, amp=opt.amp,
+            val = evaluate(self.student, self.val_images, self.val_labels, self.augment.normalize_eval, amp=opt.amp,
                            channels_last=opt.channels_last)
         step = schedule.update(val["acc"])
         if step.improved:
@@ -376,7 +377,7 @@ class StudentRun:
             return self.results_path
         resuming = self._decide_resume()
         self._prepare_data()
-        check_hint_layer_early(self.opt, self.num_classes, tuple(self.train_images.shape[1:]))
+        check_hint_layer_early(self.opt, self.num_classes, self.input_shape)
         self._prepare_teacher_cache()
         self._prepare_student()
         self.state, self.accum, self.best = self._fresh_state(), {}, None
@@ -419,10 +420,10 @@ class StudentRun:
         self.student.load_state_dict(self.best["model"])
         test_kwargs = {"amp": opt.amp, "channels_last": opt.channels_last}
         with shifted(self.student, self.best["shift"], self.num_classes):
-            test = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize, **test_kwargs)
+            test = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize_eval, **test_kwargs)
         shift = self.best["shift"] if self.best["shift"] is not None else self._calibration_shift()
         with shifted(self.student, shift, self.num_classes):
-            test_cal = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize, **test_kwargs)
+            test_cal = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize_eval, **test_kwargs)
         results = {
             "test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
             "test_acc_calibrated": test_cal["acc"], "calibration_shift_norm": float(shift.norm()),
