@@ -15,6 +15,8 @@ set-up, through the functions of :mod:`helper.student_trainer`), but on random u
 * ``data``: sampling + augmentation + cached-teacher look-ups alone (no student);
 * ``cache`` vs ``forward``: building the teacher cache over the training split against a plain batched no-grad
   teacher forward over the same, already normalised, tensors (interleaved, best of ``--cache_repeats``);
+* ``calibrate_overhead``: the extra time of ``--calibrate train_mean`` per pseudo-epoch (one eval-mode pass over the
+  clean training images) as a fraction of the pseudo-epoch's training steps;
 * the peak memory (CPU: the RSS high-water mark; CUDA: ``torch.cuda.max_memory_allocated``).
 
 Throughputs are student input images per second (CKD: batch * pos_and_neg per step), best of ``--repeats``
@@ -46,9 +48,10 @@ from torch import Tensor, nn  # noqa: E402
 
 from dataset import CIFAR100_MEAN, CIFAR100_STD, TrainPool, make_subset_split  # noqa: E402
 from dataset.augment import DeviceAugment  # noqa: E402
-from dataset.samplers import group_feature_mean, group_targets  # noqa: E402
+from dataset.samplers import group_feature_mean, group_targets, steps_per_epoch  # noqa: E402
 from dataset.teacher_cache import build_train_pool  # noqa: E402
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights  # noqa: E402
+from helper.calibration import train_mean_shift  # noqa: E402
 from helper.device import configure_backend, resolve_device, synchronize  # noqa: E402
 from helper.errors import UserError, run_main  # noqa: E402
 from helper.loops import autocast, train_step  # noqa: E402
@@ -321,10 +324,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     synchronize(device)
     per_step = best_rate(fns, args.steps, args.repeats, device)
     rates = {name: images_per_step / t for name, t in per_step.items()}
+    # --calibrate train_mean: one eval-mode pass over the clean training images before each validation, against the
+    # pseudo-epoch of training steps it is added to
+    clean = pool.images[: pool.n_images]
+    shift_s = min(timed(lambda: train_mean_shift(student, clean, pool.teacher_logits, augment.normalize_eval, amp=opt.amp,
+                                                 channels_last=opt.channels_last), device)
+                  for _ in range(args.repeats))
+    epoch_s = steps_per_epoch(pool.n_images, opt.batch_size) * per_step["step"]
 
     result: dict[str, Any] = {
         "step_vs_bound": rates["step"] / rates["bound"],
         "cache_vs_forward": t_forward / t_cache,
+        "calibrate_overhead": shift_s / epoch_s,
         "images_per_s": rates["step"],
         "bound_images_per_s": rates["bound"],
         "data_images_per_s": rates["data"],
@@ -368,6 +379,7 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"{name:<30} {rate:>12,.0f}  {detail}")
     print(f"{'step_vs_bound':<30} {r['step_vs_bound']:>12.3f}")
     print(f"{'cache_vs_forward':<30} {r['cache_vs_forward']:>12.3f}")
+    print(f"{'calibrate_overhead':<30} {r['calibrate_overhead']:>12.3f}  (train-split shift / pseudo-epoch)")
     print(f"{'peak memory (MB)':<30} {r['peak_mem_mb']:>12,.0f}")
 
 

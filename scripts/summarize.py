@@ -26,6 +26,10 @@ Method labels:
                       teacher's logits is added), e.g. crd+kd, hint+kd, so runs with and
                       without it never share a cell
 
+``--metric test_acc_calibrated`` reports every run's ``test_acc_calibrated`` (the best weights with the
+train-split logit shift of ``--calibrate train_mean``) in place of ``test_acc``; ``+cal`` is appended to the
+label of runs that trained with ``--calibrate train_mean``.
+
 Writes summary.md, summary.csv and accuracy_vs_teacher_calls.png (x: teacher calls, y: test
 accuracy, one line per method with std error bars, one panel per pair) into --out (default:
 the first RUNS_DIR).
@@ -42,7 +46,7 @@ import os
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +83,7 @@ class Record:
     teacher_calls: float | None = None
     teacher_acc: float | None = None
     test_acc_top5: float | None = None
+    test_acc_calibrated: float | None = None
     identity: str = ""
 
 
@@ -168,6 +173,7 @@ def make_record(source: Path, metrics: dict[str, Any], config: dict[str, Any]) -
         teacher_calls=_number(metrics.get("teacher_calls")),
         teacher_acc=_number(metrics.get("teacher_acc")),
         test_acc_top5=_number(metrics.get("test_acc_top5")),
+        test_acc_calibrated=_number(metrics.get("test_acc_calibrated")),
         identity=identity,
     )
 
@@ -445,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs_dirs", nargs="+", type=Path, metavar="RUNS_DIR", help="folders searched for results.json (e.g. save/student)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first RUNS_DIR)")
     parser.add_argument("--wandb", type=Path, default=None, help="also read W&B run folders (offline-run-*) below this folder")
+    parser.add_argument("--metric", choices=("test_acc", "test_acc_calibrated"), default="test_acc",
+                        help="the accuracy in the tables and plot: test_acc (as the run reported it) or test_acc_calibrated "
+                             "(the best weights with the train-split logit shift of --calibrate train_mean)")
     return parser
 
 
@@ -454,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         if not folder.is_dir():
             raise UserError(f"{folder} is not a folder; pass the folder holding your runs (e.g. save/student)")
     records, skipped = collect(opt.runs_dirs, opt.wandb)
+    if opt.metric == "test_acc_calibrated":
+        skipped += [f"{r.source}: it has no test_acc_calibrated (made before calibration was reported); left out"
+                    for r in records if r.test_acc_calibrated is None]
+        records = [replace(r, test_acc=r.test_acc_calibrated) for r in records if r.test_acc_calibrated is not None]
     for note in skipped:
         print(f"warning: {note}", file=sys.stderr)
     if not records:
