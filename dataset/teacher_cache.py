@@ -120,6 +120,7 @@ def build_train_pool(
     query_teacher: bool = True,
     num_classes: int | None = None,
     teacher_view: str = "augmented",
+    preact: bool = False,
 ) -> TrainPool:
     """Pass every training image (``views`` times) through the teacher once and cache the outputs.
 
@@ -130,8 +131,9 @@ def build_train_pool(
     views 1..views-1 are random crop + flip views; the pool's items are those views themselves.
     Views are drawn from ``torch.Generator().manual_seed(seed)`` on the CPU, so a seed gives the same views on every
     device.
-    ``teacher(x, is_feat=True)`` is used only when ``feat_layers`` is non-empty. ``teacher_calls`` counts the
-    images that went through the teacher (``n * views``).
+    ``teacher(x, is_feat=True)`` is used only when ``feat_layers`` is non-empty; ``preact=True`` caches the
+    pre-activation maps instead (``teacher(x, is_feat=True, preact=True)``, e.g. for AB), in the same single pass.
+    ``teacher_calls`` counts the images that went through the teacher (``n * views``).
 
     ``query_teacher=False`` (methods that never read teacher outputs, e.g. the cross-entropy-only student) builds
     the same pool without a single teacher call: the logits are zeros of width ``num_classes`` and
@@ -179,7 +181,7 @@ def build_train_pool(
             stop = min(start + batch_size, total)
             x = augment.normalize(teacher_inputs[start:stop])
             if feat_layers:
-                feats, logits = counter(x, is_feat=True)
+                feats, logits = counter(x, is_feat=True, preact=True) if preact else counter(x, is_feat=True)
                 if start == 0:
                     for i in feat_layers:
                         if not -len(feats) <= i < len(feats):
