@@ -23,6 +23,7 @@ CASES = {
     "kd": (["--relational=None", "--w_kd", "1"], None, 16),
     "crd": (["--relational", "crd", "--nce_k", "32"], "crd", 16),
     "hint": (["--relational=None", "--distill", "hint", "--hint_layer", "1"], None, 16),
+    "abound": (["--relational=None", "--distill", "abound"], None, 16),  # pre-activation features, from the table
 }
 
 

@@ -131,6 +131,16 @@ def test_fsp_and_kdsvd_reject_unmatched_channels_before_the_teacher_is_read(tmp_
             check_white_box_early(opt, 10, (3, 32, 32))
 
 
+def test_no_method_is_special_cased_by_its_loss_type() -> None:
+    """Every term is called through the one signature of its kind: no ``isinstance(..., SomeLoss)`` in helper/ or
+    scripts/."""
+    found = [f"{path.relative_to(ROOT)}:{number}"
+             for folder in ("helper", "scripts") for path in sorted((ROOT / folder).rglob("*.py"))
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(r"isinstance\(.*Loss", line)]
+    assert found == []
+
+
 def test_teacher_layers_are_stated_by_each_term() -> None:
     from helper.methods import teacher_feature_layers, teacher_needs_preact
 
