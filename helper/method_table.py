@@ -79,7 +79,7 @@ METHODS: tuple[MethodRow, ...] = (
     _row("rkd", LOGIT, 1.0, "class_balanced", "distiller_zoo:RKDTerm", "RKD distance and angle on logits"),
     _row("dist", LOGIT, 2.0, "plain", "distiller_zoo:DISTTerm", "DIST on logits"),
     _row("crd", LOGIT, 0.8, "crd", "crd:CRDTerm", "CRD on logits"),
-    _row("dkd", LOGIT, 1.0, "plain", "distiller_zoo:DKDTerm", "DKD on logits (20-epoch warm-up)",
+    _row("dkd", LOGIT, 1.0, "plain", "distiller_zoo:DKDTerm", "DKD on logits and labels, 20-epoch warm-up",
          needs_labels=True, needs_epoch=True),
     # --distill: white-box terms
     _row("hint", WHITE_BOX, 100.0, "plain", "distiller_zoo:HintTerm", "FitNet at --hint_layer"),
@@ -88,13 +88,13 @@ METHODS: tuple[MethodRow, ...] = (
     _row("attention", WHITE_BOX, 1000.0, "plain", "distiller_zoo:AttentionTerm", "AT"),
     _row("similarity", WHITE_BOX, 3000.0, "plain", "distiller_zoo:SimilarityTerm", "SP"),
     _row("pkt", WHITE_BOX, 30000.0, "plain", "distiller_zoo:PKTTerm", "PKT"),
-    _row("abound", WHITE_BOX, 1.0, "plain", "distiller_zoo:ABTerm", "AB (init stage)", init_stage=True,
+    _row("abound", WHITE_BOX, 1.0, "plain", "distiller_zoo:ABTerm", "AB, with an init stage", init_stage=True,
          not_on_differences="AB pushes pre-activations past the teacher's activation boundaries, which group-mean "
                             "differences do not have"),
-    _row("factor", WHITE_BOX, 200.0, "plain", "distiller_zoo:FactorTerm", "FT (init stage)", init_stage=True,
+    _row("factor", WHITE_BOX, 200.0, "plain", "distiller_zoo:FactorTerm", "FT, with an init stage", init_stage=True,
          not_on_differences="FT's paraphraser is trained to reconstruct teacher feature maps, not group-mean "
                             "differences"),
-    _row("fsp", WHITE_BOX, 50.0, "plain", "distiller_zoo:FSPTerm", "FSP (init stage)", init_stage=True),
+    _row("fsp", WHITE_BOX, 50.0, "plain", "distiller_zoo:FSPTerm", "FSP, with an init stage", init_stage=True),
     _row("nst", WHITE_BOX, 50.0, "plain", "distiller_zoo:NSTTerm", "NST"),
     _row("kdsvd", WHITE_BOX, 1.0, "plain", "distiller_zoo:KDSVDTerm", "KD-SVD"),
 )
