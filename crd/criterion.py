@@ -14,7 +14,8 @@ student bank.
 
 from __future__ import annotations
 
-from typing import Protocol
+from types import SimpleNamespace
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
@@ -78,3 +79,16 @@ class CRDLoss(nn.Module):
         e_t = self.embed_t(f_t.detach())
         out_s, out_t = self.contrast(e_s, e_t, idx, contrast_idx)
         return self.criterion_s(out_s) + self.criterion_t(out_t)
+
+
+class CRDTerm(CRDLoss):
+    """``--relational crd``: CRD on the logits (embedding heads of ``--feat_dim``, ``--nce_k`` negatives drawn by the
+    CRD sampler into ``batch['contrast_idx']``, one memory slot per cached training item)."""
+
+    def __init__(self, ctx: Any) -> None:
+        opt = ctx.opt
+        super().__init__(SimpleNamespace(s_dim=ctx.num_classes, t_dim=ctx.num_classes, feat_dim=opt.feat_dim,
+                                         nce_k=opt.nce_k, nce_t=opt.nce_t, nce_m=opt.nce_m, n_data=int(ctx.pool.n_items)))
+
+    def forward(self, logits_s: Tensor, logits_t: Tensor, labels: Tensor | None, batch: dict[str, Any]) -> Tensor:
+        return super().forward(logits_s, logits_t, batch["idx"], batch["contrast_idx"])

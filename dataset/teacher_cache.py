@@ -120,6 +120,7 @@ def build_train_pool(
     query_teacher: bool = True,
     num_classes: int | None = None,
     teacher_view: str = "augmented",
+    preact: bool = False,
 ) -> TrainPool:
     """Pass every training image (``views`` times) through the teacher once and cache the outputs.
 
@@ -133,8 +134,9 @@ def build_train_pool(
     on every device. The teacher sees ``augment.eval_view`` of each view: the view itself for CIFAR, its centre crop
     when images are stored larger than the model input (Cars: the centre 56x56 of a 64x64 view is a
     RandomCrop(56) + flip of the image).
-    ``teacher(x, is_feat=True)`` is used only when ``feat_layers`` is non-empty. ``teacher_calls`` counts the
-    images that went through the teacher (``n * views``).
+    ``teacher(x, is_feat=True)`` is used only when ``feat_layers`` is non-empty; ``preact=True`` caches the
+    pre-activation maps instead (``teacher(x, is_feat=True, preact=True)``, e.g. for AB), in the same single pass.
+    ``teacher_calls`` counts the images that went through the teacher (``n * views``).
 
     ``query_teacher=False`` (methods that never read teacher outputs, e.g. the cross-entropy-only student) builds
     the same pool without a single teacher call: the logits are zeros of width ``num_classes`` and
@@ -181,7 +183,7 @@ def build_train_pool(
             stop = min(start + batch_size, total)
             x = augment.normalize_eval(teacher_inputs[start:stop])
             if feat_layers:
-                feats, logits = counter(x, is_feat=True)
+                feats, logits = counter(x, is_feat=True, preact=True) if preact else counter(x, is_feat=True)
                 if start == 0:
                     for i in feat_layers:
                         if not -len(feats) <= i < len(feats):

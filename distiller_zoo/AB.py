@@ -14,11 +14,14 @@ features (``preact=True``).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 from distiller_zoo.AT import check_paired
+from distiller_zoo.terms import FeatureTerm, TermContext, frozen, sum_of
+from models.util import Connector
 
 # RepDistiller's fixed rescaling of the summed boundary loss
 AB_SCALE = 3.0 / 1000.0
@@ -55,3 +58,38 @@ class ABLoss(nn.Module):
             w * activation_boundary_loss(s, t, self.margin) / bsz * AB_SCALE
             for w, s, t in zip(self.w, g_s, g_t)
         ]
+
+
+class ABTerm(FeatureTerm):
+    """``--distill abound``: AB on the pre-activation stage outputs, feats[1:-1] (``preact``; the teacher's are cached
+    pre-activation), through per-layer connectors.
+
+    Init stage (as RepDistiller): the connectors and the student's feature modules are trained on the AB loss. The
+    connectors are then frozen (eval mode, not in the main optimiser); the main stage keeps the AB loss through them
+    with its table weight.
+    """
+
+    preact = True
+
+    @classmethod
+    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+        return list(range(1, n_feats - 1))
+
+    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
+        super().__init__(ctx, signed)
+        self.connector = frozen(Connector(self.s_shapes, self.t_shapes))
+        self.criterion = ABLoss(len(self.s_shapes))
+
+    def train(self, mode: bool = True) -> ABTerm:
+        super().train(mode)
+        self.connector.eval()  # trained in the init stage only (which sets its mode itself)
+        return self
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return sum_of(self.criterion(self.connector(feats_s), feats_t))
+
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        return [self.connector, *student.get_feat_modules()]
+
+    def init_loss(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return self.forward(feats_s, feats_t)

@@ -13,11 +13,13 @@ sums them (RepDistiller weight beta = 1000, on feats[1:-1]).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distiller_zoo.terms import FeatureTerm, TermContext, sum_of
 from distiller_zoo.VID import match_spatial_size
 
 
@@ -48,3 +50,18 @@ class Attention(nn.Module):
     def forward(self, g_s: Sequence[Tensor], g_t: Sequence[Tensor]) -> list[Tensor]:
         check_paired(g_s, g_t, "Attention")
         return [at_loss(f_s, f_t, self.p) for f_s, f_t in zip(g_s, g_t)]
+
+
+class AttentionTerm(FeatureTerm):
+    """``--distill attention``: AT on every stage output, feats[1:-1] of student and teacher, summed."""
+
+    @classmethod
+    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+        return list(range(1, n_feats - 1))
+
+    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
+        super().__init__(ctx, signed)
+        self.criterion = Attention()
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return sum_of(self.criterion(feats_s, feats_t))

@@ -16,7 +16,12 @@ is trained through this loss. Detach the raw teacher feature before the teacher 
 
 from __future__ import annotations
 
+import argparse
+
 from torch import Tensor, nn
+
+from distiller_zoo.terms import FeatureTerm, TermContext
+from models.util import LinearEmbed
 
 
 def consecutive_discrepancy_correlation(e_s: Tensor, e_t: Tensor) -> Tensor:
@@ -32,3 +37,20 @@ class Correlation(nn.Module):
         if f_s.shape[0] < 2:
             raise ValueError(f"Correlation needs a batch of at least 2 samples, got {f_s.shape[0]}")
         return consecutive_discrepancy_correlation(f_s, f_t)
+
+
+class CorrelationTerm(FeatureTerm):
+    """``--distill correlation``: CC on ``--feat_dim`` linear embeddings of the last (pooled) feature."""
+
+    @classmethod
+    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+        return [n_feats - 1]
+
+    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
+        super().__init__(ctx, signed)
+        self.embed_s = LinearEmbed(self.s_shapes[0][1], ctx.opt.feat_dim)
+        self.embed_t = LinearEmbed(self.t_shapes[0][1], ctx.opt.feat_dim)
+        self.criterion = Correlation()
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return self.criterion(self.embed_s(feats_s[0]), self.embed_t(feats_t[0]))

@@ -11,7 +11,11 @@ ImageNet recipe uses tau = 1).
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
+
+from distiller_zoo.terms import TermContext
 
 
 def cosine_similarity(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -49,3 +53,13 @@ class DIST(nn.Module):
         inter = inter_class_relation(p_s, p_t)
         intra = intra_class_relation(p_s, p_t)
         return self.tau**2 * (self.beta * inter + self.gamma * intra)
+
+
+class DISTTerm(DIST):
+    """``--relational dist``: DIST (beta = gamma = 1, tau = 4) on the batch's logits."""
+
+    def __init__(self, ctx: TermContext) -> None:
+        super().__init__()
+
+    def forward(self, logits_s: Tensor, logits_t: Tensor, labels: Tensor | None, batch: dict[str, Any]) -> Tensor:
+        return super().forward(logits_s, logits_t)

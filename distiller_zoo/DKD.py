@@ -14,9 +14,13 @@ min(epoch / warmup, 1) (mdistiller's warm-up; defaults alpha 1, beta 8, T 4, war
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from distiller_zoo.terms import TermContext
 
 # subtracted from the ground-truth logit so the non-target softmax puts (numerically) no mass on it
 GT_MASK_MAGNITUDE = 1000.0
@@ -69,3 +73,16 @@ class DKD(nn.Module):
         """DKD loss times min(epoch / warmup, 1), epoch counted from 1."""
         ramp = min(epoch / self.warmup, 1.0)
         return ramp * dkd_loss(logits_student, logits_teacher, target, self.alpha, self.beta, self.temperature)
+
+
+class DKDTerm(DKD):
+    """``--relational dkd``: DKD (alpha 1, beta 8, T 4, 20-epoch warm-up) on the batch's logits, its labels and
+    ``batch['epoch']`` (1-based pseudo-epoch)."""
+
+    def __init__(self, ctx: TermContext) -> None:
+        super().__init__()
+
+    def forward(self, logits_s: Tensor, logits_t: Tensor, labels: Tensor | None, batch: dict[str, Any]) -> Tensor:
+        if labels is None or "epoch" not in batch:
+            raise ValueError("DKDTerm needs the labels and batch['epoch']; its table row must say needs_labels and needs_epoch")
+        return super().forward(logits_s, logits_t, labels, int(batch["epoch"]))

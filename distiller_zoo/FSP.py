@@ -14,11 +14,14 @@ feats[:-1] (every map but the pooled vector).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 from distiller_zoo.AT import check_paired
+from distiller_zoo.KDSVD import check_equal_channels
+from distiller_zoo.terms import FeatureTerm, TermContext, sum_of
 from distiller_zoo.VID import match_spatial_size
 
 
@@ -50,3 +53,33 @@ class FSP(nn.Module):
         s_fsp = fsp_matrices(g_s)
         t_fsp = fsp_matrices([f.detach() for f in g_t])
         return [(s - t).pow(2).mean() for s, t in zip(s_fsp, t_fsp)]
+
+
+class FSPTerm(FeatureTerm):
+    """``--distill fsp``: FSP matrices of consecutive maps feats[:-1] (every map but the pooled vector).
+
+    Init stage (as RepDistiller): the student's feature modules are trained on the FSP loss alone; the main stage
+    keeps the same loss with its table weight.
+    """
+
+    @classmethod
+    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+        return list(range(n_feats - 1))
+
+    @classmethod
+    def check(cls, opt: argparse.Namespace, s_shapes: Sequence[Sequence[int]], t_shapes: Sequence[Sequence[int]]) -> None:
+        s_idx, t_idx = cls.paired_layers(opt, len(s_shapes), len(t_shapes))
+        check_equal_channels("fsp", opt, [s_shapes[i] for i in s_idx], [t_shapes[j] for j in t_idx])
+
+    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
+        super().__init__(ctx, signed)
+        self.criterion = FSP(self.s_shapes, self.t_shapes)
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return sum_of(self.criterion(feats_s, feats_t))
+
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        return list(student.get_feat_modules())
+
+    def init_loss(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return self.forward(feats_s, feats_t)

@@ -14,10 +14,21 @@ Spatial sizes are matched by adaptive average pooling of the larger factor.
 
 from __future__ import annotations
 
+import argparse
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distiller_zoo.AT import attention_map
+from distiller_zoo.terms import FeatureTerm, TermContext, frozen
 from distiller_zoo.VID import match_spatial_size
+from models.util import Paraphraser, Translator
+
+# students whose paraphraser is trained at learning rate 0.01 in the init stage (RepDistiller)
+SMALL_INIT_LR_STUDENTS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
+                          "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
+SMALL_INIT_LR = 0.01
 
 
 def factor_transfer_loss(factor_s: Tensor, factor_t: Tensor, p1: int = 2, p2: int = 1) -> Tensor:
@@ -40,3 +51,41 @@ class FactorTransfer(nn.Module):
     def forward(self, f_s: Tensor, f_t: Tensor) -> Tensor:
         """Loss between the translated student factor f_s and the paraphrased teacher factor f_t."""
         return factor_transfer_loss(f_s, f_t, self.p1, self.p2)
+
+
+class FactorTerm(FeatureTerm):
+    """``--distill factor``: FT between the translated student map and the paraphrased teacher map, feats[-2].
+
+    Init stage (as RepDistiller): the paraphraser alone learns to reconstruct the teacher map (MSE); it is then
+    frozen and the main stage trains the translator (and the student) on the FT loss.
+    """
+
+    @classmethod
+    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+        return [n_feats - 2]
+
+    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
+        super().__init__(ctx, signed)
+        self.paraphraser = frozen(Paraphraser(self.t_shapes[0]))
+        self.translator = Translator(self.s_shapes[0], self.t_shapes[0])
+        self.criterion = FactorTransfer()
+
+    def train(self, mode: bool = True) -> FactorTerm:
+        super().train(mode)
+        self.paraphraser.eval()  # trained in the init stage only (which sets its mode itself)
+        return self
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        with torch.no_grad():
+            factor_t = self.paraphraser(feats_t[0], is_factor=True)
+        return self.criterion(self.translator(feats_s[0]), factor_t)
+
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        return [self.paraphraser]
+
+    def init_loss(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        _, reconstruction = self.paraphraser(feats_t[0])
+        return F.mse_loss(reconstruction, feats_t[0])
+
+    def init_learning_rate(self, opt: argparse.Namespace) -> float:
+        return SMALL_INIT_LR if opt.model_s in SMALL_INIT_LR_STUDENTS else float(opt.learning_rate)

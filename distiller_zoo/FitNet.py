@@ -7,8 +7,13 @@ L_HT = mean || r(f_s) - f_t ||^2: the caller passes the already-regressed studen
 
 from __future__ import annotations
 
+import argparse
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from distiller_zoo.terms import FeatureTerm, TermContext
+from models.util import ConvReg
 
 
 def hint_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
@@ -21,3 +26,29 @@ class HintLoss(nn.Module):
 
     def forward(self, f_s: Tensor, f_t: Tensor) -> Tensor:
         return hint_loss(f_s, f_t)
+
+
+class HintTerm(FeatureTerm):
+    """``--distill hint``: FitNet between a ConvReg-regressed student map and the teacher map at ``--hint_layer``.
+
+    ``signed`` (CKD group-mean differences) drops the regressor's final ReLU.
+    """
+
+    @classmethod
+    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+        return [int(opt.hint_layer)]
+
+    @classmethod
+    def check(cls, opt: argparse.Namespace, s_shapes: list, t_shapes: list) -> None:
+        limit = min(len(s_shapes), len(t_shapes))
+        if not 0 <= opt.hint_layer < limit:
+            raise ValueError(f"--hint_layer {opt.hint_layer} is outside the feature list of {opt.model_s}/{opt.model_t} "
+                             f"(valid: 0 to {limit - 1})")
+
+    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
+        super().__init__(ctx, signed)
+        self.regress = ConvReg(self.s_shapes[0], self.t_shapes[0], use_relu=not signed)
+        self.criterion = HintLoss()
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return self.criterion(self.regress(feats_s[0]), feats_t[0])

@@ -20,6 +20,7 @@ may differ); this makes the loss a function of the features alone.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distiller_zoo.AT import check_paired
+from distiller_zoo.terms import FeatureTerm, TermContext, sum_of
 
 # number of extra student singular vectors searched when aligning to the teacher's
 EXTRA_STUDENT_VECTORS = 3
@@ -97,3 +99,33 @@ class KDSVD(nn.Module):
                 losses.append(finite_or_zero(diff).sum() / f_s.shape[0])
             v_s_prev, v_t_prev = v_s, v_t
         return losses
+
+
+def check_equal_channels(name: str, opt: argparse.Namespace, s_shapes: Sequence[Sequence[int]],
+                         t_shapes: Sequence[Sequence[int]]) -> None:
+    """Raise ValueError when the student and teacher maps differ in channel count anywhere."""
+    s_c, t_c = [int(s[0]) for s in s_shapes], [int(t[0]) for t in t_shapes]
+    if s_c != t_c:
+        raise ValueError(f"--distill {name} needs equal student and teacher channel counts per layer, but "
+                         f"{opt.model_s} has {s_c} and {opt.model_t} has {t_c}; pick a matching pair such as "
+                         "resnet20/resnet56, wrn_16_2/wrn_40_2 or vgg8/vgg13")
+
+
+class KDSVDTerm(FeatureTerm):
+    """``--distill kdsvd``: KD-SVD (k = 1) across consecutive stage outputs, feats[1:-1], summed."""
+
+    @classmethod
+    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+        return list(range(1, n_feats - 1))
+
+    @classmethod
+    def check(cls, opt: argparse.Namespace, s_shapes: Sequence[Sequence[int]], t_shapes: Sequence[Sequence[int]]) -> None:
+        s_idx, t_idx = cls.paired_layers(opt, len(s_shapes), len(t_shapes))
+        check_equal_channels("kdsvd", opt, [s_shapes[i] for i in s_idx], [t_shapes[j] for j in t_idx])
+
+    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
+        super().__init__(ctx, signed)
+        self.criterion = KDSVD()
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return sum_of(self.criterion(feats_s, feats_t))

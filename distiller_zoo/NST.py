@@ -13,12 +13,14 @@ of the larger map. ``NSTLoss`` returns one loss per layer pair (RepDistiller: fe
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distiller_zoo.AT import check_paired
+from distiller_zoo.terms import FeatureTerm, TermContext, sum_of
 from distiller_zoo.VID import match_spatial_size
 
 
@@ -41,3 +43,18 @@ class NSTLoss(nn.Module):
     def forward(self, g_s: Sequence[Tensor], g_t: Sequence[Tensor]) -> list[Tensor]:
         check_paired(g_s, g_t, "NSTLoss")
         return [nst_loss(f_s, f_t) for f_s, f_t in zip(g_s, g_t)]
+
+
+class NSTTerm(FeatureTerm):
+    """``--distill nst``: NST on every stage output, feats[1:-1] of student and teacher, summed."""
+
+    @classmethod
+    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+        return list(range(1, n_feats - 1))
+
+    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
+        super().__init__(ctx, signed)
+        self.criterion = NSTLoss()
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return sum_of(self.criterion(feats_s, feats_t))

@@ -12,8 +12,12 @@ the KL divergence of the student from the teacher conditionals, averaged over al
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 from torch import Tensor, nn
+
+from distiller_zoo.terms import FeatureTerm, TermContext
 
 
 def cosine_conditional_probabilities(f: Tensor, eps: float = 1e-7) -> Tensor:
@@ -36,3 +40,18 @@ class PKT(nn.Module):
 
     def forward(self, f_s: Tensor, f_t: Tensor) -> Tensor:
         return pkt_loss(f_s, f_t)
+
+
+class PKTTerm(FeatureTerm):
+    """``--distill pkt``: PKT on the pooled representation, feats[-1], within the batch."""
+
+    @classmethod
+    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+        return [n_feats - 1]
+
+    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
+        super().__init__(ctx, signed)
+        self.criterion = PKT()
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return self.criterion(feats_s[0], feats_t[0])

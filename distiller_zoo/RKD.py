@@ -9,9 +9,13 @@ paper's weights w_d = 25, w_a = 50. The teacher side is computed without gradien
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from distiller_zoo.terms import TermContext
 
 
 def pairwise_distances(e: Tensor, squared: bool = False, eps: float = 1e-12) -> Tensor:
@@ -72,3 +76,13 @@ class RKDLoss(nn.Module):
         if self.w_a:
             loss = loss + self.w_a * rkd_angle_loss(student, teacher)
         return loss
+
+
+class RKDTerm(RKDLoss):
+    """``--relational rkd``: RKD (distance 25, angle 50) on the batch's logits."""
+
+    def __init__(self, ctx: TermContext) -> None:
+        super().__init__()
+
+    def forward(self, logits_s: Tensor, logits_t: Tensor, labels: Tensor | None, batch: dict[str, Any]) -> Tensor:
+        return super().forward(logits_s, logits_t)

@@ -10,12 +10,14 @@ L2-normalised row by row (G~_[i,:] = G_[i,:] / ||G_[i,:]||_2), and the loss of o
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distiller_zoo.AT import check_paired
+from distiller_zoo.terms import FeatureTerm, TermContext, sum_of
 
 
 def similarity_matrix(f: Tensor) -> Tensor:
@@ -37,3 +39,18 @@ class Similarity(nn.Module):
     def forward(self, g_s: Sequence[Tensor], g_t: Sequence[Tensor]) -> list[Tensor]:
         check_paired(g_s, g_t, "Similarity")
         return [sp_loss(f_s, f_t) for f_s, f_t in zip(g_s, g_t)]
+
+
+class SimilarityTerm(FeatureTerm):
+    """``--distill similarity``: SP on the last feature map before pooling, feats[-2], within the batch."""
+
+    @classmethod
+    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+        return [n_feats - 2]
+
+    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
+        super().__init__(ctx, signed)
+        self.criterion = Similarity()
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return sum_of(self.criterion(feats_s, feats_t))

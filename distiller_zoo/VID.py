@@ -12,11 +12,14 @@ with alpha initialised so that sigma_c^2 == init_pred_var (5.0 in the RepDistill
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from distiller_zoo.terms import FeatureTerm, TermContext
 
 
 def inverse_softplus(y: float) -> float:
@@ -72,3 +75,18 @@ class VIDLoss(nn.Module):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         input, target = match_spatial_size(input, target.detach())
         return gaussian_nll(self.regressor(input), self.pred_var(), target)
+
+
+class VIDTerm(FeatureTerm):
+    """``--distill vid``: one VIDLoss per stage output, feats[1:-1] of student and teacher, summed."""
+
+    @classmethod
+    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+        return list(range(1, n_feats - 1))
+
+    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
+        super().__init__(ctx, signed)
+        self.vid = nn.ModuleList(VIDLoss(s[1], t[1], t[1]) for s, t in zip(self.s_shapes, self.t_shapes))
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return sum(vid(f_s, f_t) for vid, f_s, f_t in zip(self.vid, feats_s, feats_t))

@@ -1,16 +1,16 @@
 """Distillation losses: KD and the RepDistiller baselines, DIST, DKD, the CKD comparative loss and mixup baselines."""
 
-from distiller_zoo.AB import ABLoss, activation_boundary_loss
-from distiller_zoo.AT import Attention, at_loss, attention_map
-from distiller_zoo.CC import Correlation, consecutive_discrepancy_correlation
+from distiller_zoo.AB import ABLoss, ABTerm, activation_boundary_loss
+from distiller_zoo.AT import Attention, AttentionTerm, at_loss, attention_map
+from distiller_zoo.CC import Correlation, CorrelationTerm, consecutive_discrepancy_correlation
 from distiller_zoo.CKD import CKD_MODES, CKDLoss, combine, group_mean, label_histogram
-from distiller_zoo.DIST import DIST, cosine_similarity, inter_class_relation, intra_class_relation, pearson_correlation
-from distiller_zoo.DKD import DKD, dkd_loss
-from distiller_zoo.FitNet import HintLoss, hint_loss
-from distiller_zoo.FSP import FSP, fsp_matrix
-from distiller_zoo.FT import FactorTransfer, factor_transfer_loss
+from distiller_zoo.DIST import DIST, DISTTerm, cosine_similarity, inter_class_relation, intra_class_relation, pearson_correlation
+from distiller_zoo.DKD import DKD, DKDTerm, dkd_loss
+from distiller_zoo.FitNet import HintLoss, HintTerm, hint_loss
+from distiller_zoo.FSP import FSP, FSPTerm, fsp_matrix
+from distiller_zoo.FT import FactorTerm, FactorTransfer, factor_transfer_loss
 from distiller_zoo.KD import DistillKL, distill_kl
-from distiller_zoo.KDSVD import KDSVD
+from distiller_zoo.KDSVD import KDSVD, KDSVDTerm
 from distiller_zoo.mixup import (
     MixupLoss,
     apply_cutmix,
@@ -20,20 +20,38 @@ from distiller_zoo.mixup import (
     sample_mixup_weights,
     soft_cross_entropy,
 )
-from distiller_zoo.NST import NSTLoss, nst_loss, poly_kernel
-from distiller_zoo.PKT import PKT, pkt_loss
+from distiller_zoo.NST import NSTLoss, NSTTerm, nst_loss, poly_kernel
+from distiller_zoo.PKT import PKT, PKTTerm, pkt_loss
 from distiller_zoo.RKD import (
     RKDLoss,
+    RKDTerm,
     mean_normalised_distances,
     pairwise_distances,
     rkd_angle_loss,
     rkd_distance_loss,
     triplet_angle_cosines,
 )
-from distiller_zoo.SP import Similarity, similarity_matrix, sp_loss
-from distiller_zoo.VID import VIDLoss, gaussian_nll, inverse_softplus, match_spatial_size
+from distiller_zoo.SP import Similarity, SimilarityTerm, similarity_matrix, sp_loss
+from distiller_zoo.terms import FeatureTerm, TermContext
+from distiller_zoo.VID import VIDLoss, VIDTerm, gaussian_nll, inverse_softplus, match_spatial_size
 
 __all__ = [
+    "ABTerm",
+    "AttentionTerm",
+    "CorrelationTerm",
+    "DISTTerm",
+    "DKDTerm",
+    "HintTerm",
+    "FSPTerm",
+    "FactorTerm",
+    "KDSVDTerm",
+    "NSTTerm",
+    "PKTTerm",
+    "RKDTerm",
+    "SimilarityTerm",
+    "VIDTerm",
+    "FeatureTerm",
+    "TermContext",
     "CKD_MODES",
     "ABLoss",
     "Attention",

@@ -1,16 +1,23 @@
-"""The method registry: every ``--relational`` and ``--distill`` value is one entry here.
+"""Methods built from the method table (``helper/method_table.py``): one row per ``--relational``/``--distill`` value.
 
-A method object owns "how this method turns a batch into losses": which sampler feeds it,
-which extra modules it trains (regressors, embeddings, memory banks), and how a batch of
-sampled indices becomes a dict of named, already-weighted loss terms
-``{'cls': ..., 'kd': ..., 'rel': ..., 'inter': ...}``. The training loop sums and logs that
-dict and never asks which method it is running.
+A method object owns "how this method turns a batch into losses": which sampler feeds it, which extra modules it
+trains (regressors, embeddings, memory banks), and how a batch of sampled indices becomes a dict of named,
+already-weighted loss terms ``{'cls': ..., 'kd': ..., 'rel': ..., 'inter': ...}``. The training loop sums and
+logs that dict and never asks which method it is running. Each step is split in two: :meth:`Method.inputs` (the
+data path: sampled indices -> augmented images, labels and cached teacher outputs, no student) and
+:meth:`Method.losses_from` (the student forwards and the loss terms); ``scripts/bench.py`` times the first alone.
 
-Teacher outputs come only from the cache built before training (``dataset.TrainPool``): no
-method ever calls the teacher.
+Three shapes of method (the table's ``kind``):
+- logit terms (rkd, dist, crd, dkd, ...) and the white-box terms (``--distill``) run inside
+  :class:`SingleImageMethod`, which calls every logit term the same way, ``term(logits_s, logits_t, labels, batch)``,
+  and every white-box term as ``term(feats_s, feats_t)`` (see ``distiller_zoo/terms.py``);
+- relational methods (CKD, mixup, CutMix) are methods of their own, built by the ``build_*`` functions below.
+
+Teacher outputs come only from the cache built before training (``dataset.TrainPool``): no method ever calls the
+teacher, the init stage of two-stage methods included.
 
 Weights (as published):  total = w_cls·cls + w_kd·kd + w_rel·rel + w_inter·inter, with
-w_rel = default[relational]·w_rel_scale and w_inter = default[distill]·w_inter_scale.
+w_rel = row[relational].weight·w_rel_scale and w_inter = row[distill].weight·w_inter_scale.
 """
 
 from __future__ import annotations
@@ -25,29 +32,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crd.criterion import CRDLoss
 from dataset import TrainPool
 from dataset.augment import DeviceAugment
-from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, TupleSampler, group_feature_mean, group_targets
-from distiller_zoo import DIST, CKDLoss, Correlation, DistillKL, HintLoss, MixupLoss, RKDLoss, VIDLoss
+from dataset.samplers import (
+    ClassBalancedSampler,
+    CRDSampler,
+    PlainSampler,
+    TupleSampler,
+    ckd_group_sizes,
+    group_feature_mean,
+    group_targets,
+    steps_per_epoch,
+)
+from distiller_zoo import CKDLoss, DistillKL, FeatureTerm, MixupLoss
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights
 from helper.device import to_device
 from helper.errors import UserError
+from helper.loops import train_step
+from helper.method_table import MethodRow, find, resolve
+from helper.method_table import method_label as method_label  # noqa: F401  (re-exported for callers of helper.methods)
+from helper.method_table import validate_combination as validate_combination
 from models import model_dict
-from models.util import ConvReg, LinearEmbed
 
-# default weight of each relational method's 'rel' term (scaled by --w_rel_scale)
-REL_WEIGHT = {None: 0.0, "ckd": 1.0, "ckd_add": 1.0, "ckd_mixup": 1.0, "ckd_inter": 1.0,
-              "mixup": 1.0, "mixup3": 1.0, "cutmix": 1.0, "rkd": 1.0, "dist": 2.0, "crd": 0.8}
-# default weight of each --distill method's 'inter' term (scaled by --w_inter_scale)
-INTER_WEIGHT = {"kd": 0.0, "hint": 100.0, "correlation": 0.02, "vid": 1.0}
-WHITE_BOX = ("hint", "vid", "correlation")
-CKD_MODES = {"ckd": "ckd", "ckd_add": "ckd_add", "ckd_mixup": "ckd_mixup", "ckd_inter": "ckd"}
+# the init stage draws its own shuffles: the seed of its sampler is --seed plus this
+INIT_SAMPLER_SEED_OFFSET = 31337
 
 
 @dataclass
 class MethodContext:
-    """Everything a method needs to build itself."""
+    """Everything a method (and each of its terms, see ``distiller_zoo.terms.TermContext``) needs to build itself."""
 
     opt: argparse.Namespace
     student: nn.Module
@@ -59,138 +72,51 @@ class MethodContext:
     device: torch.device
 
 
-def validate_combination(opt: argparse.Namespace) -> None:
-    """Reject incompatible --relational/--distill combinations with one sentence (before any work)."""
-    if opt.relational not in REL_WEIGHT:
-        raise UserError(f"unknown --relational '{opt.relational}'; choose one of None, {', '.join(k for k in REL_WEIGHT if k)}")
-    if opt.distill not in INTER_WEIGHT:
-        raise UserError(f"unknown --distill '{opt.distill}'; choose one of {', '.join(INTER_WEIGHT)}")
-    if opt.relational == "ckd_inter" and opt.distill not in WHITE_BOX:
-        raise UserError("--relational ckd_inter combines CKD with a white-box loss; pass --distill hint, vid or correlation")
-    if opt.distill in WHITE_BOX and opt.relational not in (None, "ckd_inter"):
-        raise UserError(
-            f"--distill {opt.distill} is a white-box method and only combines with --relational None or ckd_inter, "
-            f"not {opt.relational}"
-        )
-
-
 def uses_teacher_outputs(opt: argparse.Namespace) -> bool:
     """False only for the cross-entropy-only student (no relational method, no white-box loss, w_kd 0), which
     needs no teacher output at all and therefore makes no teacher call."""
-    return not (opt.relational is None and opt.distill == "kd" and float(opt.w_kd) == 0.0)
+    return not (opt.relational is None and find("distill", opt.distill) is None and float(opt.w_kd) == 0.0)
+
+
+def white_box_class(opt: argparse.Namespace) -> type[FeatureTerm] | None:
+    """The term class of ``--distill`` (None for kd, i.e. no white-box loss)."""
+    row = find("distill", opt.distill)
+    return None if row is None else resolve(row.builder)
 
 
 def teacher_feature_layers(opt: argparse.Namespace, n_teacher_feats: int) -> tuple[int, ...]:
-    """Indices of the teacher's feature list that the cache must keep for this method."""
-    if opt.distill == "hint":
-        return (opt.hint_layer,)
-    if opt.distill == "vid":
-        return tuple(range(1, n_teacher_feats - 1))
-    if opt.distill == "correlation":
-        return (n_teacher_feats - 1,)
-    return ()
+    """Indices of the teacher's feature list that the cache must keep for this method (stated by its term class)."""
+    term = white_box_class(opt)
+    return () if term is None else tuple(term.layers(opt, n_teacher_feats))
 
 
-def check_hint_layer(opt: argparse.Namespace, n_student_feats: int, n_teacher_feats: int) -> None:
-    """--hint_layer must index both feature lists."""
-    if opt.distill == "hint" or opt.relational == "ckd_inter":
-        limit = min(n_student_feats, n_teacher_feats)
-        if opt.distill == "hint" and not 0 <= opt.hint_layer < limit:
-            raise UserError(
-                f"--hint_layer {opt.hint_layer} is outside the feature list of {opt.model_s}/{opt.model_t} "
-                f"(valid: 0 to {limit - 1})"
-            )
+def teacher_needs_preact(opt: argparse.Namespace) -> bool:
+    """Whether the cached teacher feature maps are the pre-activation ones (``model(x, is_feat=True, preact=True)``)."""
+    term = white_box_class(opt)
+    return bool(term is not None and term.preact)
 
 
-def check_hint_layer_early(opt: argparse.Namespace, num_classes: int, image_shape: Sequence[int]) -> None:
-    """Check --hint_layer on freshly initialised CPU copies of both architectures, before the teacher file is read or
-    called (the global RNG is left as it was)."""
-    if opt.distill != "hint":
+def check_white_box(opt: argparse.Namespace, student_shapes: Sequence[tuple[int, ...]],
+                    teacher_shapes: Sequence[tuple[int, ...]]) -> None:
+    """The white-box term's own check of this student/teacher pair (layer indices, channel counts)."""
+    term = white_box_class(opt)
+    if term is None:
+        return
+    try:
+        term.check(opt, list(student_shapes), list(teacher_shapes))
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
+def check_white_box_early(opt: argparse.Namespace, num_classes: int, image_shape: Sequence[int]) -> None:
+    """:func:`check_white_box` on freshly initialised CPU copies of both architectures, before the teacher file is read
+    or called (the global RNG is left as it was)."""
+    if white_box_class(opt) is None:
         return
     with torch.random.fork_rng(devices=[]):
-        counts = [len(feature_shapes(model_dict[name](num_classes=num_classes), torch.device("cpu"), tuple(image_shape)))
+        shapes = [feature_shapes(model_dict[name](num_classes=num_classes), torch.device("cpu"), tuple(image_shape))
                   for name in (opt.model_s, opt.model_t)]
-    check_hint_layer(opt, counts[0], counts[1])
-
-
-def _none(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
-        return None
-    return value
-
-
-def method_label(config: dict[str, Any]) -> str:
-    """The method name of a run's resolved flags (the rule is in scripts/summarize.py's docstring)."""
-    relational = _none(config.get("relational"))
-    distill = _none(config.get("distill")) or "kd"
-    w_kd = float(config.get("w_kd") or 0.0)
-    if relational is None:
-        if distill == "kd":
-            return "kd" if w_kd > 0 else "ce"
-        label = str(distill)
-    else:
-        label = str(relational)
-        pos_and_neg = int(float(config.get("pos_and_neg", 2) or 2))
-        if relational in tuple(CKD_MODES) and pos_and_neg != 2:
-            label += f"(P+N={pos_and_neg})"
-        if distill != "kd":
-            label += f"+{distill}"
-    if w_kd > 0:
-        label += "+kd"
-    if _none(config.get("calibrate")) not in (None, "none"):
-        label += "+cal"
-    return label
-
-
-# ---------------------------------------------------------------------------------------------
-# white-box terms (the --distill entries other than kd)
-# ---------------------------------------------------------------------------------------------
-
-
-class WhiteBoxTerm(nn.Module):
-    """A white-box loss between student features and cached teacher features.
-
-    ``signed=True`` is used by ckd_inter, where the inputs are group-mean feature *differences*
-    (signed), so the FitNet regressor must not end in a ReLU.
-    """
-
-    def __init__(self, distill: str, ctx: MethodContext, signed: bool) -> None:
-        super().__init__()
-        self.distill = distill
-        s_shapes, t_shapes = ctx.student_feat_shapes, ctx.teacher_feat_shapes
-        if distill == "hint":
-            self.layers = [(ctx.opt.hint_layer, ctx.opt.hint_layer)]
-            s, t = s_shapes[ctx.opt.hint_layer], t_shapes[ctx.opt.hint_layer]
-            self.regress = ConvReg((2, *s), (2, *t), use_relu=not signed)
-            self.criterion = HintLoss()
-        elif distill == "vid":
-            pairs = list(zip(range(1, len(s_shapes) - 1), range(1, len(t_shapes) - 1)))
-            self.layers = pairs
-            self.vid = nn.ModuleList(
-                VIDLoss(s_shapes[i][0], t_shapes[j][0], t_shapes[j][0]) for i, j in pairs
-            )
-        elif distill == "correlation":
-            self.layers = [(len(s_shapes) - 1, len(t_shapes) - 1)]
-            self.embed_s = LinearEmbed(s_shapes[-1][0], ctx.opt.feat_dim)
-            self.embed_t = LinearEmbed(t_shapes[-1][0], ctx.opt.feat_dim)
-            self.criterion = Correlation()
-        else:
-            raise ValueError(f"not a white-box method: {distill}")
-
-    def student_layers(self) -> list[int]:
-        return [i for i, _ in self.layers]
-
-    def teacher_layers(self) -> list[int]:
-        return [j for _, j in self.layers]
-
-    def forward(self, feats_s: dict[int, Tensor], feats_t: dict[int, Tensor]) -> Tensor:
-        if self.distill == "hint":
-            i, j = self.layers[0]
-            return self.criterion(self.regress(feats_s[i]), feats_t[j])
-        if self.distill == "vid":
-            return sum(vid(feats_s[i], feats_t[j]) for vid, (i, j) in zip(self.vid, self.layers))
-        i, j = self.layers[0]
-        return self.criterion(self.embed_s(feats_s[i]), self.embed_t(feats_t[j]))
+    check_white_box(opt, shapes[0], shapes[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +125,7 @@ class WhiteBoxTerm(nn.Module):
 
 
 class Method(nn.Module):
-    """Base: shared weights, the student forward, and the per-method generator for λ draws."""
+    """Base: shared weights, the student forward, the white-box term, and the per-method generator for λ draws."""
 
     sampler_kind = "plain"
 
@@ -208,15 +134,29 @@ class Method(nn.Module):
         opt = ctx.opt
         self.ctx = SimpleNamespace(pool=ctx.pool, augment=ctx.augment, num_classes=ctx.num_classes, device=ctx.device)
         self.student = ctx.student
+        self.rel_row: MethodRow | None = find("relational", opt.relational)
+        self.distill_row: MethodRow | None = find("distill", opt.distill)
         self.w_cls = float(opt.w_cls)
         self.w_kd = float(opt.w_kd)
-        self.w_rel = REL_WEIGHT[opt.relational] * float(opt.w_rel_scale)
-        self.w_inter = INTER_WEIGHT[opt.distill] * float(opt.w_inter_scale)
+        self.w_rel = (self.rel_row.weight if self.rel_row else 0.0) * float(opt.w_rel_scale)
+        self.w_inter = (self.distill_row.weight if self.distill_row else 0.0) * float(opt.w_inter_scale)
         self.kd_T = float(opt.kd_T)
         self.kl = DistillKL(self.kd_T)
         self.channels_last = bool(getattr(opt, "channels_last", False))
+        self.white_box: FeatureTerm | None = None
+        self.epoch = 1  # the 1-based pseudo-epoch, set by the trainer (set_epoch)
         # λ draws (mixup, cutmix, ckd_mixup) come from their own CPU generator: resumable, device-independent
         self.generator = torch.Generator().manual_seed(int(opt.seed) + 7919)
+
+    def _add_white_box(self, ctx: MethodContext, signed: bool) -> None:
+        """Build the ``--distill`` term (call it where its parameters were always drawn from the global RNG)."""
+        if self.distill_row is not None:
+            self.white_box = resolve(self.distill_row.builder)(ctx, signed=signed)
+
+    @property
+    def wants_feats(self) -> bool:
+        """Whether the student forward must return feature maps (a white-box term with a non-zero weight)."""
+        return self.white_box is not None and self.w_inter != 0
 
     def trainable_modules(self) -> list[nn.Module]:
         """Modules besides the student whose parameters the optimiser trains."""
@@ -228,6 +168,10 @@ class Method(nn.Module):
     def load_extra_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
 
+    def set_epoch(self, epoch: int) -> None:
+        """The 1-based pseudo-epoch of the coming steps (read by terms whose table row says needs_epoch)."""
+        self.epoch = int(epoch)
+
     def images(self, idx: Tensor) -> Tensor:
         """Augmented, normalised student inputs for pool items ``idx`` (any shape; flattened)."""
         x = self.ctx.augment(self.ctx.pool.images[idx.reshape(-1)], self.aug_generator)
@@ -238,29 +182,113 @@ class Method(nn.Module):
     def teacher_logits(self, idx: Tensor) -> Tensor:
         return self.ctx.pool.teacher_logits[idx]
 
+    def teacher_feats(self, idx: Tensor) -> list[Tensor]:
+        """The white-box term's cached teacher maps of pool items ``idx`` (float32)."""
+        assert self.white_box is not None
+        return [self.ctx.pool.teacher_feats[j][idx].float() for j in self.white_box.teacher_idx]
+
+    def student_feats(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """(the white-box term's student maps, logits) of one student forward."""
+        assert self.white_box is not None
+        feats, logits = self.student(x, is_feat=True, preact=self.white_box.preact)
+        return [feats[i] for i in self.white_box.student_idx], logits
+
     def make_sampler(self, opt: argparse.Namespace, device: torch.device):
         raise NotImplementedError
 
-    def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def inputs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        """The data path of one step: augmented images, labels and cached teacher outputs (no student call)."""
         raise NotImplementedError
+
+    def student_inputs(self, inputs: dict[str, Any]) -> list[tuple[Tensor, bool]]:
+        """(images, with feature maps) of each student forward that :meth:`losses_from` makes on ``inputs``."""
+        raise NotImplementedError
+
+    def losses_from(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.losses_from(self.inputs(batch))
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.losses(batch)
 
+    # ------------------------------------------------------------------------------ init stage
+    def init_stage(self, opt: argparse.Namespace) -> InitStage | None:
+        """The init stage of a two-stage white-box method (its table row says init_stage), or None."""
+        if self.white_box is None or self.distill_row is None or not self.distill_row.init_stage or opt.init_epochs < 1:
+            return None
+        return InitStage(self, opt)
+
+
+class InitStage:
+    """The init stage of a two-stage method (AB, FT, FSP; RepDistiller's ``init``): the term's init modules are trained
+    alone on its init loss for ``--init_epochs`` pseudo-epochs, from the cache (no teacher call), on shuffled single
+    images, with SGD at the term's init learning rate; the student is in eval mode, the trained modules in train
+    mode. Afterwards each parameter's ``requires_grad`` is what it was before (frozen modules stay out of the main
+    optimiser)."""
+
+    def __init__(self, method: Method, opt: argparse.Namespace) -> None:
+        assert method.white_box is not None
+        self.method = method
+        self.term = method.white_box
+        self.epochs = int(opt.init_epochs)
+        self.modules = self.term.init_modules(method.student)
+        self.params = list(dict.fromkeys(p for m in self.modules for p in m.parameters()))
+        self.optimizer = torch.optim.SGD(self.params, lr=self.term.init_learning_rate(opt), momentum=opt.momentum,
+                                         weight_decay=opt.weight_decay)
+        pool = method.ctx.pool
+        self.sampler = PlainSampler(pool.n_items, opt.batch_size, int(opt.seed) + INIT_SAMPLER_SEED_OFFSET,
+                                    method.ctx.device)
+        self.steps_per_epoch = steps_per_epoch(pool.n_images, opt.batch_size)
+
+    def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        idx = batch["idx"]
+        x = self.method.images(idx)
+        feats_t = self.method.teacher_feats(idx)
+        feats_s, _ = self.method.student_feats(x)
+        return {"init": self.term.init_loss(feats_s, feats_t)}
+
+    def run(self, device: torch.device, amp: bool, stop_requested: Callable[[], bool]) -> bool:
+        """Train the init modules; False when a stop was requested (nothing of the stage is kept then)."""
+        saved = [p.requires_grad for p in self.params]
+        for p in self.params:
+            p.requires_grad_(True)
+        self.method.student.eval()
+        for module in self.modules:
+            module.train()
+        try:
+            for epoch in range(1, self.epochs + 1):
+                total = torch.zeros((), device=device)
+                for _ in range(self.steps_per_epoch):
+                    total = total + train_step(self, self.optimizer, self.sampler.next_batch(), device, amp)["train_loss"]
+                    if stop_requested():
+                        return False
+                mean = total.item() / self.steps_per_epoch
+                if not torch.isfinite(torch.tensor(mean)):
+                    raise UserError(f"the init-stage loss of --distill {self.method.distill_row.name} became non-finite at "
+                                    f"init epoch {epoch}; lower --learning_rate and start a new run")
+                print(f"init epoch {epoch:3d}/{self.epochs} | {self.method.distill_row.name} init loss {mean:.4f}", flush=True)
+        finally:
+            for p, requires_grad in zip(self.params, saved):
+                p.requires_grad_(requires_grad)
+            self.method.student.train()
+        return True
+
 
 class SingleImageMethod(Method):
-    """One augmented image per item: CE-only, KD, DIST, RKD, CRD and the white-box losses (FitNet, VID, CC).
+    """One augmented image per item: CE-only, KD, the logit terms (RKD, DIST, CRD, DKD, ...) and the white-box terms.
 
-    cls = CE(s, y); kd = DistillKL(s, t) (Hinton et al. 2015); rel = the relational loss on logits
-    (as in the CKD paper); inter = the white-box loss on features.
+    cls = CE(s, y); kd = DistillKL(s, t) (Hinton et al. 2015); rel = the logit term
+    ``term(logits_s, logits_t, labels, batch)``; inter = the white-box term on features.
     """
 
-    def __init__(self, ctx: MethodContext, rel_loss: nn.Module | None, sampler_kind: str) -> None:
+    def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        self.sampler_kind = sampler_kind
-        self.rel_loss = rel_loss
-        self.white_box = WhiteBoxTerm(ctx.opt.distill, ctx, signed=False) if ctx.opt.distill in WHITE_BOX else None
-        self.opt_for_sampler = ctx.opt
+        row = self.rel_row
+        self.sampler_kind = row.sampler if row is not None else "plain"
+        self.rel_loss = resolve(row.builder)(ctx) if row is not None else None
+        self._add_white_box(ctx, signed=False)
 
     def make_sampler(self, opt: argparse.Namespace, device: torch.device):
         pool = self.ctx.pool
@@ -269,31 +297,38 @@ class SingleImageMethod(Method):
             return CRDSampler(pool.labels.cpu(), opt.batch_size, opt.nce_k, opt.mode, opt.seed, device)
         if self.sampler_kind == "class_balanced":
             return ClassBalancedSampler(pool.labels.cpu(), opt.batch_size, opt.seed, device)
+        if self.sampler_kind != "plain":
+            raise ValueError(f"a logit term cannot use the '{self.sampler_kind}' sampler; use plain, class_balanced or crd")
         return PlainSampler(n_items, opt.batch_size, opt.seed, device)
 
-    def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def inputs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         idx = batch["idx"]
-        x = self.images(idx)
-        labels = self.ctx.pool.labels[idx]
-        t_logits = self.teacher_logits(idx)
+        out: dict[str, Any] = {"batch": batch, "x": self.images(idx), "labels": self.ctx.pool.labels[idx],
+                               "t_logits": self.teacher_logits(idx)}
+        if self.wants_feats:
+            out["feats_t"] = self.teacher_feats(idx)
+        return out
+
+    def student_inputs(self, inputs: dict[str, Any]) -> list[tuple[Tensor, bool]]:
+        return [(inputs["x"], self.wants_feats)]
+
+    def losses_from(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
+        labels, t_logits = inputs["labels"], inputs["t_logits"]
         terms: dict[str, Tensor] = {}
-        if self.white_box is not None and self.w_inter != 0:
-            feats, logits = self.student(x, is_feat=True)
-            feats_s = {i: feats[i] for i in self.white_box.student_layers()}
-            feats_t = {j: self.ctx.pool.teacher_feats[j][idx].float() for j in self.white_box.teacher_layers()}
-            terms["inter"] = self.w_inter * self.white_box(feats_s, feats_t)
+        if self.wants_feats:
+            feats_s, logits = self.student_feats(inputs["x"])
+            terms["inter"] = self.w_inter * self.white_box(feats_s, inputs["feats_t"])
         else:
-            logits = self.student(x)
+            logits = self.student(inputs["x"])
         logits = logits.float()
         if self.w_cls != 0:
             terms["cls"] = self.w_cls * F.cross_entropy(logits, labels)
         if self.w_kd != 0:
             terms["kd"] = self.w_kd * self.kl(logits, t_logits)
         if self.rel_loss is not None and self.w_rel != 0:
-            if isinstance(self.rel_loss, CRDLoss):
-                rel = self.rel_loss(logits, t_logits, idx, batch["contrast_idx"])
-            else:
-                rel = self.rel_loss(logits, t_logits)
+            row = self.rel_row
+            term_batch = {**inputs["batch"], "epoch": self.epoch} if row.needs_epoch else inputs["batch"]
+            rel = self.rel_loss(logits, t_logits, labels if row.needs_labels else None, term_batch)
             terms["rel"] = self.w_rel * rel
         return terms
 
@@ -308,48 +343,54 @@ class CKDMethod(Method):
 
     sampler_kind = "tuples"
 
-    def __init__(self, ctx: MethodContext, mode: str, with_inter: bool) -> None:
+    def __init__(self, ctx: MethodContext, mode: str) -> None:
         super().__init__(ctx)
-        opt = ctx.opt
         self.mode = mode
-        self.n_neg = opt.pos_and_neg // 2
-        self.n_pos = opt.pos_and_neg - self.n_neg
+        self.n_pos, self.n_neg = ckd_group_sizes(ctx.opt.pos_and_neg)
         self.ckd = CKDLoss(mode=mode, w_cls=self.w_cls, w_rel=self.w_rel, w_kd=self.w_kd, T=self.kd_T)
-        self.white_box = WhiteBoxTerm(opt.distill, ctx, signed=True) if with_inter else None
+        if self.rel_row is not None and self.rel_row.with_white_box:
+            self._add_white_box(ctx, signed=True)
 
     def make_sampler(self, opt: argparse.Namespace, device: torch.device):
         return TupleSampler(self.ctx.pool.image_ids, (self.n_pos, self.n_neg), opt.max_rel_samples, opt.batch_size,
                             opt.seed, device)
 
-    def _group_forward(self, groups: Tensor, want_feats: bool) -> tuple[Tensor, dict[int, Tensor]]:
-        """Student group means of logits (and of the white-box features) for groups [B, g]."""
-        b, g = groups.shape
-        x = self.images(groups)
-        if want_feats:
-            feats, logits = self.student(x, is_feat=True)
-            means = {i: feats[i].reshape(b, g, *feats[i].shape[1:]).mean(1) for i in self.white_box.student_layers()}
-        else:
-            logits, means = self.student(x), {}
-        return logits.float().reshape(b, g, -1).mean(1), means
-
-    def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def inputs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         groups = batch["groups"]
         pos, neg = groups[:, : self.n_pos], groups[:, self.n_pos:]
-        want_feats = self.white_box is not None and self.w_inter != 0
-        s_pos, f_pos = self._group_forward(pos, want_feats)
-        s_neg, f_neg = self._group_forward(neg, want_feats)
-        y_pos, t_pos = group_targets(self.ctx.pool, pos, self.ctx.num_classes)
-        y_neg, t_neg = group_targets(self.ctx.pool, neg, self.ctx.num_classes)
-        lam = None
+        out: dict[str, Any] = {"pos": pos, "neg": neg, "x_pos": self.images(pos), "x_neg": self.images(neg)}
+        out["y_pos"], out["t_pos"] = group_targets(self.ctx.pool, pos, self.ctx.num_classes)
+        out["y_neg"], out["t_neg"] = group_targets(self.ctx.pool, neg, self.ctx.num_classes)
+        out["lam"] = None
         if self.mode == "ckd_mixup":
-            lam = to_device(torch.rand((), generator=self.generator), s_pos.device)  # λ ~ Beta(1,1), one per batch
-        terms = dict(self.ckd(s_pos, s_neg, t_pos, t_neg, y_pos, y_neg, lam=lam))
-        if want_feats:
+            out["lam"] = to_device(torch.rand((), generator=self.generator), pos.device)  # λ ~ Beta(1,1), one per batch
+        if self.wants_feats:
             feats_t = self.ctx.pool.teacher_feats
-            d_s = {i: f_pos[i] - f_neg[i] for i in f_pos}
-            d_t = {j: (group_feature_mean(feats_t[j], pos) - group_feature_mean(feats_t[j], neg)).float()
-                   for j in self.white_box.teacher_layers()}
-            terms["inter"] = self.w_inter * self.white_box(d_s, d_t)
+            out["d_t"] = [(group_feature_mean(feats_t[j], pos) - group_feature_mean(feats_t[j], neg)).float()
+                          for j in self.white_box.teacher_idx]
+        return out
+
+    def student_inputs(self, inputs: dict[str, Any]) -> list[tuple[Tensor, bool]]:
+        return [(inputs["x_pos"], self.wants_feats), (inputs["x_neg"], self.wants_feats)]
+
+    def _group_forward(self, x: Tensor, groups: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Student group means of logits (and of the white-box term's feature maps) for groups [B, g]."""
+        b, g = groups.shape
+        if self.wants_feats:
+            feats, logits = self.student_feats(x)
+            means = [f.reshape(b, g, *f.shape[1:]).mean(1) for f in feats]
+        else:
+            logits, means = self.student(x), []
+        return logits.float().reshape(b, g, -1).mean(1), means
+
+    def losses_from(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
+        s_pos, f_pos = self._group_forward(inputs["x_pos"], inputs["pos"])
+        s_neg, f_neg = self._group_forward(inputs["x_neg"], inputs["neg"])
+        terms = dict(self.ckd(s_pos, s_neg, inputs["t_pos"], inputs["t_neg"], inputs["y_pos"], inputs["y_neg"],
+                              lam=inputs["lam"]))
+        if self.wants_feats:
+            d_s = [a - b for a, b in zip(f_pos, f_neg)]
+            terms["inter"] = self.w_inter * self.white_box(d_s, inputs["d_t"])
         return terms
 
 
@@ -372,10 +413,11 @@ class MixMethod(Method):
         return TupleSampler(self.ctx.pool.image_ids, (1,) * self.n_images, opt.max_rel_samples, opt.batch_size,
                             opt.seed, device)
 
-    def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def inputs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         groups = batch["groups"]
         b = groups.shape[0]
-        x = self.images(groups.t()).reshape(self.n_images, b, *self.ctx.pool.images.shape[1:])
+        x = self.images(groups.t())
+        x = x.reshape(self.n_images, b, *x.shape[1:])  # the augmented crops (Cars: 56x56 of the 64x64 items)
         if self.cutmix:
             lam = sample_mixup_weights(2, self.generator)[0]
             box = cutmix_box(x.shape[-2], x.shape[-1], float(lam), self.generator)
@@ -387,43 +429,56 @@ class MixMethod(Method):
             mixed = mix_images(list(x), to_device(weights, x.device))  # non-blocking on CUDA: no stream sync per step
         if self.channels_last:
             mixed = mixed.contiguous(memory_format=torch.channels_last)
-        logits = self.student(mixed).float()
         cols = [groups[:, k] for k in range(self.n_images)]
-        t_logits = [self.teacher_logits(c) for c in cols]
-        labels = [self.ctx.pool.labels[c] for c in cols]
-        return dict(self.mix_loss(logits, t_logits, labels, to_device(weights, logits.device)))
+        return {"mixed": mixed, "weights": weights, "t_logits": [self.teacher_logits(c) for c in cols],
+                "labels": [self.ctx.pool.labels[c] for c in cols]}
+
+    def student_inputs(self, inputs: dict[str, Any]) -> list[tuple[Tensor, bool]]:
+        return [(inputs["mixed"], False)]
+
+    def losses_from(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
+        logits = self.student(inputs["mixed"]).float()
+        return dict(self.mix_loss(logits, inputs["t_logits"], inputs["labels"], to_device(inputs["weights"], logits.device)))
 
 
 # ---------------------------------------------------------------------------------------------
-# the registry
+# builders of the relational rows (named by helper/method_table.py)
 # ---------------------------------------------------------------------------------------------
 
-def _crd_loss(ctx: MethodContext) -> nn.Module:
-    opt = ctx.opt
-    crd_opt = SimpleNamespace(s_dim=ctx.num_classes, t_dim=ctx.num_classes, feat_dim=opt.feat_dim, nce_k=opt.nce_k,
-                              nce_t=opt.nce_t, nce_m=opt.nce_m, n_data=int(ctx.pool.labels.shape[0]))
-    return CRDLoss(crd_opt)
+
+def build_ckd(ctx: MethodContext) -> Method:
+    return CKDMethod(ctx, "ckd")
 
 
-METHODS: dict[str | None, Callable[[MethodContext], Method]] = {
-    None: lambda ctx: SingleImageMethod(ctx, None, "plain"),
-    "rkd": lambda ctx: SingleImageMethod(ctx, RKDLoss(), "class_balanced"),
-    "dist": lambda ctx: SingleImageMethod(ctx, DIST(), "plain"),
-    "crd": lambda ctx: SingleImageMethod(ctx, _crd_loss(ctx), "crd"),
-    "ckd": lambda ctx: CKDMethod(ctx, "ckd", with_inter=False),
-    "ckd_add": lambda ctx: CKDMethod(ctx, "ckd_add", with_inter=False),
-    "ckd_mixup": lambda ctx: CKDMethod(ctx, "ckd_mixup", with_inter=False),
-    "ckd_inter": lambda ctx: CKDMethod(ctx, "ckd", with_inter=True),
-    "mixup": lambda ctx: MixMethod(ctx, 2, cutmix=False),
-    "mixup3": lambda ctx: MixMethod(ctx, 3, cutmix=False),
-    "cutmix": lambda ctx: MixMethod(ctx, 2, cutmix=True),
-}
+def build_ckd_add(ctx: MethodContext) -> Method:
+    return CKDMethod(ctx, "ckd_add")
+
+
+def build_ckd_mixup(ctx: MethodContext) -> Method:
+    return CKDMethod(ctx, "ckd_mixup")
+
+
+def build_ckd_inter(ctx: MethodContext) -> Method:
+    return CKDMethod(ctx, "ckd")  # plus the --distill term on group-mean differences (row: with_white_box)
+
+
+def build_mixup(ctx: MethodContext) -> Method:
+    return MixMethod(ctx, 2, cutmix=False)
+
+
+def build_mixup3(ctx: MethodContext) -> Method:
+    return MixMethod(ctx, 3, cutmix=False)
+
+
+def build_cutmix(ctx: MethodContext) -> Method:
+    return MixMethod(ctx, 2, cutmix=True)
 
 
 def build_method(ctx: MethodContext, aug_generator: torch.Generator) -> Method:
-    """The registry entry for ``ctx.opt.relational`` (with ``ctx.opt.distill``), on ``ctx.device``."""
+    """The method of ``ctx.opt.relational`` (with ``ctx.opt.distill``) from its table row, on ``ctx.device``."""
     validate_combination(ctx.opt)
-    method = METHODS[ctx.opt.relational](ctx)
+    row = find("relational", ctx.opt.relational)
+    method = resolve(row.builder)(ctx) if row is not None and row.kind == "relational" else SingleImageMethod(ctx)
     method.aug_generator = aug_generator
     return method.to(ctx.device)
 

@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from helper import method_table
 from helper.errors import EXIT_USER_ERROR, UserError
 
-RELATIONAL_CHOICES = (None, "ckd", "ckd_add", "ckd_mixup", "ckd_inter", "mixup", "mixup3", "cutmix", "rkd", "dist", "crd")
-DISTILL_CHOICES = ("kd", "hint", "vid", "correlation")
 DATASET_CHOICES = ("cifar100", "digits")
 SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
@@ -116,10 +115,10 @@ def build_student_parser() -> OneLineParser:
           type=str, default=None)
     _flag(parser, "path_t", "teacher checkpoint (default: save/models/{model_t}_vanilla/ckpt_epoch_240.pth)",
           type=str, default=None)
-    _flag(parser, "distill", "logit or white-box loss: kd, hint (FitNet), vid, correlation (CC)", type=str,
-          default="kd", choices=DISTILL_CHOICES)
-    _flag(parser, "relational", "relational method: None, ckd, ckd_add, ckd_mixup, ckd_inter, mixup, mixup3, cutmix, "
-          "rkd, dist, crd", type=none_or_str, default=None, choices=RELATIONAL_CHOICES)
+    _flag(parser, "distill", method_table.help_of("distill"), type=str, default="kd",
+          choices=method_table.choices_of("distill"))
+    _flag(parser, "relational", method_table.help_of("relational"), type=none_or_str, default=None,
+          choices=method_table.choices_of("relational"))
     _flag(parser, "subset_size", "number of training images drawn from the training set (train + validation)",
           type=int_like, default=50000)
     _flag(parser, "train_val_frac", "fraction of the subset used for training; the rest validates", type=float, default=0.8)
@@ -147,6 +146,8 @@ def build_student_parser() -> OneLineParser:
     _flag(parser, "nce_t", "CRD temperature", type=float, default=0.07)
     _flag(parser, "nce_m", "CRD memory momentum", type=float, default=0.5)
     _flag(parser, "hint_layer", "feature index used by FitNet (hint)", type=int_like, default=2)
+    _flag(parser, "init_epochs", "pseudo-epochs of the init stage of two-stage white-box methods (abound, factor, fsp), "
+          "trained from the teacher cache before the main schedule", type=int_like, default=30)
     _flag(parser, "teacher_views", "teacher queries per training image (random views drawn once; teacher calls = "
           "n_train x this)", type=int_like, default=1)
     _flag(parser, "teacher_view", "what the teacher sees: augmented (as published: one random crop/flip view per image "
@@ -212,6 +213,8 @@ def finalize_student_args(opt: argparse.Namespace) -> argparse.Namespace:
     for flag in ("batch_size", "epochs", "max_rel_samples", "feat_dim"):
         if getattr(opt, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(opt, flag)}")
+    if opt.init_epochs < 0:
+        raise UserError(f"--init_epochs must not be negative, got {opt.init_epochs}")
     if opt.patience < 0:
         raise UserError(f"--patience must not be negative, got {opt.patience}")
     if opt.lr_decay_times < 1:

@@ -44,10 +44,11 @@ from helper.methods import (
     Method,
     MethodContext,
     build_method,
-    check_hint_layer,
-    check_hint_layer_early,
+    check_white_box,
+    check_white_box_early,
     feature_shapes,
     teacher_feature_layers,
+    teacher_needs_preact,
     uses_teacher_outputs,
     validate_combination,
 )
@@ -98,7 +99,7 @@ def cache_teacher(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, l
     pool = build_train_pool(teacher, images.to(device), labels.to(device), augment, device, views=opt.teacher_views,
                             seed=opt.seed, feat_layers=feat_layers, feat_dtype=feat_dtype, amp=opt.amp,
                             query_teacher=uses_teacher_outputs(opt), num_classes=num_classes,
-                            teacher_view=opt.teacher_view)
+                            teacher_view=opt.teacher_view, preact=teacher_needs_preact(opt))
     return pool, feat_shapes
 
 
@@ -131,7 +132,7 @@ def build_training(opt: argparse.Namespace, student: nn.Module, pool: TrainPool,
     (checkpoints) do not change.
     """
     student_shapes = feature_shapes(student, device, tuple(image_shape))
-    check_hint_layer(opt, len(student_shapes), len(teacher_feat_shapes))
+    check_white_box(opt, student_shapes, teacher_feat_shapes)
     aug_generator = torch.Generator(device=device).manual_seed(opt.seed + 104729)
     ctx = MethodContext(opt=opt, student=student, pool=pool, augment=augment, num_classes=num_classes,
                         student_feat_shapes=student_shapes, teacher_feat_shapes=list(teacher_feat_shapes), device=device)
@@ -294,6 +295,19 @@ class StudentRun:
         return ckpt
 
     # ------------------------------------------------------------------------------ training
+    def _init_stage(self) -> None:
+        """The method's init stage, if it has one (from the cache, no teacher call), then a checkpoint: a resumed run
+        continues after it. Stopped during the stage, the run keeps nothing of it."""
+        stage = self.method.init_stage(self.opt)
+        if stage is not None:
+            if not stage.run(self.device, self.opt.amp, lambda: self.stop.requested):
+                print("stopped during the init stage: nothing saved; the same command starts the run again", flush=True)
+                raise SystemExit(self.stop.exit_code())
+            self.best = self._snapshot()
+        self.state["init_done"] = True
+        if stage is not None:
+            self._save_last()
+
     def _train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return train_step(self.method, self.optimizer, batch, self.device, self.opt.amp)
 
@@ -312,6 +326,7 @@ class StudentRun:
         """Run the rest of the current pseudo-epoch; return False when stopped by a signal."""
         self.student.train()
         self.extras.train()
+        self.method.set_epoch(self.schedule.epoch + 1)
         check_every_step = self.device.type != "cuda"  # on CUDA a per-step check would sync the host every step
         progress = Progress(self.steps_per_epoch, f"epoch {self.schedule.epoch + 1}", self.state["step_in_epoch"])
         try:
@@ -377,7 +392,7 @@ class StudentRun:
             return self.results_path
         resuming = self._decide_resume()
         self._prepare_data()
-        check_hint_layer_early(self.opt, self.num_classes, self.input_shape)
+        check_white_box_early(self.opt, self.num_classes, self.input_shape)
         self._prepare_teacher_cache()
         self._prepare_student()
         self.state, self.accum, self.best = self._fresh_state(), {}, None
@@ -397,6 +412,8 @@ class StudentRun:
         try:
             with self.stop.installed():
                 done = self.state["finished"]
+                if not done and not self.state.get("init_done", False):
+                    self._init_stage()
                 while not done:
                     if not self._train_epoch():
                         self._save_last()

@@ -7,12 +7,13 @@ set-up, through the functions of :mod:`helper.student_trainer`), but on random u
 (100 classes, ``--subset_size`` images split train/validation as a run splits them) and a randomly initialised
 ``--model_t`` teacher. After a warm-up it measures, in one process:
 
-* ``bound``: the student's forward + backward + SGD step on pre-staged device tensors of exactly the shapes the
-  method feeds it (CKD: a P-group and an N-group forward of batch*P and batch*N images; white-box methods: feature
-  forwards), with cross-entropy against fixed labels: no sampling, no augmentation, no method loss;
+* ``bound``: the student's forward + backward + SGD step on the student inputs of one real step of the method
+  (``Method.inputs`` then ``Method.student_inputs``: CKD a P-group and an N-group forward of batch*P and batch*N
+  images; white-box methods feature forwards), staged once on the device, with cross-entropy against fixed labels:
+  no sampling, no augmentation, no method loss;
 * ``step``: ``train_step(method, optimizer, sampler.next_batch(), device, amp)`` plus the trainer's on-device
   accumulation (and, off CUDA, its per-step finiteness check), i.e. the training step of ``train_student.py``;
-* ``data``: sampling + augmentation + cached-teacher look-ups alone (no student);
+* ``data``: sampling + augmentation + cached-teacher look-ups alone (the method's ``inputs``, no student);
 * ``cache`` vs ``forward``: building the teacher cache over the training split against a plain batched no-grad
   teacher forward over the same, already normalised, tensors (interleaved, best of ``--cache_repeats``);
 * ``calibrate_overhead``: the extra time of ``--calibrate train_mean`` per pseudo-epoch (one eval-mode pass over the
@@ -48,14 +49,19 @@ from torch import Tensor, nn  # noqa: E402
 
 from dataset import CIFAR100_MEAN, CIFAR100_STD, TrainPool, make_subset_split  # noqa: E402
 from dataset.augment import DeviceAugment  # noqa: E402
-from dataset.samplers import group_feature_mean, group_targets, steps_per_epoch  # noqa: E402
+from dataset.samplers import steps_per_epoch  # noqa: E402
 from dataset.teacher_cache import build_train_pool  # noqa: E402
-from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights  # noqa: E402
 from helper.calibration import train_mean_shift  # noqa: E402
 from helper.device import configure_backend, resolve_device, synchronize  # noqa: E402
 from helper.errors import UserError, run_main  # noqa: E402
 from helper.loops import autocast, train_step  # noqa: E402
-from helper.methods import CKDMethod, Method, MixMethod, feature_shapes, teacher_feature_layers, validate_combination  # noqa: E402
+from helper.methods import (  # noqa: E402
+    Method,
+    feature_shapes,
+    teacher_feature_layers,
+    teacher_needs_preact,
+    validate_combination,
+)
 from helper.options import OneLineParser, build_student_parser, finalize_student_args, none_or_str, str2bool  # noqa: E402
 from helper.student_trainer import accumulate, build_student, build_training, cache_teacher  # noqa: E402
 from models import model_dict  # noqa: E402
@@ -133,11 +139,13 @@ def rss_peak_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------ the measured pieces
-def plain_forward(teacher: nn.Module, normalised: Tensor, is_feat: bool, device: torch.device, amp: bool) -> None:
+def plain_forward(teacher: nn.Module, normalised: Tensor, is_feat: bool, device: torch.device, amp: bool,
+                  preact: bool = False) -> None:
     """The reference for the cache: a batched no-grad teacher forward over already normalised tensors."""
+    kwargs = {"is_feat": True, "preact": True} if preact else {"is_feat": is_feat}
     with torch.no_grad(), autocast(device, amp):
         for start in range(0, normalised.shape[0], CACHE_BATCH):
-            teacher(normalised[start:start + CACHE_BATCH], is_feat=is_feat)
+            teacher(normalised[start:start + CACHE_BATCH], **kwargs)
 
 
 def measure_cache(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
@@ -146,11 +154,13 @@ def measure_cache(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, l
     images, labels = images.to(device), labels.to(device)
     normalised = augment.normalize(images)
     is_feat = bool(teacher_feature_layers(opt, len(feature_shapes(teacher, device, IMAGE_SHAPE))))
-    plain_forward(teacher, normalised[:CACHE_BATCH], is_feat, device, opt.amp)  # warm-up
+    preact = teacher_needs_preact(opt)
+    plain_forward(teacher, normalised[:CACHE_BATCH], is_feat, device, opt.amp, preact)  # warm-up
     pool: TrainPool | None = None
     t_cache = t_forward = float("inf")
     for _ in range(repeats):
-        t_forward = min(t_forward, timed(lambda: plain_forward(teacher, normalised, is_feat, device, opt.amp), device))
+        t_forward = min(t_forward, timed(lambda: plain_forward(teacher, normalised, is_feat, device, opt.amp, preact),
+                                         device))
         pool = None
         synchronize(device)
         start = time.perf_counter()
@@ -180,38 +190,27 @@ def calibrate_batchnorm(model: nn.Module, images: Tensor, augment: DeviceAugment
     model.eval()
 
 
-def wants_feats(method: Method) -> bool:
-    return getattr(method, "white_box", None) is not None and method.w_inter != 0
+def staged_forwards(method: Method, opt: argparse.Namespace, device: torch.device) -> list[tuple[Tensor, bool]]:
+    """(images, with feature maps) of each student forward of one real step of ``method``: its own data path
+    (:meth:`Method.inputs`) on a batch of a fresh sampler of its own, staged once on the device."""
+    with torch.no_grad():
+        inputs = method.inputs(method.make_sampler(opt, device).next_batch())
+        return [(x.detach(), want_feats) for x, want_feats in method.student_inputs(inputs)]
 
 
-def forward_plan(method: Method, batch_size: int) -> list[tuple[int, bool]]:
-    """(images, is_feat) of each student forward of one training step of ``method``."""
-    if isinstance(method, CKDMethod):
-        return [(batch_size * method.n_pos, wants_feats(method)), (batch_size * method.n_neg, wants_feats(method))]
-    if isinstance(method, MixMethod):
-        return [(batch_size, False)]
-    return [(batch_size, wants_feats(method))]
-
-
-def make_bound_step(method: Method, opt: argparse.Namespace, device: torch.device) -> Callable[[], None]:
-    """Forward + backward + SGD of the student alone on pre-staged inputs of the method's shapes."""
-    pool, augment = method.ctx.pool, method.ctx.augment
+def make_bound_step(method: Method, staged: list[tuple[Tensor, bool]], opt: argparse.Namespace,
+                    device: torch.device) -> Callable[[], None]:
+    """Forward + backward + SGD of the student alone on the staged inputs, with cross-entropy on fixed labels."""
     g = torch.Generator().manual_seed(opt.seed + 1)
-    inputs = []
-    for n_images, is_feat in forward_plan(method, opt.batch_size):
-        idx = torch.randint(0, pool.n_items, (n_images,), generator=g).to(device)
-        x = augment.normalize(pool.images[idx])
-        if opt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, NUM_CLASSES, (n_images,), generator=g).to(device)
-        inputs.append((x, y, is_feat))
+    inputs = [(x, torch.randint(0, NUM_CLASSES, (x.shape[0],), generator=g).to(device), want_feats)
+              for x, want_feats in staged]
     student = method.student  # the compiled one with --compile
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay)
 
     def step() -> None:
         with autocast(device, opt.amp):
-            outputs = [student(x, is_feat=True)[1] if is_feat else student(x) for x, _, is_feat in inputs]
+            outputs = [method.student_feats(x)[1] if want_feats else student(x) for x, _, want_feats in inputs]
         loss = torch.stack([F.cross_entropy(out.float(), y) for out, (_, y, _) in zip(outputs, inputs)]).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -235,40 +234,13 @@ def make_full_step(setup: Any, device: torch.device, amp: bool) -> Callable[[], 
 
 
 def make_data_step(method: Method, sampler: Any) -> Callable[[], None]:
-    """Sampling + augmentation + cached-teacher look-ups of one step, without the student or the loss.
-
-    Mirrors each method's ``losses`` up to the student call.
-    """
-    pool, num_classes = method.ctx.pool, method.ctx.num_classes
-    sink: list[Tensor] = []
+    """Sampling + augmentation + cached-teacher look-ups of one step (the method's own :meth:`Method.inputs`),
+    without the student or the loss."""
+    sink: list[Any] = []
 
     def step() -> None:
-        batch = sampler.next_batch()
         with torch.no_grad():
-            if isinstance(method, CKDMethod):
-                groups = batch["groups"]
-                pos, neg = groups[:, :method.n_pos], groups[:, method.n_pos:]
-                out = [method.images(pos), method.images(neg), *group_targets(pool, pos, num_classes),
-                       *group_targets(pool, neg, num_classes)]
-                if wants_feats(method):
-                    out += [group_feature_mean(pool.teacher_feats[j], pos) - group_feature_mean(pool.teacher_feats[j], neg)
-                            for j in method.white_box.teacher_layers()]
-            elif isinstance(method, MixMethod):
-                groups = batch["groups"]
-                x = method.images(groups.t()).reshape(method.n_images, groups.shape[0], *IMAGE_SHAPE)
-                if method.cutmix:
-                    lam = sample_mixup_weights(2, method.generator)[0]
-                    mixed = apply_cutmix(x[0], x[1], cutmix_box(x.shape[-2], x.shape[-1], float(lam), method.generator))
-                else:
-                    mixed = mix_images(list(x), sample_mixup_weights(method.n_images, method.generator).to(x.device))
-                cols = [groups[:, k] for k in range(method.n_images)]
-                out = [mixed, *(method.teacher_logits(c) for c in cols), *(pool.labels[c] for c in cols)]
-            else:
-                idx = batch["idx"]
-                out = [method.images(idx), pool.labels[idx], method.teacher_logits(idx)]
-                if wants_feats(method):
-                    out += [pool.teacher_feats[j][idx].float() for j in method.white_box.teacher_layers()]
-        sink[:] = out
+            sink[:] = [method.inputs(sampler.next_batch())]
 
     return step
 
@@ -315,8 +287,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     student = build_student(opt, NUM_CLASSES, device)
     setup = build_training(opt, student, pool, augment, NUM_CLASSES, teacher_feat_shapes, device, IMAGE_SHAPE)
     setup.method.train()
-    images_per_step = sum(n for n, _ in forward_plan(setup.method, opt.batch_size))
-    fns = {"bound": make_bound_step(setup.method, opt, device), "step": make_full_step(setup, device, opt.amp),
+    staged = staged_forwards(setup.method, opt, device)
+    images_per_step = sum(int(x.shape[0]) for x, _ in staged)
+    fns = {"bound": make_bound_step(setup.method, staged, opt, device), "step": make_full_step(setup, device, opt.amp),
            "data": make_data_step(setup.method, setup.sampler)}
     for fn in fns.values():
         for _ in range(args.warmup):

@@ -17,11 +17,11 @@ only the chosen rate's runs are reported.
 Method labels:
   ce                  relational None, distill kd, w_kd 0 (cross-entropy only)
   kd                  relational None, distill kd, w_kd > 0
-  hint / vid / correlation   relational None with that white-box loss
-  R                   relational method R (ckd, mixup3, crd, ...); a white-box loss is appended
+  hint / vid / ...    relational None with that white-box loss (--distill value)
+  R                   relational method R (ckd, mixup3, crd, dkd, ...); a white-box loss is appended
                       as R+loss (ckd_inter+hint)
-  (P+N=k)             appended to the ckd family (ckd, ckd_add, ckd_mixup, ckd_inter) when
-                      pos_and_neg is not 2, e.g. ckd(P+N=3)
+  (P+N=k)             appended to the methods fed by CKD tuples (the method table's ckd_tuples
+                      sampler: ckd, ckd_add, ckd_mixup, ckd_inter) when pos_and_neg is not 2, e.g. ckd(P+N=3)
   +kd                 appended to every method but kd itself when w_kd > 0 (a KL term on the
                       teacher's logits is added), e.g. crd+kd, hint+kd, so runs with and
                       without it never share a cell
@@ -55,11 +55,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from helper.errors import UserError, run_main  # noqa: E402
-from helper.methods import method_label  # noqa: E402
+from helper.method_table import method_label, method_order  # noqa: E402
 from helper.options import OneLineParser  # noqa: E402
 
-METHOD_ORDER = ("ce", "kd", "ckd", "ckd_add", "ckd_mixup", "ckd_inter", "mixup", "mixup3", "cutmix",
-                "rkd", "dist", "crd", "hint", "vid", "correlation")
+METHOD_ORDER = method_order()  # ce, kd, then the method table's order
 # flags that do not change what a run computes: two runs differing only here are the same run
 NOT_IDENTITY = ("save_dir", "resume", "data_folder", "device", "path_t", "wdb_project", "wdb_entity", "_tags",
                 "compile", "channels_last")

@@ -265,7 +265,7 @@ def check_flag_names(parameters: dict[str, Any], source: str) -> None:
 def build_runs(configs: list[dict[str, Any]], source: str) -> list[Run]:
     """Parse every run with train_student.py's parser (raises UserError before anything runs)."""
     try:  # train_student.py's check of --relational/--distill pairs, run before any work
-        from helper.methods import validate_combination
+        from helper.method_table import validate_combination
     except ImportError:  # pragma: no cover - layouts without it
         validate_combination = None
     parser = _raising_parser()

@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-REQUIRED_KEYS = {"step_vs_bound", "cache_vs_forward", "calibrate_overhead", "data_images_per_s", "images_per_s", "bound_images_per_s", "peak_mem_mb",
+REQUIRED_KEYS = {"step_vs_bound", "cache_vs_forward", "calibrate_overhead", "data_images_per_s", "images_per_s", "bound_images_per_s",
+                 "peak_mem_mb",
                  "model_s", "model_t", "relational", "distill", "batch_size", "device", "amp", "channels_last", "compile",
                  "threads", "torch_version"}
 TINY = ["--model_s", "resnet8", "--model_t", "resnet8", "--subset_size", "200", "--batch_size", "16", "--steps", "2",
@@ -23,6 +24,7 @@ CASES = {
     "kd": (["--relational=None", "--w_kd", "1"], None, 16),
     "crd": (["--relational", "crd", "--nce_k", "32"], "crd", 16),
     "hint": (["--relational=None", "--distill", "hint", "--hint_layer", "1"], None, 16),
+    "abound": (["--relational=None", "--distill", "abound"], None, 16),  # pre-activation features, from the table
 }
 
 
@@ -42,7 +44,8 @@ def test_bench_ends_with_a_json_line(name: str) -> None:
     assert REQUIRED_KEYS <= set(result)
     assert (result["model_s"], result["model_t"], result["batch_size"], result["device"]) == ("resnet8", "resnet8", 16, "cpu")
     assert result["relational"] == relational and result["images_per_step"] == images_per_step
-    for key in ("step_vs_bound", "cache_vs_forward", "calibrate_overhead", "data_images_per_s", "images_per_s", "bound_images_per_s", "peak_mem_mb"):
+    for key in ("step_vs_bound", "cache_vs_forward", "calibrate_overhead", "data_images_per_s", "images_per_s", "bound_images_per_s",
+                "peak_mem_mb"):
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0
     assert any(line.startswith("step_vs_bound") for line in lines[:-1])  # the table comes before the JSON
 

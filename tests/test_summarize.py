@@ -86,6 +86,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ({"relational": None, "distill": "hint", "w_kd": 1}, "hint+kd"),
     ({"relational": None, "distill": "vid", "w_kd": 0}, "vid"),
     ({"relational": "ckd_inter", "distill": "correlation", "w_kd": 0, "pos_and_neg": 3}, "ckd_inter(P+N=3)+correlation"),
+    ({"relational": "dkd", "distill": "kd", "w_kd": 0, "pos_and_neg": 3}, "dkd"),
+    ({"relational": "ckd_inter", "distill": "attention", "w_kd": 0, "pos_and_neg": 2}, "ckd_inter+attention"),
+    ({"relational": None, "distill": "abound", "w_kd": 1}, "abound+kd"),
 ])
 def test_method_labels(flags: dict, label: str) -> None:
     assert summarize.method_label(flags) == label

@@ -19,7 +19,7 @@ from scripts import sweep
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "scripts" / "sweep.py"
 EXPECTED_RUNS = {"ckd.yml": 432, "mixup.yml": 432, "relational.yml": 648, "white_box.yml": 405,
-                 "white_box_ckd.yml": 405, "kd.yml": 432}
+                 "white_box_ckd.yml": 405, "kd.yml": 432, "zoo.yml": 1080, "zoo_dkd.yml": 216}
 SWEEP_FILES = sorted(p.name for p in ROOT.glob("*.yml"))
 
 

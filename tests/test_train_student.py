@@ -9,22 +9,21 @@ from pathlib import Path
 import pytest
 
 import train_student
+from helper import method_table
 from helper.options import parse_student_args, student_run_dir
 
 RESULT_KEYS = {"test_acc", "test_acc_top5", "test_loss", "best_val_acc", "teacher_acc", "teacher_calls", "teacher_eval_calls",
                "n_train", "n_val", "pseudo_epochs", "steps", "wall_time_s", "config", "git_commit", "torch_version", "device",
                "teacher_sha256"}
 
-COMBINATIONS = [(None, d) for d in ("kd", "hint", "vid", "correlation")] + [
-    (r, "kd") for r in ("ckd", "ckd_add", "ckd_mixup", "mixup", "mixup3", "cutmix", "rkd", "dist", "crd")
-] + [("ckd_inter", d) for d in ("hint", "vid", "correlation")]
+COMBINATIONS = method_table.combinations()  # every accepted --relational x --distill pair of the method table
 
 
 def base_args(fake_cifar: Path, save_dir: Path, *extra: str) -> list[str]:
     teacher = save_dir / "models" / "resnet8_vanilla" / "ckpt_epoch_240.pth"
     return ["--model_s", "resnet8", "--model_t", "resnet8", "--path_t", str(teacher), "--subset_size", "200",
             "--epochs", "2", "--dataset", "cifar100", "--data_folder", str(fake_cifar), "--device", "cpu",
-            "--batch_size", "32", "--nce_k", "32", "--save_dir", str(save_dir), *extra]
+            "--batch_size", "32", "--nce_k", "32", "--init_epochs", "1", "--save_dir", str(save_dir), *extra]
 
 
 @pytest.fixture()

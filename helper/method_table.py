@@ -1,0 +1,209 @@
+"""The method table: every ``--relational`` and ``--distill`` value is one row here, and nothing else lists them.
+
+A row says what kind of term the method adds, its default weight, which sampler feeds it, which inputs its
+term reads (labels, the pseudo-epoch), whether it trains an init stage first, which relational methods it
+combines with, and where its builder lives (``"module:callable"``, so this module imports no torch and the
+flag parser, the summaries and the sweep checks stay light). ``helper.methods`` builds a method from its
+row; ``helper.options`` takes the flag choices and help from here; ``scripts/summarize.py`` its labels; the
+tests their list of combinations and the README check.
+
+Kinds:
+  logit       a term on the logits of a batch of single images, ``term(logits_s, logits_t, labels, batch)``
+              (``--relational``; 'rel' loss term, weight scaled by --w_rel_scale)
+  relational  a method with its own batch structure (CKD groups, mixed images): the builder returns the
+              whole method (``--relational``)
+  white-box   a loss between student and cached teacher feature maps (``--distill``; 'inter' loss term,
+              weight scaled by --w_inter_scale); combines with --relational None, or with a relational row
+              whose ``with_white_box`` is set (ckd_inter: group-mean feature differences)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from helper.errors import UserError
+
+LOGIT = "logit"
+RELATIONAL = "relational"
+WHITE_BOX = "white-box"
+KINDS = (LOGIT, RELATIONAL, WHITE_BOX)
+# the samplers of dataset/samplers.py a row may name
+SAMPLERS = ("plain", "class_balanced", "crd", "ckd_tuples", "pairs", "triples")
+
+# the values that mean "no method" for each flag: no relational term / no white-box term (KD is --w_kd)
+NO_RELATIONAL = None
+NO_DISTILL = "kd"
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """One method: a ``--relational`` value (kinds logit and relational) or a ``--distill`` value (white-box)."""
+
+    name: str
+    kind: str
+    weight: float  # default weight of its term (w_rel or w_inter before the --w_*_scale flags)
+    sampler: str  # which sampler feeds a training step
+    builder: str  # "module:callable": logit term (ctx) -> module, relational (ctx) -> Method, white-box class
+    summary: str  # one line for --help and the README
+    needs_labels: bool = False  # a logit term that reads the labels gets them (others get None)
+    needs_epoch: bool = False  # a logit term that reads batch['epoch'] (the 1-based pseudo-epoch) gets it
+    init_stage: bool = False  # white-box: trains its init modules for --init_epochs before the main schedule
+    with_white_box: bool = False  # relational: needs a white-box --distill, applied to group-mean differences
+    not_on_differences: str = ""  # white-box: why it cannot run on group-mean differences (empty: it can)
+
+    @property
+    def flag(self) -> str:
+        return "distill" if self.kind == WHITE_BOX else "relational"
+
+
+def _row(name: str, kind: str, weight: float, sampler: str, builder: str, summary: str, **facts: Any) -> MethodRow:
+    return MethodRow(name=name, kind=kind, weight=weight, sampler=sampler, builder=builder, summary=summary, **facts)
+
+
+_M = "helper.methods"
+METHODS: tuple[MethodRow, ...] = (
+    # --relational: relational methods (own batch structure)
+    _row("ckd", RELATIONAL, 1.0, "ckd_tuples", f"{_M}:build_ckd", "CKD: group-mean logit differences"),
+    _row("ckd_add", RELATIONAL, 1.0, "ckd_tuples", f"{_M}:build_ckd_add", "CKD with the group average"),
+    _row("ckd_mixup", RELATIONAL, 1.0, "ckd_tuples", f"{_M}:build_ckd_mixup", "CKD with a lambda-weighted average"),
+    _row("ckd_inter", RELATIONAL, 1.0, "ckd_tuples", f"{_M}:build_ckd_inter",
+         "CKD plus a white-box loss on group-mean feature differences", with_white_box=True),
+    _row("mixup", RELATIONAL, 1.0, "pairs", f"{_M}:build_mixup", "mixup on cached teacher logits"),
+    _row("mixup3", RELATIONAL, 1.0, "triples", f"{_M}:build_mixup3", "three-image mixup"),
+    _row("cutmix", RELATIONAL, 1.0, "pairs", f"{_M}:build_cutmix", "CutMix on cached teacher logits"),
+    # --relational: logit terms
+    _row("rkd", LOGIT, 1.0, "class_balanced", "distiller_zoo:RKDTerm", "RKD distance and angle on logits"),
+    _row("dist", LOGIT, 2.0, "plain", "distiller_zoo:DISTTerm", "DIST on logits"),
+    _row("crd", LOGIT, 0.8, "crd", "crd:CRDTerm", "CRD on logits"),
+    _row("dkd", LOGIT, 1.0, "plain", "distiller_zoo:DKDTerm", "DKD on logits and labels, 20-epoch warm-up",
+         needs_labels=True, needs_epoch=True),
+    # --distill: white-box terms
+    _row("hint", WHITE_BOX, 100.0, "plain", "distiller_zoo:HintTerm", "FitNet at --hint_layer"),
+    _row("vid", WHITE_BOX, 1.0, "plain", "distiller_zoo:VIDTerm", "VID"),
+    _row("correlation", WHITE_BOX, 0.02, "plain", "distiller_zoo:CorrelationTerm", "CC"),
+    _row("attention", WHITE_BOX, 1000.0, "plain", "distiller_zoo:AttentionTerm", "AT"),
+    _row("similarity", WHITE_BOX, 3000.0, "plain", "distiller_zoo:SimilarityTerm", "SP"),
+    _row("pkt", WHITE_BOX, 30000.0, "plain", "distiller_zoo:PKTTerm", "PKT"),
+    _row("abound", WHITE_BOX, 1.0, "plain", "distiller_zoo:ABTerm", "AB, with an init stage", init_stage=True,
+         not_on_differences="AB pushes pre-activations past the teacher's activation boundaries, which group-mean "
+                            "differences do not have"),
+    _row("factor", WHITE_BOX, 200.0, "plain", "distiller_zoo:FactorTerm", "FT, with an init stage", init_stage=True,
+         not_on_differences="FT's paraphraser is trained to reconstruct teacher feature maps, not group-mean "
+                            "differences"),
+    _row("fsp", WHITE_BOX, 50.0, "plain", "distiller_zoo:FSPTerm", "FSP, with an init stage", init_stage=True),
+    _row("nst", WHITE_BOX, 50.0, "plain", "distiller_zoo:NSTTerm", "NST"),
+    _row("kdsvd", WHITE_BOX, 1.0, "plain", "distiller_zoo:KDSVDTerm", "KD-SVD"),
+)
+
+
+def rows(kind: str | None = None, flag: str | None = None) -> list[MethodRow]:
+    """The table's rows, optionally of one kind or of one flag, in table order."""
+    return [r for r in METHODS if (kind is None or r.kind == kind) and (flag is None or r.flag == flag)]
+
+
+def find(flag: str, name: str | None) -> MethodRow | None:
+    """The row of ``--flag name``; None for the flag's "no method" value (raises UserError for an unknown name)."""
+    if (flag == "relational" and name == NO_RELATIONAL) or (flag == "distill" and name == NO_DISTILL):
+        return None
+    for row in rows(flag=flag):
+        if row.name == name:
+            return row
+    choices = ", ".join(str(c) for c in choices_of(flag))
+    raise UserError(f"unknown --{flag} '{name}'; choose one of {choices}")
+
+
+def choices_of(flag: str) -> tuple[str | None, ...]:
+    """The accepted values of ``--relational`` or ``--distill``, the "no method" value first."""
+    first = NO_RELATIONAL if flag == "relational" else NO_DISTILL
+    return (first, *(r.name for r in rows(flag=flag)))
+
+
+def help_of(flag: str) -> str:
+    """The --help text of ``--relational`` or ``--distill``."""
+    if flag == "relational":
+        listed = "; ".join(f"{r.name} ({r.summary})" for r in rows(flag=flag))
+        return f"relational or logit method: None (KD through --w_kd only), {listed}"
+    listed = "; ".join(f"{r.name} ({r.summary})" for r in rows(flag=flag))
+    return f"white-box loss on cached teacher features: kd (none), {listed}"
+
+
+def weight_of(flag: str, name: str | None) -> float:
+    """Default weight of a flag value's term (0 for the "no method" values)."""
+    row = find(flag, name)
+    return 0.0 if row is None else row.weight
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """The object named by ``"package.module:attribute"``."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def validate_combination(opt: argparse.Namespace) -> None:
+    """Reject incompatible --relational/--distill combinations with one sentence (before any work)."""
+    relational = find("relational", opt.relational)
+    distill = find("distill", opt.distill)
+    if relational is not None and relational.with_white_box:
+        if distill is None:
+            usable = ", ".join(r.name for r in rows(kind=WHITE_BOX) if not r.not_on_differences)
+            raise UserError(f"--relational {relational.name} combines CKD with a white-box loss; pass --distill {usable}")
+        if distill.not_on_differences:
+            raise UserError(f"--distill {distill.name} cannot be combined with --relational {relational.name}: "
+                            f"{distill.not_on_differences}")
+    elif distill is not None and relational is not None:
+        partners = " or ".join(["None", *(r.name for r in rows(flag="relational") if r.with_white_box)])
+        raise UserError(f"--distill {distill.name} is a white-box method and only combines with --relational {partners}, "
+                        f"not {relational.name}")
+
+
+def combinations() -> list[tuple[str | None, str]]:
+    """Every accepted (--relational, --distill) pair, in table order."""
+    pairs: list[tuple[str | None, str]] = [(NO_RELATIONAL, NO_DISTILL)]
+    pairs += [(NO_RELATIONAL, r.name) for r in rows(kind=WHITE_BOX)]
+    for rel in rows(flag="relational"):
+        if rel.with_white_box:
+            pairs += [(rel.name, r.name) for r in rows(kind=WHITE_BOX) if not r.not_on_differences]
+        else:
+            pairs.append((rel.name, NO_DISTILL))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------- labels
+
+
+def _none(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        return None
+    return value
+
+
+def method_order() -> tuple[str, ...]:
+    """Row order of the summary tables: ce, kd, then the table's methods."""
+    return ("ce", "kd", *(r.name for r in METHODS))
+
+
+def method_label(config: dict[str, Any]) -> str:
+    """The method name of a run's resolved flags (the rule is in scripts/summarize.py's docstring)."""
+    relational = _none(config.get("relational"))
+    distill = _none(config.get("distill")) or NO_DISTILL
+    w_kd = float(config.get("w_kd") or 0.0)
+    if relational is None and distill == NO_DISTILL:
+        label = "kd" if w_kd > 0 else "ce"
+    else:
+        label = str(distill) if relational is None else str(relational)
+        if relational is not None:
+            pos_and_neg = int(float(config.get("pos_and_neg", 2) or 2))
+            row = next((r for r in rows(flag="relational") if r.name == relational), None)
+            if row is not None and row.sampler == "ckd_tuples" and pos_and_neg != 2:
+                label += f"(P+N={pos_and_neg})"
+            if distill != NO_DISTILL:
+                label += f"+{distill}"
+        if w_kd > 0:
+            label += "+kd"
+    if _none(config.get("calibrate")) not in (None, "none"):
+        label += "+cal"  # --calibrate train_mean: its own method variant in tables and plots
+    return label

@@ -1,0 +1,223 @@
+"""The method table (helper/method_table.py) is the one list of methods: flags, help, labels, combinations and the
+README read it; every method added with it trains end to end on digits with n_train x views teacher calls; a method
+added by a table row alone is accepted and trained."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import train_student
+from distiller_zoo import FeatureTerm
+from helper import method_table
+from helper.errors import UserError
+from helper.method_table import LOGIT, WHITE_BOX, MethodRow
+from helper.options import build_student_parser, parse_student_args, teacher_checkpoint_path
+from helper.student_trainer import StudentRun
+from models import model_dict
+from tests.conftest import ROOT
+
+# the methods wired with the table (issue #14), with their published default weights
+NEW_METHODS = {"attention": 1000.0, "similarity": 3000.0, "pkt": 30000.0, "abound": 1.0, "factor": 200.0, "fsp": 50.0,
+               "nst": 50.0, "kdsvd": 1.0, "dkd": 1.0}
+VIEWS = 2
+
+
+@pytest.fixture(scope="module")
+def digits_save(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A save_dir holding a resnet8 digits teacher (10 classes) where train_student.py looks for it."""
+    save_dir = tmp_path_factory.mktemp("digits_save")
+    torch.manual_seed(0)
+    path = teacher_checkpoint_path(save_dir, "digits", "resnet8")
+    path.parent.mkdir(parents=True)
+    torch.save({"model": model_dict["resnet8"](num_classes=10).state_dict(), "epoch": 240, "accuracy": 1.0}, path)
+    return save_dir
+
+
+def digits_args(save_dir: Path, *extra: str) -> list[str]:
+    return ["--dataset", "digits", "--model_s", "resnet8", "--model_t", "resnet8", "--subset_size", "80", "--epochs", "1",
+            "--batch_size", "32", "--init_epochs", "1", "--teacher_views", str(VIEWS), "--device", "cpu",
+            "--path_t", str(teacher_checkpoint_path(save_dir, "digits", "resnet8")), "--save_dir", str(save_dir), *extra]
+
+
+def results_of(capsys: pytest.CaptureFixture[str]) -> tuple[dict, str]:
+    out = capsys.readouterr().out
+    path = Path(out.strip().splitlines()[-1].removeprefix("results: "))
+    return json.loads(path.read_text()), out
+
+
+def flags_of(name: str) -> list[str]:
+    row = method_table.find("relational", name) if name in method_table.choices_of("relational") else None
+    return [f"--relational={name}"] if row is not None else ["--relational=None", "--distill", name]
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+def test_rows_are_well_formed_and_their_builders_resolve() -> None:
+    names = [r.name for r in method_table.METHODS]
+    assert len(names) == len(set(names))
+    for row in method_table.METHODS:
+        assert row.kind in method_table.KINDS and row.sampler in method_table.SAMPLERS and row.summary
+        built = method_table.resolve(row.builder)
+        assert callable(built)
+        if row.kind == WHITE_BOX:
+            assert issubclass(built, FeatureTerm)
+            assert bool(row.init_stage) == (built.init_modules is not FeatureTerm.init_modules)
+        else:
+            assert not row.init_stage and not row.not_on_differences
+    for name, weight in NEW_METHODS.items():
+        row = method_table.find("distill", name) if name != "dkd" else method_table.find("relational", name)
+        assert row is not None and row.weight == weight
+    dkd = method_table.find("relational", "dkd")
+    assert dkd.kind == LOGIT and dkd.needs_labels and dkd.needs_epoch
+    assert {r.name for r in method_table.rows(kind=WHITE_BOX) if r.init_stage} == {"abound", "factor", "fsp"}
+
+
+def test_the_table_imports_no_torch() -> None:
+    code = "import sys, helper.method_table, helper.options; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_flag_choices_and_help_come_from_the_table() -> None:
+    actions = {a.dest: a for a in build_student_parser()._actions}
+    assert tuple(actions["relational"].choices) == (None, *(r.name for r in method_table.rows(flag="relational")))
+    assert tuple(actions["distill"].choices) == ("kd", *(r.name for r in method_table.rows(kind=WHITE_BOX)))
+    for row in method_table.METHODS:
+        assert row.name in actions[row.flag].help
+
+
+def test_readme_methods_table_lists_exactly_the_table() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Methods\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `--(relational|distill) (\w+)`", section, flags=re.MULTILINE))
+    expected = {(r.flag, r.name) for r in method_table.METHODS} | {("relational", "None")}
+    assert listed == expected
+
+
+def test_combinations_follow_the_table() -> None:
+    pairs = method_table.combinations()
+    assert len(pairs) == len(set(pairs))
+    assert ("ckd_inter", "attention") in pairs and ("ckd_inter", "abound") not in pairs and ("dkd", "kd") in pairs
+    for relational, distill in pairs:
+        method_table.validate_combination(parse_student_args(["--relational", str(relational), "--distill", distill]))
+
+
+@pytest.mark.parametrize("distill", ["abound", "factor"])
+def test_a_method_that_cannot_use_group_differences_is_rejected_in_one_sentence(distill: str) -> None:
+    opt = parse_student_args(["--relational", "ckd_inter", "--distill", distill])
+    with pytest.raises(UserError) as err:
+        method_table.validate_combination(opt)
+    assert str(err.value) == (f"--distill {distill} cannot be combined with --relational ckd_inter: "
+                              f"{method_table.find('distill', distill).not_on_differences}")
+
+
+def test_fsp_and_kdsvd_reject_unmatched_channels_before_the_teacher_is_read(tmp_path: Path) -> None:
+    from helper.methods import check_white_box_early
+
+    for distill in ("fsp", "kdsvd"):
+        opt = parse_student_args(["--model_s", "resnet8", "--model_t", "wrn_16_2", "--distill", distill,
+                                  "--path_t", str(tmp_path / "missing.pth")])
+        with pytest.raises(UserError, match=f"--distill {distill} needs equal student and teacher channel counts"):
+            check_white_box_early(opt, 10, (3, 32, 32))
+
+
+def test_no_method_is_special_cased_by_its_loss_type() -> None:
+    """Every term is called through the one signature of its kind: no ``isinstance(..., SomeLoss)`` in helper/ or
+    scripts/."""
+    found = [f"{path.relative_to(ROOT)}:{number}"
+             for folder in ("helper", "scripts") for path in sorted((ROOT / folder).rglob("*.py"))
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(r"isinstance\(.*Loss", line)]
+    assert found == []
+
+
+def test_teacher_layers_are_stated_by_each_term() -> None:
+    from helper.methods import teacher_feature_layers, teacher_needs_preact
+
+    opt = parse_student_args([])
+    expected = {"hint": (2,), "vid": (1, 2, 3), "correlation": (4,), "attention": (1, 2, 3), "similarity": (3,),
+                "pkt": (4,), "abound": (1, 2, 3), "factor": (3,), "fsp": (0, 1, 2, 3), "nst": (1, 2, 3),
+                "kdsvd": (1, 2, 3), "kd": ()}
+    for distill, layers in expected.items():
+        opt.distill = distill
+        assert teacher_feature_layers(opt, 5) == layers, distill
+        assert teacher_needs_preact(opt) == (distill == "abound")
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.parametrize("name", list(NEW_METHODS))
+def test_new_method_trains_on_digits_with_one_teacher_call_per_image_and_view(name: str, digits_save: Path,
+                                                                              tmp_path: Path, capsys) -> None:
+    train_student.main(digits_args(digits_save, *flags_of(name), "--save_dir", str(tmp_path)))
+    results, out = results_of(capsys)
+    assert results["teacher_calls"] == results["n_train"] * VIEWS == 64 * VIEWS
+    assert results["pseudo_epochs"] == 1 and 0.0 <= results["test_acc"] <= 100.0
+    has_init = name in ("abound", "factor", "fsp")
+    assert ("init epoch   1/1" in out) == has_init
+    assert "teacher calls for 64 training images" in out  # the cache was built once, before any training
+
+
+def test_resume_after_the_init_stage_matches_an_uninterrupted_run(digits_save: Path, tmp_path: Path, capsys,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    args = digits_args(digits_save, "--distill", "factor", "--epochs", "2", "--init_epochs", "2")
+    train_student.main([*args, "--save_dir", str(tmp_path / "whole")])
+    whole, _ = results_of(capsys)
+
+    original = StudentRun._train_epoch
+
+    def stop_at_once(self: StudentRun) -> bool:  # as if SIGINT arrived right after the init stage
+        self.stop.signum = signal.SIGINT
+        return False
+
+    monkeypatch.setattr(StudentRun, "_train_epoch", stop_at_once)
+    with pytest.raises(SystemExit):
+        train_student.main([*args, "--save_dir", str(tmp_path / "split")])
+    first = capsys.readouterr().out
+    assert "init epoch   2/2" in first and "stopped: saved" in first
+    monkeypatch.setattr(StudentRun, "_train_epoch", original)
+    train_student.main([*args, "--save_dir", str(tmp_path / "split")])
+    resumed, out = results_of(capsys)
+    assert "resumed at pseudo-epoch 0" in out and "init epoch" not in out and "reusing the teacher cache" in out
+    for key in ("test_acc", "test_loss", "best_val_acc", "best_val_loss", "teacher_calls"):
+        assert resumed[key] == whole[key], key
+
+
+class L1Term(nn.Module):
+    """A throw-away logit term: mean |softmax(s) - softmax(t)|, counting its calls and what it was given."""
+
+    calls = 0
+
+    def __init__(self, ctx: object) -> None:
+        super().__init__()
+
+    def forward(self, logits_s: Tensor, logits_t: Tensor, labels: Tensor | None, batch: dict) -> Tensor:
+        assert labels is None and "epoch" not in batch and "idx" in batch  # its row asks for neither
+        type(self).calls += 1
+        return (logits_s.softmax(1) - logits_t.softmax(1)).abs().mean()
+
+
+def test_a_logit_method_added_by_one_table_row_is_accepted_and_trained(digits_save: Path, tmp_path: Path, capsys,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    row = MethodRow(name="l1", kind=LOGIT, weight=3.0, sampler="plain", builder=f"{__name__}:L1Term",
+                    summary="L1 between softmaxes (test only)")
+    monkeypatch.setattr(method_table, "METHODS", (*method_table.METHODS, row))
+    assert "l1" in build_student_parser().parse_args(["--relational", "l1"]).relational
+    L1Term.calls = 0
+    train_student.main(digits_args(digits_save, "--relational", "l1", "--save_dir", str(tmp_path)))
+    results, out = results_of(capsys)
+    assert results["config"]["relational"] == "l1" and results["teacher_calls"] == 64 * VIEWS
+    assert L1Term.calls == 2  # ceil(64 / 32) steps of one pseudo-epoch
+    assert method_table.method_label(results["config"]) == "l1"
+
