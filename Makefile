@@ -1,11 +1,17 @@
 # The two quick-start commands: `make demo` and `make test`.
-# Each creates .venv from requirements.txt when it is missing or stale (hash of requirements.txt).
+# `make venv` creates .venv with the runtime requirements (requirements.txt) when it is missing or stale;
+# `make venv-dev` adds the test/lint tools (requirements-dev.txt, which includes requirements.txt).
+# Each level has a stamp holding the sha256 of the files it installed, so a second call installs nothing:
+#   .venv/.requirements.sha256      requirements.txt                          (make demo, make bench)
+#   .venv/.requirements-dev.sha256  requirements.txt + requirements-dev.txt   (make test, make lint)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements.sha256
+DEV_STAMP := $(VENV)/.requirements-dev.sha256
+PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: venv test test-slow demo lint bench clean-venv
+.PHONY: venv venv-dev test test-slow demo lint bench clean-venv
 
 venv:
 	@want=$$(sha256sum requirements.txt | cut -d' ' -f1); \
@@ -13,20 +19,31 @@ venv:
 	if [ -x "$(PY)" ] && [ "$$want" = "$$have" ]; then \
 		echo "venv: $(VENV) is up to date with requirements.txt"; \
 	else \
-		echo "venv: creating $(VENV) from requirements.txt (first time takes a few minutes)"; \
-		$(PYTHON) -m venv $(VENV) && \
-		$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt && \
+		echo "venv: installing requirements.txt into $(VENV) (first time takes a few minutes)"; \
+		{ [ -x "$(PY)" ] || $(PYTHON) -m venv $(VENV); } && \
+		$(PIP_INSTALL) -r requirements.txt && \
 		echo "$$want" > $(STAMP) || { echo "venv: installing requirements.txt failed" >&2; exit 1; }; \
 	fi
 
-test: venv
+venv-dev: venv
+	@want=$$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1); \
+	have=$$(cat $(DEV_STAMP) 2>/dev/null); \
+	if [ "$$want" = "$$have" ]; then \
+		echo "venv: $(VENV) is up to date with requirements-dev.txt"; \
+	else \
+		echo "venv: installing requirements-dev.txt (pytest, ruff) into $(VENV)"; \
+		$(PIP_INSTALL) -r requirements-dev.txt && \
+		echo "$$want" > $(DEV_STAMP) || { echo "venv: installing requirements-dev.txt failed" >&2; exit 1; }; \
+	fi
+
+test: venv-dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not slow"
 
-test-slow: venv
+test-slow: venv-dev
 	$(PY) -m pytest -q -m slow
 
-lint: venv
+lint: venv-dev
 	$(VENV)/bin/ruff check .
 
 demo: venv

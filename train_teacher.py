@@ -1,19 +1,21 @@
 """Train a teacher from scratch (RepDistiller recipe: 240 epochs, SGD, decays at 150/180/210).
 
     python train_teacher.py --model resnet110
-    python train_teacher.py --model resnet8 --dataset digits --epochs 30
+    python train_teacher.py --dataset digits --epochs 10 --lr_decay_epochs 7   # resnet14, the digits default
 
-The checkpoint is written where train_student.py finds it without --path_t.
+The checkpoint is written where train_student.py finds it without --path_t. Rerunning the same
+command resumes an interrupted teacher, or says it is finished; other flags in the same folder
+stop with an error (use --trial N for a second teacher of the same architecture).
 """
 
 from __future__ import annotations
 
 from helper.errors import run_main
-from helper.options import build_teacher_parser
+from helper.options import parse_teacher_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    opt = build_teacher_parser().parse_args(argv)
+    opt = parse_teacher_args(argv)
     from helper.teacher_trainer import TeacherRun  # deferred so that --help and flag errors stay instant
 
     TeacherRun(opt).run()

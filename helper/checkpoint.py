@@ -113,6 +113,19 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
 
 
+def _looks_like_checkpoint(path: Path) -> bool:
+    """True for what torch.save writes: a zip archive (``PK``) or, in the legacy format, a pickle (protocol 2+: 0x80).
+
+    Anything else (a text file, an HTML error page) is not a checkpoint, whatever torch.load would say about it.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except OSError:
+        return True  # let torch.load report the read error
+    return head[:2] == b"PK" or head[:1] == b"\x80"
+
+
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load a checkpoint with ``weights_only=True`` and explain every way it can fail.
 
@@ -121,6 +134,9 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    if not _looks_like_checkpoint(path):
+        raise UserError(f"{path} is not a PyTorch checkpoint (not a zip/pickle file); pass a file written by torch.save, "
+                        "or re-download or re-train it")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

@@ -27,15 +27,18 @@ def resolve_device(name: str = "auto") -> torch.device:
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    kind = name.split(":", 1)[0]
-    if kind not in DEVICE_CHOICES:
-        raise UserError(
-            f"unknown device '{name}'; use one of auto, cpu, cuda, cuda:N or mps"
-        )
+    kind, _, index = name.partition(":")
+    if kind not in DEVICE_CHOICES or kind == "auto" or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"unknown device '{name}' for --device; use one of auto, cpu, cuda, cuda:N or mps")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but CUDA is not available; use --device cpu or auto")
+        raise UserError(f"--device {name} was requested but CUDA is not available; use --device cpu or auto")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"--device {name} was requested but only {count} CUDA device{'s' if count != 1 else ''} "
+                        f"{'are' if count != 1 else 'is'} visible (cuda:0 to cuda:{count - 1}); pick one of them or "
+                        "use --device cuda")
     if kind == "mps" and not _mps_available():
-        raise UserError("--device mps was requested but MPS is not available; use --device cpu or auto")
+        raise UserError(f"--device {name} was requested but MPS is not available; use --device cpu or auto")
     return torch.device(name)
 
 

@@ -6,11 +6,18 @@ W&B mode, in order:
 - a key but the W&B server unreachable within 3 s: offline, said in one line (no long hang);
 - W&B failing during the run: a warning, then training goes on without it; metrics still land in
   ``results.json`` and TensorBoard.
+
+Runs are named after their method and seed (``ckd seed1``) and grouped per cell of a sweep: every
+flag but the seed and the trial, so the seeds of one configuration sit together in W&B. Under
+``wandb agent`` the agent's run id is used, and a configuration that already finished still reports
+its stored results to the agent's run (:func:`report_finished_run`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import netrc
 import os
 import socket
@@ -65,16 +72,42 @@ def resolve_wandb_mode() -> str:
     return "online"
 
 
+def under_wandb_agent() -> bool:
+    """True when ``wandb agent`` started this process (it sets the sweep id and the run id it expects)."""
+    return bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
+def wandb_name_and_group(opt: argparse.Namespace, job_type: str) -> tuple[str, str]:
+    """A readable run name (method label and seed) and the group of its cell (every flag but seed and trial)."""
+    if job_type == "teacher":
+        return f"teacher {opt.model} seed{opt.seed}", f"teacher {opt.model} {opt.dataset}"
+    from helper.methods import method_label
+    from helper.options import identity_config
+
+    config = vars(opt)
+    label = method_label(config)
+    trial = f" trial{opt.trial}" if getattr(opt, "trial", 1) != 1 else ""
+    cell = {k: v for k, v in identity_config(opt).items() if k not in ("seed", "trial", "device")}
+    digest = hashlib.sha1(json.dumps(cell, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    group = f"{label} {opt.model_s}<-{opt.model_t} {opt.dataset} n{opt.subset_size} lr{opt.learning_rate:g} {digest}"
+    return f"{label} seed{opt.seed}{trial}", group
+
+
 class RunLogger:
-    """Fan-out of scalars to W&B and TensorBoard, plus the run summary."""
+    """Fan-out of scalars to W&B and TensorBoard, plus the run summary.
+
+    Creates ``run_dir`` (the run's first files are written right after), unless ``tensorboard`` is off and W&B disabled.
+    """
 
     def __init__(self, run_dir: Path, config: dict[str, Any], opt: argparse.Namespace, job_type: str,
-                 wandb_id: str | None = None) -> None:
+                 wandb_id: str | None = None, tensorboard: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.wandb = None
-        self.wandb_id = wandb_id
+        self.wandb_id = os.environ.get("WANDB_RUN_ID") if under_wandb_agent() else wandb_id  # the agent's run wins
         self.tb = None
-        self._init_tensorboard()
+        if tensorboard:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._init_tensorboard()
         self._init_wandb(config, opt, job_type)
 
     def _init_tensorboard(self) -> None:
@@ -98,9 +131,12 @@ class RunLogger:
             tags = [t for t in (getattr(opt, "_tags", None) or "").split(",") if t.strip()]
             if self.wandb_id is None:
                 self.wandb_id = uuid.uuid4().hex[:12]
+            name, group = wandb_name_and_group(opt, job_type)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             self.wandb = wandb.init(
                 project=project, entity=entity, tags=tags or None, config=config, dir=str(self.run_dir),
                 mode=mode, id=self.wandb_id, resume="allow", job_type=job_type, reinit="finish_previous",
+                name=name, group=group,
                 settings=wandb.Settings(init_timeout=30, silent=True),
             )
         except Exception as err:  # W&B must never stop a run
@@ -142,3 +178,29 @@ class RunLogger:
             except Exception:
                 pass
             self.wandb = None
+
+
+def report_finished_run(run_dir: Path, results_path: Path, opt: argparse.Namespace) -> bool:
+    """Under ``wandb agent``, log the stored results of an already finished configuration to the agent's run.
+
+    The agent waits for the run it started to report the sweep's metric; without this, a configuration
+    that finished before (an earlier sweep, a local ``scripts/sweep.py``) would show up as a run with no
+    result. TensorBoard and the files of the run folder are left untouched. Returns True when reported.
+    """
+    if not under_wandb_agent() or resolve_wandb_mode() == "disabled":
+        return False
+    try:
+        results = json.loads(Path(results_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        _say(f"wandb: could not read {results_path} to report it ({err})")
+        return False
+    finished_opt = argparse.Namespace(**{**vars(opt), **(results.get("config") or {})})  # the resolved flags of that run
+    config = {**vars(finished_opt), "n_train": results.get("n_train"), "n_val": results.get("n_val")}
+    logger = RunLogger(run_dir, config, finished_opt, job_type="student", tensorboard=False)
+    if logger.wandb is None:
+        return False
+    summary = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    logger.summary({**summary, "reused_finished_run": True})
+    logger.close(0)
+    _say(f"wandb: reported the stored results of {results_path} to this agent's run")
+    return True

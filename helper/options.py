@@ -38,12 +38,43 @@ DEFAULT_TEACHER = {
     "ShuffleV2": "resnet32x4",
 }
 
-# flags that never change what a run computes, so they do not enter the run-folder name
-NON_IDENTITY_FLAGS = ("resume", "save_dir", "keep_cache")
+# the digits teacher the README trains first, and the default --model_t / --model of --dataset digits
+DEFAULT_DIGITS_TEACHER = "resnet14"
+DEFAULT_CIFAR_TEACHER = "resnet110"
+
+# flags that never change what a run computes (paths, resume, logging), so they do not enter the run-folder name
+NON_IDENTITY_FLAGS = ("resume", "save_dir", "keep_cache", "data_folder", "wdb_project", "wdb_entity", "_tags")
+# a teacher folder also ignores where it trains and how often it keeps a periodic checkpoint
+TEACHER_NON_IDENTITY_FLAGS = (*NON_IDENTITY_FLAGS, "device", "save_freq")
+
+MODEL_NAMES_MARK = "<model names>"  # replaced by the names of models.model_dict when --help is printed
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with every default shown and the architecture names listed (imported only to print help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if MODEL_NAMES_MARK in text:
+            from models import model_dict
+
+            text = text.replace(MODEL_NAMES_MARK, ", ".join(model_dict))
+        if action.option_strings and action.default is not argparse.SUPPRESS and "default" not in text \
+                and action.nargs != 0:
+            text += " (default: %(default)s)"
+        return text
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one sentence on stderr (exit code 2)."""
+    """argparse that reports a bad flag as one sentence on stderr (exit code 2).
+
+    Flags must be spelt out in full (``allow_abbrev=False``): ``--lr`` is an error, not ``--lr_decay_rate``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {message}; run with --help to see every flag and its values", file=sys.stderr, flush=True)
@@ -79,29 +110,59 @@ def _flag(parser: argparse.ArgumentParser, name: str, help: str, **kwargs: Any) 
     parser.add_argument(f"--{name}", help=help, **kwargs)
 
 
-def add_common_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by the teacher and the student scripts."""
-    _flag(parser, "dataset", "data set: cifar100 (downloaded to --data_folder) or digits (scikit-learn's bundled "
-          "real 8x8 digits, offline)", type=str, default="cifar100", choices=DATASET_CHOICES)
-    _flag(parser, "data_folder", "folder holding cifar-100-python/ (downloaded there when missing)", type=str, default="./data")
-    _flag(parser, "device", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps", type=str, default="auto")
-    _flag(parser, "batch_size", "mini-batch size (CKD: tuples per batch)", type=int_like, default=64)
-    _flag(parser, "momentum", "SGD momentum", type=float, default=0.9)
-    _flag(parser, "weight_decay", "SGD weight decay", type=float, default=5e-4)
-    _flag(parser, "seed", "seed of the subset draw, the split, the samplers and the initialisation", type=int_like, default=42)
-    _flag(parser, "trial", "trial number, only to tell repeated runs apart", type=int_like, default=1)
-    _flag(parser, "save_dir", "root folder for runs and teacher checkpoints", type=str, default="./save")
-    _flag(parser, "resume", "continue the run from its last.pth (re-running the same command resumes too)",
-          type=str2bool, nargs="?", const=True, default=False)
-    _flag(parser, "wdb_project", "W&B project (default: $WANDB_PROJECT, else W&B's default project)", type=str, default=None)
-    _flag(parser, "wdb_entity", "W&B entity (default: $WANDB_ENTITY)", type=str, default=None)
-    _flag(parser, "_tags", "comma-separated W&B tags", type=str, default=None)
-    _flag(parser, "amp", "bf16 autocast on CUDA and CPU where supported", type=str2bool, nargs="?", const=True, default=False)
-    _flag(parser, "channels_last", "channels-last memory format for the models and inputs", type=str2bool, nargs="?",
-          const=True, default=False)
-    _flag(parser, "compile", "torch.compile the student (off by default)", type=str2bool, nargs="?", const=True, default=False)
-    _flag(parser, "deterministic", "deterministic kernels (bit-identical reruns on CPU; slower on CUDA)", type=str2bool,
-          nargs="?", const=True, default=False)
+COMMON_HELP = {
+    "dataset": "data set: cifar100 (downloaded to --data_folder) or digits (scikit-learn's bundled real 8x8 digits, offline)",
+    "data_folder": "folder holding cifar-100-python/ (downloaded there when missing)",
+    "device": "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps",
+    "batch_size": "mini-batch size (CKD: tuples per batch)",
+    "momentum": "SGD momentum (0 or more)",
+    "weight_decay": "SGD weight decay (0 or more)",
+    "seed": "seed of the subset draw, the split, the samplers and the initialisation",
+    "trial": "trial number, only to tell repeated runs apart (it is part of the run-folder name)",
+    "save_dir": "root folder: runs go to SAVE_DIR/student/, teachers are read from SAVE_DIR/models*/",
+    "resume": "continue the run from its last.pth (re-running the same command resumes too)",
+    "wdb_project": "W&B project (default: $WANDB_PROJECT, else W&B's default project)",
+    "wdb_entity": "W&B entity (default: $WANDB_ENTITY)",
+    "_tags": "comma-separated W&B tags",
+    "amp": "bf16 autocast on CUDA and CPU where supported",
+    "channels_last": "channels-last memory format for the models and inputs",
+    "compile": "torch.compile the student",
+    "deterministic": "deterministic kernels (bit-identical reruns on CPU; slower on CUDA)",
+}
+
+TEACHER_HELP = {
+    **COMMON_HELP,
+    "batch_size": "mini-batch size",
+    "seed": "seed of the initialisation and data order",
+    "trial": "trial number: trial 1 writes {model}_vanilla/ (where students look by default), trial k > 1 writes "
+             "{model}_vanilla_trial{k}/ (pass it to students with --path_t)",
+    "save_dir": "root folder: the teacher goes to SAVE_DIR/models/{model}_vanilla/ (SAVE_DIR/models_digits/... for digits)",
+    "resume": "continue the teacher from its last.pth (re-running the same command resumes too; a finished teacher "
+              "is not trained again)",
+    "compile": "torch.compile the model being trained",
+    "channels_last": "channels-last memory format for the model and inputs",
+}
+
+
+def add_common_flags(parser: argparse.ArgumentParser, helps: dict[str, str] = COMMON_HELP) -> None:
+    """Flags shared by the teacher and the student scripts; ``helps`` words them for the script at hand."""
+    _flag(parser, "dataset", helps["dataset"], type=str, default="cifar100", choices=DATASET_CHOICES)
+    _flag(parser, "data_folder", helps["data_folder"], type=str, default="./data")
+    _flag(parser, "device", helps["device"], type=str, default="auto")
+    _flag(parser, "batch_size", helps["batch_size"], type=int_like, default=64)
+    _flag(parser, "momentum", helps["momentum"], type=float, default=0.9)
+    _flag(parser, "weight_decay", helps["weight_decay"], type=float, default=5e-4)
+    _flag(parser, "seed", helps["seed"], type=int_like, default=42)
+    _flag(parser, "trial", helps["trial"], type=int_like, default=1)
+    _flag(parser, "save_dir", helps["save_dir"], type=str, default="./save")
+    _flag(parser, "resume", helps["resume"], type=str2bool, nargs="?", const=True, default=False)
+    _flag(parser, "wdb_project", helps["wdb_project"], type=str, default=None)
+    _flag(parser, "wdb_entity", helps["wdb_entity"], type=str, default=None)
+    _flag(parser, "_tags", helps["_tags"], type=str, default=None)
+    _flag(parser, "amp", helps["amp"], type=str2bool, nargs="?", const=True, default=False)
+    _flag(parser, "channels_last", helps["channels_last"], type=str2bool, nargs="?", const=True, default=False)
+    _flag(parser, "compile", helps["compile"], type=str2bool, nargs="?", const=True, default=False)
+    _flag(parser, "deterministic", helps["deterministic"], type=str2bool, nargs="?", const=True, default=False)
 
 
 def build_student_parser() -> OneLineParser:
@@ -110,17 +171,18 @@ def build_student_parser() -> OneLineParser:
         prog="train_student.py",
         description="Train a student with few teacher inferences (CKD and baselines).",
     )
-    _flag(parser, "model_s", "student architecture (one of models.model_dict)", type=str, default="resnet32")
-    _flag(parser, "model_t", "teacher architecture (default: the published pair of --model_s, or parsed from --path_t)",
+    _flag(parser, "model_s", f"student architecture, one of: {MODEL_NAMES_MARK}", type=str, default="resnet32")
+    _flag(parser, "model_t", f"teacher architecture, one of the same names (default: parsed from --path_t when given, else "
+          f"{DEFAULT_DIGITS_TEACHER} for --dataset digits, else the published pair of --model_s, e.g. resnet32 -> resnet110)",
           type=str, default=None)
-    _flag(parser, "path_t", "teacher checkpoint (default: save/models/{model_t}_vanilla/ckpt_epoch_240.pth)",
-          type=str, default=None)
+    _flag(parser, "path_t", "teacher checkpoint (default: SAVE_DIR/models/{model_t}_vanilla/ckpt_epoch_240.pth, "
+          "SAVE_DIR/models_digits/... for --dataset digits)", type=str, default=None)
     _flag(parser, "distill", method_table.help_of("distill"), type=str, default="kd",
           choices=method_table.choices_of("distill"))
     _flag(parser, "relational", method_table.help_of("relational"), type=none_or_str, default=None,
           choices=method_table.choices_of("relational"))
-    _flag(parser, "subset_size", "number of training images drawn from the training set (train + validation)",
-          type=int_like, default=50000)
+    _flag(parser, "subset_size", "number of training images drawn from the training set, train + validation (default: "
+          "the whole training set: 50000 for cifar100, 1437 for digits)", type=int_like, default=None)
     _flag(parser, "train_val_frac", "fraction of the subset used for training; the rest validates", type=float, default=0.8)
     _flag(parser, "use_DA", "data augmentation: 0 none, 1 random crop, 2 random crop + horizontal flip",
           type=int_like, default=2, choices=(0, 1, 2))
@@ -161,21 +223,22 @@ def build_student_parser() -> OneLineParser:
           "over the training split into the classifier bias of the validated/saved model; meant for ckd and ckd_inter, "
           "whose loss leaves the per-class logit offset free (see README)", type=str, default="none",
           choices=("none", "train_mean"))
-    add_common_flags(parser)
+    add_common_flags(parser, COMMON_HELP)
     return parser
 
 
 def build_teacher_parser() -> OneLineParser:
     """The parser of train_teacher.py."""
     parser = OneLineParser(prog="train_teacher.py", description="Train a teacher from scratch (RepDistiller recipe).")
-    _flag(parser, "model", "architecture (one of models.model_dict)", type=str, default="resnet110")
+    _flag(parser, "model", f"architecture, one of: {MODEL_NAMES_MARK} (default: {DEFAULT_CIFAR_TEACHER} for cifar100, "
+          f"{DEFAULT_DIGITS_TEACHER} for digits)", type=str, default=None)
     _flag(parser, "epochs", "training epochs", type=int_like, default=240)
     _flag(parser, "learning_rate", "SGD learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleV1/ShuffleV2)",
           type=float, default=None)
     _flag(parser, "lr_decay_epochs", "comma-separated epochs where the learning rate decays", type=str, default="150,180,210")
     _flag(parser, "lr_decay_rate", "factor applied at each decay epoch", type=float, default=0.1)
-    _flag(parser, "save_freq", "save a periodic checkpoint every this many epochs", type=int_like, default=40)
-    add_common_flags(parser)
+    _flag(parser, "save_freq", "save a periodic checkpoint ckpt_epoch_N.pth every this many epochs", type=int_like, default=40)
+    add_common_flags(parser, TEACHER_HELP)
     return parser
 
 
@@ -184,16 +247,47 @@ def default_learning_rate(model: str) -> float:
     return 0.01 if model in SMALL_LR_MODELS else 0.05
 
 
-def finalize_student_args(opt: argparse.Namespace) -> argparse.Namespace:
-    """Resolve defaults that depend on other flags and check ranges (raises UserError)."""
+def _check_architecture(name: str | None, flag: str) -> None:
     from models import model_dict  # deferred: importing torch models is not needed for --help
 
-    for flag in ("model_s", "model_t"):
-        name = getattr(opt, flag)
-        if name is not None and name not in model_dict:
-            raise UserError(f"unknown architecture '{name}' for --{flag}; choose one of {', '.join(model_dict)}")
+    if name is not None and name not in model_dict:
+        raise UserError(f"unknown architecture '{name}' for --{flag}; choose one of {', '.join(model_dict)}")
+
+
+def _check_positive(opt: argparse.Namespace, *flags: str) -> None:
+    for flag in flags:
+        value = getattr(opt, flag)
+        if not math.isfinite(value) or value <= 0:
+            raise UserError(f"--{flag} must be a finite positive number, got {value}")
+
+
+def _check_non_negative(opt: argparse.Namespace, *flags: str) -> None:
+    for flag in flags:
+        value = getattr(opt, flag)
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"--{flag} must be a finite number, 0 or more, got {value}")
+
+
+def _check_at_least(opt: argparse.Namespace, minimum: int, *flags: str) -> None:
+    for flag in flags:
+        if getattr(opt, flag) < minimum:
+            raise UserError(f"--{flag} must be at least {minimum}, got {getattr(opt, flag)}")
+
+
+def finalize_student_args(opt: argparse.Namespace) -> argparse.Namespace:
+    """Resolve the student's defaults that depend on other flags and check every flag (raises UserError).
+
+    Runs before any file or folder is created, so a bad flag leaves nothing behind.
+    """
+    _check_architecture(opt.model_s, "model_s")
+    _check_architecture(opt.model_t, "model_t")
     if opt.model_t is None:
-        opt.model_t = teacher_from_path(opt.path_t) if opt.path_t else DEFAULT_TEACHER.get(opt.model_s)
+        if opt.path_t:
+            opt.model_t = teacher_from_path(opt.path_t)
+        elif opt.dataset == "digits":
+            opt.model_t = DEFAULT_DIGITS_TEACHER
+        else:
+            opt.model_t = DEFAULT_TEACHER.get(opt.model_s)
         if opt.model_t is None:
             raise UserError(f"no published teacher for student '{opt.model_s}'; pass --model_t (and --path_t)")
     if opt.path_t is None:
@@ -202,36 +296,52 @@ def finalize_student_args(opt: argparse.Namespace) -> argparse.Namespace:
         opt.learning_rate = default_learning_rate(opt.model_s)
     if not 0.0 < opt.train_val_frac < 1.0:
         raise UserError(f"--train_val_frac must be strictly between 0 and 1, got {opt.train_val_frac}")
-    if opt.subset_size < 2:
+    if opt.subset_size is not None and opt.subset_size < 2:
         raise UserError(f"--subset_size must be at least 2, got {opt.subset_size}")
     if opt.pos_and_neg < 2:
         raise UserError(f"--pos_and_neg must be at least 2 (one positive and one negative image), got {opt.pos_and_neg}")
-    if opt.nce_k < 1:
-        raise UserError(f"--nce_k must be at least 1, got {opt.nce_k}")
-    if opt.teacher_views < 1:
-        raise UserError(f"--teacher_views must be at least 1, got {opt.teacher_views}")
-    for flag in ("batch_size", "epochs", "max_rel_samples", "feat_dim"):
-        if getattr(opt, flag) < 1:
-            raise UserError(f"--{flag} must be at least 1, got {getattr(opt, flag)}")
-    if opt.init_epochs < 0:
-        raise UserError(f"--init_epochs must not be negative, got {opt.init_epochs}")
-    if opt.patience < 0:
-        raise UserError(f"--patience must not be negative, got {opt.patience}")
-    if opt.lr_decay_times < 1:
-        raise UserError(f"--lr_decay_times counts learning-rate phases and must be at least 1, got {opt.lr_decay_times}")
-    if opt.learning_rate <= 0:
-        raise UserError(f"--learning_rate must be positive, got {opt.learning_rate}")
-    for flag in ("w_cls", "w_kd", "w_rel_scale", "w_inter_scale", "kd_T", "nce_t"):
-        value = getattr(opt, flag)
-        if not math.isfinite(value) or value < 0 or (flag in ("kd_T", "nce_t") and value == 0):
-            raise UserError(f"--{flag} must be a finite {'positive' if flag in ('kd_T', 'nce_t') else 'non-negative'} "
-                            f"number, got {value}")
+    _check_at_least(opt, 1, "nce_k", "teacher_views", "batch_size", "epochs", "max_rel_samples", "feat_dim", "trial",
+                    "lr_decay_times")
+    _check_at_least(opt, 0, "patience", "init_epochs")
+    _check_positive(opt, "learning_rate", "lr_decay_rate", "kd_T", "nce_t")
+    _check_non_negative(opt, "w_cls", "w_kd", "w_rel_scale", "w_inter_scale", "momentum", "weight_decay")
     return opt
 
 
-def identity_config(opt: argparse.Namespace) -> dict[str, Any]:
+def parse_decay_epochs(text: str) -> list[int]:
+    """``--lr_decay_epochs 150,180,210`` as a sorted list (raises UserError)."""
+    try:
+        epochs = sorted(int(x) for x in text.split(",") if x.strip())
+    except ValueError as err:
+        raise UserError(f"--lr_decay_epochs must be comma-separated whole numbers such as 150,180,210, got '{text}'") from err
+    if any(e < 1 for e in epochs):
+        raise UserError(f"--lr_decay_epochs must hold epochs of 1 or more, got '{text}'")
+    return epochs
+
+
+def finalize_teacher_args(opt: argparse.Namespace) -> argparse.Namespace:
+    """Resolve the teacher's defaults and check every flag (raises UserError), before any file or folder is created."""
+    if opt.model is None:
+        opt.model = DEFAULT_DIGITS_TEACHER if opt.dataset == "digits" else DEFAULT_CIFAR_TEACHER
+    _check_architecture(opt.model, "model")
+    if opt.learning_rate is None:
+        opt.learning_rate = default_learning_rate(opt.model)
+    _check_at_least(opt, 1, "epochs", "save_freq", "trial")
+    _check_at_least(opt, 2, "batch_size")  # BatchNorm cannot train on one image
+    _check_positive(opt, "learning_rate", "lr_decay_rate")
+    _check_non_negative(opt, "momentum", "weight_decay")
+    parse_decay_epochs(opt.lr_decay_epochs)
+    return opt
+
+
+def identity_config(opt: argparse.Namespace, ignored: tuple[str, ...] = NON_IDENTITY_FLAGS) -> dict[str, Any]:
     """The flags that define what a run computes (everything but paths, logging and resume)."""
-    return {k: v for k, v in sorted(vars(opt).items()) if k not in NON_IDENTITY_FLAGS and not k.startswith("__")}
+    return {k: v for k, v in sorted(vars(opt).items()) if k not in ignored and not k.startswith("__")}
+
+
+def teacher_identity_config(opt: argparse.Namespace) -> dict[str, Any]:
+    """The flags a teacher folder is bound to (a rerun resumes only when they are equal)."""
+    return identity_config(opt, TEACHER_NON_IDENTITY_FLAGS)
 
 
 def run_name(opt: argparse.Namespace) -> str:
@@ -240,17 +350,28 @@ def run_name(opt: argparse.Namespace) -> str:
     digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
     method = opt.relational or "none"
     return (f"S-{opt.model_s}_T-{opt.model_t}_{opt.dataset}_r-{method}_d-{opt.distill}"
-            f"_n{opt.subset_size}_lr{opt.learning_rate:g}_seed{opt.seed}_trial{opt.trial}_{digest}")
+            f"_n{'all' if opt.subset_size is None else opt.subset_size}_lr{opt.learning_rate:g}_seed{opt.seed}_trial{opt.trial}_{digest}")
 
 
-def teacher_checkpoint_path(save_dir: str | Path, dataset: str, model: str) -> Path:
+def teacher_checkpoint_path(save_dir: str | Path, dataset: str, model: str, trial: int = 1) -> Path:
     """Where train_teacher.py writes, and train_student.py looks for, a teacher.
 
     CIFAR-100 uses RepDistiller's layout ``save/models/{model}_vanilla/ckpt_epoch_240.pth``;
-    other data sets get their own folder (``save/models_digits/...``) so they never mix.
+    other data sets get their own folder (``save/models_digits/...``) so they never mix. Trial k > 1
+    goes to ``{model}_vanilla_trial{k}/`` (students pass it with ``--path_t``).
     """
     folder = "models" if dataset == "cifar100" else f"models_{dataset}"
-    return Path(save_dir) / folder / f"{model}_vanilla" / "ckpt_epoch_240.pth"
+    name = f"{model}_vanilla" if trial == 1 else f"{model}_vanilla_trial{trial}"
+    return Path(save_dir) / folder / name / "ckpt_epoch_240.pth"
+
+
+def missing_teacher_message(opt: argparse.Namespace) -> str:
+    """One sentence for a teacher checkpoint that is not there, with the command that makes it for this data set."""
+    train = f"python train_teacher.py --model {opt.model_t} --dataset {opt.dataset}"
+    if opt.dataset != "cifar100":
+        return f"teacher checkpoint {opt.path_t} does not exist; train it with `{train}` (then pass the same --save_dir)"
+    return (f"teacher checkpoint {opt.path_t} does not exist; get it with `sh scripts/fetch_pretrained_teachers.sh` "
+            f"or train it with `{train}`")
 
 
 def teacher_from_path(path_t: str) -> str:
@@ -275,3 +396,8 @@ def student_run_dir(opt: argparse.Namespace) -> Path:
 def parse_student_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and finalize train_student.py's flags (raises UserError on a bad combination)."""
     return finalize_student_args(build_student_parser().parse_args(argv))
+
+
+def parse_teacher_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and finalize train_teacher.py's flags (raises UserError on a bad value)."""
+    return finalize_teacher_args(build_teacher_parser().parse_args(argv))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import math
 import os
 import time
@@ -38,7 +39,7 @@ from helper.checkpoint import (
 )
 from helper.device import configure_backend, resolve_device
 from helper.errors import UserError
-from helper.logger import RunLogger
+from helper.logger import RunLogger, report_finished_run
 from helper.loops import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_step
 from helper.methods import (
     Method,
@@ -52,7 +53,7 @@ from helper.methods import (
     uses_teacher_outputs,
     validate_combination,
 )
-from helper.options import student_run_dir
+from helper.options import missing_teacher_message, student_run_dir
 from helper.schedule import DECAY, STOP, PlateauSchedule
 from models import model_dict
 
@@ -66,24 +67,25 @@ class NonFiniteLoss(UserError):
 
 
 def ensure_writable(folder: Path) -> None:
-    """Create ``folder`` and prove it is writable, before any expensive work."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_test.{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"cannot write to {folder} ({err.strerror or err}); choose a writable --save_dir") from err
+    """Check, before any expensive work and without creating anything, that ``folder`` can be made and written:
+    its nearest existing parent must be a writable folder. The folder is made when its first file is written."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = os.strerror(errno.ENOTDIR)
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = os.strerror(errno.EACCES)
+    else:
+        return
+    raise UserError(f"cannot write to {folder} ({reason}); choose a writable --save_dir")
 
 
 def load_teacher(opt: argparse.Namespace, num_classes: int, device: torch.device) -> nn.Module:
     """Build ``opt.model_t`` and load ``opt.path_t`` into it (weights_only, strict keys and shapes)."""
     path = Path(opt.path_t)
     if not path.is_file():
-        raise UserError(
-            f"teacher checkpoint {path} does not exist; get it with `sh scripts/fetch_pretrained_teachers.sh` "
-            f"or train it with `python train_teacher.py --model {opt.model_t} --dataset {opt.dataset}`"
-        )
+        raise UserError(missing_teacher_message(opt))
     teacher = model_dict[opt.model_t](num_classes=num_classes)
     state = extract_state_dict(safe_load(path, map_location="cpu"), path)
     load_weights_strict(teacher, state, opt.model_t, path)
@@ -178,6 +180,8 @@ class StudentRun:
     def _prepare_data(self) -> None:
         opt, device = self.opt, self.device
         train_set, test_set = load_dataset(opt.dataset, opt.data_folder)
+        if opt.subset_size is None:  # the default: the whole training set
+            opt.subset_size = len(train_set.labels)
         self.num_classes = train_set.num_classes
         self.split = make_subset_split(len(train_set.labels), opt.subset_size, opt.train_val_frac, opt.seed, opt.batch_size)
         self.augment = DeviceAugment.for_images(train_set, opt.use_DA, device)
@@ -388,6 +392,7 @@ class StudentRun:
             print(f"removed {leftover.name}, left by a checkpoint write that was killed", flush=True)
         if self.results_path.is_file():
             print(f"this configuration already finished; delete {self.run_dir} to run it again", flush=True)
+            report_finished_run(self.run_dir, self.results_path, opt)  # a W&B agent's run still gets the results
             print(f"results: {self.results_path}", flush=True)
             return self.results_path
         resuming = self._decide_resume()

@@ -54,7 +54,7 @@ def _key(item: Any) -> str:
 
 
 def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
-    """``{'config': {...}, 'history': [{...}, ...], 'summary': {...}}`` of one offline run folder."""
+    """``{'config': {...}, 'history': [{...}, ...], 'summary': {...}, 'name': str, 'group': str}`` of one offline run folder."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     files = sorted(Path(run_folder).glob("run-*.wandb"))
@@ -63,6 +63,7 @@ def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     explicit_summary: dict[str, Any] = {}
+    name = group = ""
     for payload in iter_records(files[0]):
         record = pb.Record()
         try:
@@ -70,6 +71,8 @@ def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
         except Exception:  # a torn last record of a killed run
             continue
         kind = record.WhichOneof("record_type")
+        if kind == "run":
+            name, group = record.run.display_name or name, record.run.run_group or group
         if kind in ("config", "run"):
             updates = record.config.update if kind == "config" else record.run.config.update
             for item in updates:
@@ -83,4 +86,4 @@ def read_offline_run(run_folder: str | Path) -> dict[str, Any]:
     for row in history:  # W&B's summary defaults to the last logged value of each key
         summary.update({k: v for k, v in row.items() if not k.startswith("_")})
     summary.update(explicit_summary)
-    return {"config": config, "history": history, "summary": summary}
+    return {"config": config, "history": history, "summary": summary, "name": name, "group": group}

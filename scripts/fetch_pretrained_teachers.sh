@@ -194,11 +194,29 @@ curl_get() { # url file: download or resume into file; sets http_code
     return $rc
 }
 
+created=() # folders this run made, innermost last: a failed fetch removes those it left empty
+make_folder() { # folder -> 0 when it exists; records the levels it had to create
+    local folder="$1" missing=()
+    while [ ! -e "$folder" ]; do
+        missing=("$folder" ${missing[@]+"${missing[@]}"})
+        folder="$(dirname "$folder")"
+    done
+    mkdir -p "$1" || return 1
+    created+=(${missing[@]+"${missing[@]}"})
+}
+
+remove_empty_created() { # rmdir, innermost first, the folders this run created and left empty
+    local i
+    for ((i = ${#created[@]} - 1; i >= 0; i--)); do
+        rmdir "${created[$i]}" 2>/dev/null || true
+    done
+}
+
 fetch() { # name -> 0 when a verified file is in place
     local name="$1" dest part base url rc resumed attempt
     dest="$(destination "$name")"
     part="$dest.part"
-    mkdir -p "$(dirname "$dest")" || { echo "$name: cannot create $(dirname "$dest")" >&2; return 1; }
+    make_folder "$(dirname "$dest")" || { echo "$name: cannot create $(dirname "$dest")" >&2; return 1; }
     if [ -f "$dest" ]; then
         if check "$name" "$dest"; then
             echo "$name: already present and verified, not downloaded again: $dest"
@@ -254,6 +272,7 @@ failed=()
 for name in "${selected[@]}"; do
     fetch "$name" || failed+=("$name")
 done
+remove_empty_created # a teacher that failed leaves no empty {name}_vanilla/ (nor models/, save/) behind
 good=$((${#selected[@]} - ${#failed[@]}))
 echo "teachers: $good of ${#selected[@]} verified in $save_dir/models"
 if [ ${#failed[@]} -gt 0 ]; then

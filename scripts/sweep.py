@@ -4,16 +4,19 @@
     python scripts/sweep.py ckd.yml --dry-run | wc -l        # 432 commands, nothing launched
     python scripts/sweep.py ckd.yml                           # one run after another, default device
     python scripts/sweep.py ckd.yml --gpus 0,1                # one run per GPU at a time
+    python scripts/sweep.py ckd.yml --gpus 0,0,1,1            # two runs per GPU at a time
+    python scripts/sweep.py ckd.yml -- --epochs 5 --wdb_project test   # flags appended to every run
 
 The grid is expanded in the order a W&B agent receives it: parameters sorted by name, the
 Cartesian product over their ``values`` with the last name varying fastest, duplicate values
 dropped. ``method: random`` draws ``--count`` runs (seeded by ``--seed``). Every run becomes
 ``PYTHON PROGRAM --name=value ...`` (W&B agent style; ``None`` written as ``None``).
 
-Before anything is launched every run is checked with train_student.py's own parser, so a
+Flags after ``--`` are appended to every run (after the sweep's, so they win). Before anything
+is launched every run is checked with train_student.py's own parser, so a
 misspelt flag or a value outside a flag's choices stops the sweep with one sentence (exit 2).
-A run whose ``results.json`` already exists in its run folder is skipped, so an interrupted
-sweep restarts where it stopped. A failing run does not stop the sweep; the exit code is 1
+A run whose ``results.json`` already exists in its run folder is skipped (``--dry-run`` marks
+it ``# finished``), so an interrupted sweep restarts where it stopped. A failing run does not stop the sweep; the exit code is 1
 when any run failed.
 """
 
@@ -62,8 +65,12 @@ class Run:
 
     index: int  # 1-based position in the sweep
     config: dict[str, Any]  # parameter name -> value, names sorted
-    args: list[str]  # --name=value, as an agent passes them
+    args: list[str]  # --name=value, as an agent passes them, then the extra flags given after --
     run_dir: Path  # where train_student.py writes results.json
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / "results.json").is_file()
 
 
 # ---------------------------------------------------------------- sweep file
@@ -262,8 +269,8 @@ def check_flag_names(parameters: dict[str, Any], source: str) -> None:
                             "(`python train_student.py --help` lists the flags, spelt out in full)")
 
 
-def build_runs(configs: list[dict[str, Any]], source: str) -> list[Run]:
-    """Parse every run with train_student.py's parser (raises UserError before anything runs)."""
+def build_runs(configs: list[dict[str, Any]], source: str, extra: list[str] | None = None) -> list[Run]:
+    """Parse every run (its flags, then ``extra``) with train_student.py's parser (raises UserError before anything runs)."""
     try:  # train_student.py's check of --relational/--distill pairs, run before any work
         from helper.method_table import validate_combination
     except ImportError:  # pragma: no cover - layouts without it
@@ -271,7 +278,7 @@ def build_runs(configs: list[dict[str, Any]], source: str) -> list[Run]:
     parser = _raising_parser()
     runs = []
     for index, config in enumerate(configs, start=1):
-        args = to_args(config)
+        args = to_args(config) + list(extra or [])
         try:
             opt = finalize_student_args(parser.parse_args(args))
             if validate_combination is not None:
@@ -419,14 +426,17 @@ def _terminate_on_sigterm(progress: Progress) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     from helper.options import OneLineParser
 
-    parser = OneLineParser(prog="sweep.py", description="Run a W&B sweep file (grid or random) locally, without a W&B server.")
+    parser = OneLineParser(prog="sweep.py", usage="%(prog)s SWEEP_FILE [options] [-- EXTRA FLAGS FOR EVERY RUN]",
+                           description="Run a W&B sweep file (grid or random) locally, without a W&B server. Flags after "
+                                       "-- are appended to every run, e.g. -- --epochs 5 --wdb_project test.")
     parser.add_argument("sweep_file", type=Path, help="sweep configuration, e.g. ckd.yml")
     parser.add_argument("--dry-run", action="store_true", help="print one command per run and launch nothing")
     parser.add_argument("--count", type=int, default=None,
                         help="random: number of runs to draw (required); grid: launch at most this many runs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random search draws (default 0)")
     parser.add_argument("--gpus", type=str, default=None,
-                        help="comma-separated GPU ids, e.g. 0,1: one run per GPU in parallel (each child sees only its GPU)")
+                        help="comma-separated GPU ids, one slot each: 0,1 runs one run per GPU in parallel, 0,0,1,1 two per "
+                             "GPU (each child sees only its GPU)")
     parser.add_argument("--save_dir", type=str, default=None, help="passed to every run as --save_dir (default: the program's)")
     parser.add_argument("--python", type=str, default=sys.executable, help="interpreter of the runs (default: this one)")
     parser.add_argument("--program", type=str, default=None,
@@ -450,13 +460,23 @@ def _parse_gpus(text: str | None) -> list[str]:
     if text is None:
         return []
     gpus = [g.strip() for g in text.split(",") if g.strip()]
-    if not gpus or len(set(gpus)) != len(gpus) or not all(g.isdigit() for g in gpus):
-        raise UserError(f"--gpus expects distinct comma-separated GPU numbers such as 0,1, got '{text}'")
+    if not gpus or not all(g.isdigit() for g in gpus):
+        raise UserError(f"--gpus expects comma-separated GPU numbers such as 0,1 (repeat one, 0,0,1,1, to run several "
+                        f"runs on it at once), got '{text}'")
     return gpus
 
 
+def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(sweep.py's own arguments, the flags after ``--`` that go to every run)."""
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
-    opt = build_parser().parse_args(argv)
+    own_argv, extra = split_extra(list(sys.argv[1:] if argv is None else argv))
+    opt = build_parser().parse_args(own_argv)
     source = opt.sweep_file.name
     sweep = load_sweep(opt.sweep_file)
     parameters: dict[str, Any] = dict(sweep["parameters"])
@@ -464,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     if opt.count is not None and opt.count < 1:
         raise UserError(f"--count must be at least 1, got {opt.count}")
     check_flag_names(parameters, source)
+    if extra:
+        try:
+            _raising_parser().parse_args(extra)
+        except UserError as err:
+            raise UserError(f"the flags after --: {err}; fix them (`python train_student.py --help` lists the flags)") from err
 
     if sweep["method"] == "grid":
         configs = expand_grid(parameters, source)
@@ -476,14 +501,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in OWN_FLAGS:
             if own[name] is not None:
                 config[name] = own[name]
-    runs = build_runs(configs, source)
+    runs = build_runs(configs, source, extra)
     program = _resolve_program(sweep, opt.program, source)
 
     if opt.dry_run:
         shown = runs if opt.count is None or sweep["method"] == "random" else runs[: opt.count]
         try:
             for run in shown:
-                print(shlex.join(_command(opt.python, program, run)))
+                mark = f"  # finished: {run.run_dir / 'results.json'}" if run.finished else ""
+                print(shlex.join(_command(opt.python, program, run)) + mark)
             sys.stdout.flush()
         except BrokenPipeError:  # `| head`: the reader has seen enough
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -495,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     pending = []
     first_of: dict[Path, int] = {}
     for run in runs:
-        if (run.run_dir / "results.json").is_file():
+        if run.finished:
             progress.skipped += 1
             progress.say(run, f"skipped, results.json already exists: {run.run_dir}")
         elif run.run_dir in first_of:  # e.g. values 0.1 and 0.10: one configuration, one folder, one run

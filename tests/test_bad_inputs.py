@@ -52,12 +52,13 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *keywords: str
 
 
 def student_files(save_dir: Path) -> list[Path]:
-    """Every file a student run wrote (empty run folders do not count: they hold nothing to trust)."""
-    return sorted(p for p in (save_dir / "student").rglob("*") if p.is_file())
+    """Every file and folder a student run wrote (an empty run folder counts too)."""
+    return sorted((save_dir / "student").rglob("*")) + ([save_dir / "student"] if (save_dir / "student").exists() else [])
 
 
 def assert_teacher_never_called(proc: subprocess.CompletedProcess[str], save_dir: Path) -> None:
-    """No teacher cache, no teacher-call line: the error came before the first teacher call, and nothing was written."""
+    """No teacher cache, no teacher-call line: the error came before the first teacher call, and nothing was written
+    (not even an empty save/student/<run>/ folder)."""
     assert "teacher calls" not in proc.stdout, proc.stdout
     assert student_files(save_dir) == [], student_files(save_dir)
 
@@ -131,6 +132,49 @@ def test_method_flags_out_of_range(fake_cifar: Path, save_dir: Path, extra: list
     assert_teacher_never_called(proc, save_dir)
 
 
+@pytest.mark.parametrize("extra,keywords", [
+    (["--momentum", "-1"], ["--momentum", "0 or more", "-1"]),
+    (["--weight_decay", "-1"], ["--weight_decay", "0 or more", "-1"]),
+    (["--epochs", "0"], ["--epochs", "at least 1", "got 0"]),
+    (["--learning_rate", "-1"], ["--learning_rate", "positive", "-1"]),
+    (["--lr_decay_rate", "0"], ["--lr_decay_rate", "positive", "got 0"]),
+    (["--batch_size", "0"], ["--batch_size", "at least 1", "got 0"]),
+    (["--trial", "0"], ["--trial", "at least 1", "got 0"]),
+], ids=["momentum", "weight_decay", "epochs-0", "learning_rate", "lr_decay_rate", "batch_size", "trial"])
+def test_optimiser_and_schedule_flags_out_of_range(fake_cifar: Path, save_dir: Path, extra: list[str],
+                                                   keywords: list[str]) -> None:
+    proc = run(student(fake_cifar, save_dir, *extra))
+    assert_one_line_error(proc, *keywords)
+    assert_teacher_never_called(proc, save_dir)
+
+
+@pytest.mark.parametrize("script,flag", [
+    ("train_student.py", ["--lr", "0.1"]),
+    ("train_student.py", ["--sub", "300"]),
+    ("train_student.py", ["--relation", "ckd"]),
+    ("train_teacher.py", ["--lr", "0.1"]),
+    ("train_teacher.py", ["--save", "5"]),
+], ids=["student-lr", "student-sub", "student-relation", "teacher-lr", "teacher-save"])
+def test_abbreviated_flags_are_refused(fake_cifar: Path, save_dir: Path, tmp_path: Path, script: str, flag: list[str]) -> None:
+    """argparse would otherwise read --lr as --lr_decay_rate and --sub as --subset_size without a word."""
+    base = student(fake_cifar, save_dir) if script == "train_student.py" else teacher(tmp_path / "tsave")
+    proc = run([*base, *flag])
+    assert_one_line_error(proc, "unrecognized arguments", flag[0], "--help")
+    assert_teacher_never_called(proc, save_dir)
+    assert not (tmp_path / "tsave").exists()
+
+
+def test_unavailable_cuda_index_is_named_as_given(fake_cifar: Path, save_dir: Path, tmp_path: Path) -> None:
+    proc = run(student(fake_cifar, save_dir, "--device", "cuda:3"), {"CUDA_VISIBLE_DEVICES": ""})
+    assert_one_line_error(proc, "--device cuda:3 was requested", "--device cpu")
+    assert_teacher_never_called(proc, save_dir)
+    proc = run(teacher(tmp_path / "tsave", "--device", "cuda:3"), {"CUDA_VISIBLE_DEVICES": ""})
+    assert_one_line_error(proc, "--device cuda:3 was requested")
+    assert not (tmp_path / "tsave").exists()
+    proc = run(student(fake_cifar, save_dir, "--device", "cuda:x"))
+    assert_one_line_error(proc, "unknown device 'cuda:x'", "cuda:N")
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -162,6 +206,24 @@ def test_missing_teacher_checkpoint(fake_cifar: Path, save_dir: Path, tmp_path: 
     missing = tmp_path / "nowhere" / "resnet8_vanilla" / "ckpt_epoch_240.pth"
     proc = run(student(fake_cifar, save_dir, "--path_t", str(missing)))
     assert_one_line_error(proc, f"teacher checkpoint {missing} does not exist", "train_teacher.py --model resnet8")
+    assert_teacher_never_called(proc, save_dir)
+
+
+def test_missing_digits_teacher_suggests_training_it(save_dir: Path) -> None:
+    proc = run(["train_student.py", "--dataset", "digits", "--model_s", "resnet8", "--subset_size", "200", "--batch_size", "32",
+                "--epochs", "1", "--device", "cpu", "--save_dir", str(save_dir)])
+    line = assert_one_line_error(proc, f"teacher checkpoint {save_dir / 'models_digits' / 'resnet14_vanilla'}", "does not exist",
+                                 "train_teacher.py --model resnet14 --dataset digits")
+    assert "fetch_pretrained_teachers" not in line  # that script only fetches CIFAR-100 teachers
+    assert_teacher_never_called(proc, save_dir)
+
+
+def test_plain_text_teacher_is_not_called_code_carrying(fake_cifar: Path, save_dir: Path) -> None:
+    path = save_dir / TEACHER_REL
+    path.write_text("this is a README, not a checkpoint\n")
+    proc = run(student(fake_cifar, save_dir))
+    line = assert_one_line_error(proc, str(path), "is not a PyTorch checkpoint (not a zip/pickle file)")
+    assert "import or call code" not in line
     assert_teacher_never_called(proc, save_dir)
 
 
@@ -253,6 +315,33 @@ def test_sweep_value_outside_a_flags_choices(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- train_teacher.py
 
 
+@pytest.mark.parametrize("extra,keywords", [
+    (["--learning_rate", "-1"], ["--learning_rate", "positive", "-1"]),
+    (["--save_freq", "0"], ["--save_freq", "at least 1", "got 0"]),
+    (["--weight_decay", "-1"], ["--weight_decay", "0 or more"]),
+    (["--momentum", "-1"], ["--momentum", "0 or more"]),
+    (["--epochs", "0"], ["--epochs", "at least 1", "got 0"]),
+    (["--batch_size", "1"], ["--batch_size", "at least 2", "got 1"]),
+    (["--lr_decay_epochs", "150,x"], ["--lr_decay_epochs", "comma-separated", "150,x"]),
+    (["--lr_decay_rate", "-0.1"], ["--lr_decay_rate", "positive"]),
+    (["--trial", "0"], ["--trial", "at least 1"]),
+], ids=["learning_rate", "save_freq", "weight_decay", "momentum", "epochs", "batch_size", "lr_decay_epochs",
+        "lr_decay_rate", "trial"])
+def test_teacher_flags_out_of_range(tmp_path: Path, extra: list[str], keywords: list[str]) -> None:
+    save = tmp_path / "save"
+    proc = run(teacher(save, *extra))
+    assert_one_line_error(proc, *keywords)
+    assert not save.exists()  # no teacher folder, not even an empty one
+
+
+def test_teacher_data_missing_offline_leaves_no_folder(tmp_path: Path) -> None:
+    save, data = tmp_path / "save", tmp_path / "no_cifar"
+    url = f"http://127.0.0.1:{_closed_port()}/cifar-100-python.tar.gz"
+    proc = run(teacher(save, "--dataset", "cifar100", "--data_folder", str(data)), {"CIFAR100_URL": url, "CIFAR100_TIMEOUT": "5"})
+    assert_one_line_error(proc, "CIFAR-100 is not in", "could not be downloaded")
+    assert not save.exists()
+
+
 def test_teacher_unknown_model(tmp_path: Path) -> None:
     save = tmp_path / "save"
     proc = run(teacher(save, "--model", "resnet9000"))
@@ -265,11 +354,11 @@ def test_teacher_unwritable_save_dir(tmp_path: Path) -> None:
     blocker.write_text("x")
     proc = run(teacher(blocker / "save"))
     assert_one_line_error(proc, f"cannot write to {blocker / 'save'}", "Not a directory", "writable --save_dir")
-    assert blocker.read_text() == "x"
+    assert blocker.read_text() == "x" and sorted(tmp_path.iterdir()) == [blocker]
 
 
 def test_teacher_resume_without_a_checkpoint(tmp_path: Path) -> None:
     save = tmp_path / "save"
     proc = run(teacher(save, "--resume"))
     assert_one_line_error(proc, "--resume was given but", "last.pth does not exist", "drop --resume")
-    assert sorted(p for p in save.rglob("*") if p.is_file()) == []  # no epoch trained, no checkpoint written
+    assert not save.exists()  # no epoch trained, no checkpoint written, no empty folder

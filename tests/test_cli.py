@@ -52,11 +52,25 @@ def test_acceptance_command_reports_teacher_calls(fake_cifar, save_dir):
 
 
 def test_help_documents_every_flag():
+    from models import model_dict
+
     proc = run_cli(["train_student.py", "--help"])
     assert proc.returncode == 0
     for flag in ("--model_s", "--relational", "--pos_and_neg", "--max_rel_samples", "--teacher_views", "--resume", "--save_dir",
                  "--wdb_project", "--_tags", "--amp", "--channels_last", "--compile"):
         assert flag in proc.stdout
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    assert ", ".join(model_dict) in text and len(model_dict) == 22
+    for shown in ("(default: resnet32)", "(default: 0.8)", "(default: 64)", "(default: 42)", "(default: ./save)",
+                  "(default: False)", "(default: the whole training set", "seed of the subset draw", "torch.compile the student"):
+        assert shown in text, shown
+    teacher = run_cli(["train_teacher.py", "--help"])
+    assert teacher.returncode == 0
+    text = " ".join(teacher.stdout.split())
+    assert ", ".join(model_dict) in text and "(default: resnet110 for cifar100, resnet14 for digits)" in text
+    assert "seed of the initialisation and data order (default: 42)" in text
+    assert "torch.compile the model being trained" in text and "subset draw" not in text and "torch.compile the student" not in text
+    assert "(default: 240)" in text and "{model}_vanilla_trial{k}" in text
 
 
 def _final_metrics(results: dict) -> dict:

@@ -155,7 +155,7 @@ def test_replaces_a_broken_file_and_resumes_a_partial_download(server: FileServe
     before = len(server.requests)
     result = _fetch([_base(server, "good")], "--only", NAME, "--save_dir", str(tmp_path / "save"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "truncated or not a PyTorch checkpoint" in result.stderr and "downloading it again" in result.stderr
+    assert "is not a PyTorch checkpoint (not a zip/pickle file)" in result.stderr and "downloading it again" in result.stderr
     assert "resuming" in result.stdout
     assert server.requests[before:] == [(f"/good/{REL_PATH}", f"bytes={half}-")]
     assert dest.read_bytes() == good_bytes
@@ -182,7 +182,7 @@ def test_bad_file_is_deleted(server: FileServer, tmp_path: Path, folder: str, wo
     assert result.returncode != 0
     assert words in result.stderr and "deleted" in result.stderr and "FAILED" in result.stderr
     assert not _dest(tmp_path / "save").exists()
-    assert list(_dest(tmp_path / "save").parent.iterdir()) == []  # no .part left either
+    assert not (tmp_path / "save").exists()  # no .part left either, and no empty {name}_vanilla/, models/ or save/
 
 
 def test_code_carrying_pickle_is_refused_and_never_run(server: FileServer, tmp_path: Path) -> None:
@@ -191,7 +191,7 @@ def test_code_carrying_pickle_is_refused_and_never_run(server: FileServer, tmp_p
     assert result.returncode != 0
     assert "refused" in result.stderr and "deleted" in result.stderr
     assert not marker.exists()
-    assert list(_dest(tmp_path / "save").parent.iterdir()) == []
+    assert not (tmp_path / "save").exists()
 
 
 def test_sha256_mismatch_is_deleted_without_loading(server: FileServer, tmp_path: Path) -> None:
@@ -200,7 +200,28 @@ def test_sha256_mismatch_is_deleted_without_loading(server: FileServer, tmp_path
     result = _fetch([_base(server, "good")], "--only", NAME, "--save_dir", str(tmp_path / "save"), "--sha256", str(sums))
     assert result.returncode != 0
     assert "sha256" in result.stderr and "deleted" in result.stderr
-    assert list(_dest(tmp_path / "save").parent.iterdir()) == []
+    assert not (tmp_path / "save").exists()
+
+
+def test_dead_mirror_leaves_no_empty_folder(tmp_path: Path) -> None:
+    save = tmp_path / "save"
+    result = _fetch(["http://127.0.0.1:1/nothing"], "--only", "resnet110", "--save_dir", str(save))
+    assert result.returncode == 1 and "FAILED" in result.stderr
+    assert not save.exists()  # no empty resnet110_vanilla/ (nor models/, save/) left behind
+
+
+def test_failed_fetch_keeps_folders_it_did_not_create(server: FileServer, good_bytes: bytes, tmp_path: Path) -> None:
+    """One teacher fetched, one failed: the good one stays, the failed one leaves no folder, a folder the user made stays."""
+    save = tmp_path / "save"
+    (save / "models").mkdir(parents=True)
+    result = _fetch([_base(server, "good")], "--only", f"{NAME},resnet110", "--save_dir", str(save))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert _dest(save).read_bytes() == good_bytes
+    assert sorted(p.name for p in (save / "models").iterdir()) == [f"{NAME}_vanilla"]
+    empty = tmp_path / "empty_save"
+    (empty / "models").mkdir(parents=True)
+    result = _fetch(["http://127.0.0.1:1/nothing"], "--only", "resnet110", "--save_dir", str(empty))
+    assert result.returncode == 1 and list((empty / "models").iterdir()) == []  # the user's own empty folders are kept
 
 
 def test_mirror_list_and_usage_errors(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def test_sweep_file_is_a_valid_wandb_config(name: str) -> None:
     config = yaml.safe_load((ROOT / name).read_text())
     assert config["program"] == "train_student.py"
     assert config["method"] == "grid"
-    assert config["metric"] == {"name": "test_acc", "goal": "maximize"}
+    assert config["metric"] == {"name": "best_val_acc", "goal": "maximize"}  # chosen on validation, never on test
     assert config["command"] == ["${env}", "${interpreter}", "${program}", "${args}"]
     assert "project" not in config and "entity" not in config  # left to `wandb sweep --project/--entity`
     for spec in config["parameters"].values():
@@ -250,3 +250,100 @@ def test_unsupported_method_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "g.yml").write_text("method: grid\nparameters:\n  learning_rate: {distribution: uniform, min: 0.01, max: 0.1}\n")
     with pytest.raises(UserError, match="cannot enumerate"):
         sweep.main([str(tmp_path / "g.yml"), "--dry-run"])
+
+
+def test_every_sweep_metric_is_best_val_acc() -> None:
+    for name in SWEEP_FILES:
+        assert yaml.safe_load((ROOT / name).read_text())["metric"] == {"name": "best_val_acc", "goal": "maximize"}, name
+
+
+def test_dry_run_with_several_runs_per_gpu() -> None:
+    """`scripts/sweep.py ckd.yml --gpus 0,0 --dry-run`: two slots on GPU 0 are accepted."""
+    result = _run("ckd.yml", "--gpus", "0,0", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == EXPECTED_RUNS["ckd.yml"]
+
+
+def test_extra_flags_after_double_dash_go_to_every_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save = tmp_path / "save"
+    assert sweep.main(["ckd.yml", "--dry-run", "--save_dir", str(save), "--", "--epochs", "5", "--wdb_project", "p"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == EXPECTED_RUNS["ckd.yml"]
+    assert all(line.endswith(f"--save_dir={save} --epochs 5 --wdb_project p") for line in lines), lines[0]
+    with pytest.raises(UserError, match="the flags after --: unrecognized arguments: --epoch"):
+        sweep.main(["ckd.yml", "--dry-run", "--", "--epoch", "5"])
+
+
+def test_dry_run_marks_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save = tmp_path / "save"
+    runs = sweep.build_runs(sweep.expand_grid(yaml.safe_load((ROOT / "kd.yml").read_text())["parameters"]), "kd.yml",
+                            ["--save_dir", str(save)])
+    runs[3].run_dir.mkdir(parents=True)
+    (runs[3].run_dir / "results.json").write_text("{}")
+    assert sweep.main(["kd.yml", "--dry-run", "--", "--save_dir", str(save)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    marked = [i for i, line in enumerate(lines) if "# finished" in line]
+    assert marked == [3] and lines[3].endswith(f"  # finished: {runs[3].run_dir / 'results.json'}")
+
+
+def test_logging_flags_do_not_change_the_run_folder() -> None:
+    from helper.options import parse_student_args, student_run_dir
+
+    base = ["--relational", "ckd", "--subset_size", "2000", "--seed", "1"]
+    folder = student_run_dir(parse_student_args(base))
+    for extra in (["--wdb_project", "p"], ["--wdb_entity", "e"], ["--_tags", "a,b"], ["--data_folder", "/elsewhere"],
+                  ["--resume"]):
+        assert student_run_dir(parse_student_args(base + extra)) == folder, extra
+    assert student_run_dir(parse_student_args(base + ["--seed", "2"])) != folder  # what a run computes still does
+
+
+def test_parallel_runs_share_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    program, log = _fake_program(tmp_path)
+    (tmp_path / "failed_once").touch()
+    (tmp_path / "s.yml").write_text("program: train_student.py\nmethod: grid\nparameters:\n  seed: {values: [1, 3, 4]}\n")
+    args = [str(tmp_path / "s.yml"), "--program", str(program), "--save_dir", str(tmp_path / "save"), "--gpus", "0,0",
+            "--", "--epochs", "7"]
+    assert sweep.main(args) == 0, capsys.readouterr()
+    calls = _calls(log)
+    assert [c["gpu"] for c in calls] == ["0", "0", "0"] and all("7" in c["argv"] for c in calls)
+    assert "ran 3, skipped 0, failed 0" in capsys.readouterr().out
+
+
+def test_finished_configuration_reports_to_the_wandb_agent(tmp_path: Path) -> None:
+    """An agent that sends a configuration that already finished still gets its stored results on the agent's run."""
+    import json
+    import os
+
+    from helper.options import parse_student_args, student_run_dir
+    from helper.wandb_offline import read_offline_run
+
+    argv = ["--relational=ckd", "--model_s=resnet8", "--dataset=digits", "--subset_size=400", "--seed=2",
+            "--learning_rate=0.05", f"--save_dir={tmp_path / 'save'}"]
+    opt = parse_student_args(argv)
+    run_dir = student_run_dir(opt)
+    run_dir.mkdir(parents=True)
+    stored = {"test_acc": 91.5, "best_val_acc": 93.0, "teacher_calls": 320, "n_train": 320, "n_val": 80,
+              "config": {**vars(opt)}}
+    (run_dir / "results.json").write_text(json.dumps(stored))
+    before = sorted(run_dir.iterdir())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_SWEEP_ID="sweep123", WANDB_RUN_ID="agentrun42", WANDB_SILENT="true",
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "train_student.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "already finished" in proc.stdout and "reported the stored results" in proc.stdout
+    offline = list((run_dir / "wandb").glob("offline-run-*-agentrun42"))
+    assert len(offline) == 1, list((run_dir / "wandb").iterdir())
+    logged = read_offline_run(offline[0])
+    assert logged["summary"]["best_val_acc"] == 93.0 and logged["summary"]["test_acc"] == 91.5
+    assert logged["name"] == "ckd seed2"
+    assert logged["group"].startswith("ckd resnet8<-resnet14 digits n400 lr0.05 ")
+    assert sorted(p for p in run_dir.iterdir() if p.name != "wandb") == before  # no TensorBoard file, nothing rewritten
+    # without an agent, a rerun of a finished configuration only says so
+    env.pop("WANDB_SWEEP_ID")
+    env.pop("WANDB_RUN_ID")
+    proc = subprocess.run([sys.executable, "train_student.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "reported" not in proc.stdout
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
