@@ -4,6 +4,7 @@
     python scripts/parity.py --published /path/to/ckd --data_folder DATA --path_t T/resnet20_vanilla/ckpt_epoch_240.pth \
         --methods kd,ce,mixup,ckd --seeds 1,2,3 --subset_size 1000 --out parity_out
     python scripts/parity.py ... --dry-run          # print every command (and which results are cached)
+    python scripts/parity.py ... --table_only       # the table from the results already in --out
 
 ``--published`` is a plain checkout of github.com/alextxu/ckd (not part of this repository);
 ``--data_folder`` holds ``cifar-100-python/`` (scripts/export_cifar_format.py writes one from any data set
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--project", type=Path, default=ROOT, help="checkout of this project whose train_student.py runs")
     parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--table_only", action="store_true",
+                        help="print and write the table from the per-run JSONs already in --out, run nothing")
     return parser
 
 
@@ -324,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                 env = " ".join(f"{k}={v}" for k, v in CHILD_ENV.items())
                 print(f"cd {shlex.quote(str(job.cwd))} && env -u PYTHONPATH {env} {shlex.join(job.command)}")
         return 0
+    if opt.table_only:
+        todo = []
     if todo:
         check_inputs(opt)
     print(f"parity: {len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to run with --jobs {opt.jobs} "

@@ -221,6 +221,18 @@ def test_full_table_from_cache_runs_nothing(tmp_path, capsys):
     assert report in capsys.readouterr().out
 
 
+def test_table_only_runs_nothing_even_when_results_are_missing(tmp_path):
+    extra = ("--methods", "kd,ce", "--seeds", "1,2", "--published", str(tmp_path / "absent"))
+    _, jobs = _jobs(tmp_path, *extra)
+    _fake_result(jobs[("published", "kd", 1)], 80.0)
+    _fake_result(jobs[("published", "kd", 2)], 82.0)
+    assert parity.main(_parity_args(tmp_path, *extra, "--table_only")) == 0
+    report = (tmp_path / "out" / "parity.md").read_text()
+    assert f"| kd | 81.00 ± {statistics.stdev([80, 82]):.2f} (2) | — | — | s1 80.00, s2 82.00 | — |" in report
+    assert "| ce | — | — | — | — | — |" in report
+    assert not (tmp_path / "out" / "logs").exists()
+
+
 def test_a_result_made_with_other_flags_is_not_reused(tmp_path):
     _, jobs = _jobs(tmp_path, "--methods", "kd", "--seeds", "1", "--sides", "project")
     job = jobs[("project", "kd", 1)]
