@@ -17,7 +17,7 @@ def test_demo_quick_mode_prints_a_table_and_writes_the_plot(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert any(line.startswith("[teacher] training resnet14") for line in lines)
-    assert sum(line.startswith("[ ") for line in lines) == 4  # one progress line per student run
+    assert sum(line.startswith("[ ") for line in lines) == 5  # one progress line per student run (ce, kd, mixup, ckd, ckd+cal)
     for method in ("ce", "kd", "mixup", "ckd"):
         assert any(line.startswith(f"| {method} |") for line in lines), method
     png = out / "accuracy_vs_teacher_calls.png"
