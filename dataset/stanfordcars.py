@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -171,7 +172,8 @@ def _default_workers() -> int:
 
 def decode_images(paths: Sequence[Path], size: int = STORED_SIZE, workers: int | None = None, desc: str = "decoding",
                   progress: bool = True) -> torch.Tensor:
-    """Decode and resize ``paths`` in parallel threads into uint8 [N, 3, size, size], with a tqdm progress bar."""
+    """Decode and resize ``paths`` in parallel threads into uint8 [N, 3, size, size], with a tqdm progress bar on a
+    terminal (never in a log file: stderr keeps to the one-line error of a bad image)."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -186,7 +188,7 @@ def decode_images(paths: Sequence[Path], size: int = STORED_SIZE, workers: int |
         return stop - start
 
     with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool, \
-            tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+            tqdm(total=len(paths), desc=desc, unit="img", disable=not (progress and sys.stderr.isatty())) as bar:
         futures = [pool.submit(work, start) for start in range(0, len(paths), DECODE_CHUNK)]
         try:
             for future in as_completed(futures):
@@ -260,6 +262,9 @@ def load_stanfordcars(data_folder: str | Path, workers: int | None = None, progr
     cache = root / CACHE_NAME
     blob = _read_cache(cache, fingerprint, len(train_files), len(test_files))
     if blob is None:
+        if progress:
+            print(f"decoding {len(train_files) + len(test_files)} Stanford Cars images once into {cache} (later runs read "
+                  "that file back)", flush=True)
         blob = {
             "version": CACHE_VERSION,
             "fingerprint": fingerprint,

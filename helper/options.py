@@ -17,7 +17,9 @@ from typing import Any, NoReturn
 from helper import method_table
 from helper.errors import EXIT_USER_ERROR, UserError
 
-DATASET_CHOICES = ("cifar100", "digits")
+DATASET_CHOICES = ("cifar100", "digits", "stanfordcars")
+# data sets whose teachers live in SAVE_DIR/models/ (RepDistiller's folder); the others get SAVE_DIR/models_{dataset}/
+CIFAR_LAYOUT_DATASETS = ("cifar100", "stanfordcars")
 SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
 # student -> teacher pairs of the CKD paper and of RepDistiller
@@ -111,8 +113,11 @@ def _flag(parser: argparse.ArgumentParser, name: str, help: str, **kwargs: Any) 
 
 
 COMMON_HELP = {
-    "dataset": "data set: cifar100 (downloaded to --data_folder) or digits (scikit-learn's bundled real 8x8 digits, offline)",
-    "data_folder": "folder holding cifar-100-python/ (downloaded there when missing)",
+    "dataset": "data set: cifar100 (downloaded to --data_folder), digits (scikit-learn's bundled real 8x8 digits, "
+               "offline) or stanfordcars (196 classes, never downloaded: put the devkit files in --data_folder, see README)",
+    "data_folder": "folder holding cifar-100-python/ (downloaded there when missing), or for stanfordcars "
+                   "stanford_cars/ (or the files themselves): devkit/cars_meta.mat, devkit/cars_train_annos.mat, "
+                   "cars_test_annos_withlabels.mat, cars_train/, cars_test/",
     "device": "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps",
     "batch_size": "mini-batch size (CKD: tuples per batch)",
     "momentum": "SGD momentum (0 or more)",
@@ -136,7 +141,8 @@ TEACHER_HELP = {
     "seed": "seed of the initialisation and data order",
     "trial": "trial number: trial 1 writes {model}_vanilla/ (where students look by default), trial k > 1 writes "
              "{model}_vanilla_trial{k}/ (pass it to students with --path_t)",
-    "save_dir": "root folder: the teacher goes to SAVE_DIR/models/{model}_vanilla/ (SAVE_DIR/models_digits/... for digits)",
+    "save_dir": "root folder: the teacher goes to SAVE_DIR/models/{model}_vanilla/ (SAVE_DIR/models_digits/... for "
+                "digits, SAVE_DIR/models/{model}_stanfordcars_vanilla/ for stanfordcars)",
     "resume": "continue the teacher from its last.pth (re-running the same command resumes too; a finished teacher "
               "is not trained again)",
     "compile": "torch.compile the model being trained",
@@ -176,13 +182,14 @@ def build_student_parser() -> OneLineParser:
           f"{DEFAULT_DIGITS_TEACHER} for --dataset digits, else the published pair of --model_s, e.g. resnet32 -> resnet110)",
           type=str, default=None)
     _flag(parser, "path_t", "teacher checkpoint (default: SAVE_DIR/models/{model_t}_vanilla/ckpt_epoch_240.pth, "
-          "SAVE_DIR/models_digits/... for --dataset digits)", type=str, default=None)
+          "SAVE_DIR/models_digits/... for --dataset digits, SAVE_DIR/models/{model_t}_stanfordcars_vanilla/... for "
+          "--dataset stanfordcars)", type=str, default=None)
     _flag(parser, "distill", method_table.help_of("distill"), type=str, default="kd",
           choices=method_table.choices_of("distill"))
     _flag(parser, "relational", method_table.help_of("relational"), type=none_or_str, default=None,
           choices=method_table.choices_of("relational"))
     _flag(parser, "subset_size", "number of training images drawn from the training set, train + validation (default: "
-          "the whole training set: 50000 for cifar100, 1437 for digits)", type=int_like, default=None)
+          "the whole training set: 50000 for cifar100, 1437 for digits, 8144 for stanfordcars)", type=int_like, default=None)
     _flag(parser, "train_val_frac", "fraction of the subset used for training; the rest validates", type=float, default=0.8)
     _flag(parser, "use_DA", "data augmentation: 0 none, 1 random crop, 2 random crop + horizontal flip",
           type=int_like, default=2, choices=(0, 1, 2))
@@ -356,18 +363,26 @@ def run_name(opt: argparse.Namespace) -> str:
 def teacher_checkpoint_path(save_dir: str | Path, dataset: str, model: str, trial: int = 1) -> Path:
     """Where train_teacher.py writes, and train_student.py looks for, a teacher.
 
-    CIFAR-100 uses RepDistiller's layout ``save/models/{model}_vanilla/ckpt_epoch_240.pth``;
-    other data sets get their own folder (``save/models_digits/...``) so they never mix. Trial k > 1
-    goes to ``{model}_vanilla_trial{k}/`` (students pass it with ``--path_t``).
+    CIFAR-100 uses RepDistiller's layout ``save/models/{model}_vanilla/ckpt_epoch_240.pth``; Stanford Cars sits beside
+    it as ``save/models/{model}_stanfordcars_vanilla/`` (the published code also keeps its Cars teachers in
+    ``save/models/``, with the data set in the folder name); other data sets get their own folder
+    (``save/models_digits/{model}_vanilla/``) so they never mix. Trial k > 1 appends ``_trial{k}`` to the folder name
+    (students pass it with ``--path_t``).
     """
-    folder = "models" if dataset == "cifar100" else f"models_{dataset}"
-    name = f"{model}_vanilla" if trial == 1 else f"{model}_vanilla_trial{trial}"
+    if dataset in CIFAR_LAYOUT_DATASETS:
+        folder, name = "models", f"{model}_vanilla" if dataset == "cifar100" else f"{model}_{dataset}_vanilla"
+    else:
+        folder, name = f"models_{dataset}", f"{model}_vanilla"
+    if trial != 1:
+        name += f"_trial{trial}"
     return Path(save_dir) / folder / name / "ckpt_epoch_240.pth"
 
 
 def missing_teacher_message(opt: argparse.Namespace) -> str:
     """One sentence for a teacher checkpoint that is not there, with the command that makes it for this data set."""
     train = f"python train_teacher.py --model {opt.model_t} --dataset {opt.dataset}"
+    if opt.dataset == "stanfordcars":
+        train += f" --data_folder {opt.data_folder}"
     if opt.dataset != "cifar100":
         return f"teacher checkpoint {opt.path_t} does not exist; train it with `{train}` (then pass the same --save_dir)"
     return (f"teacher checkpoint {opt.path_t} does not exist; get it with `sh scripts/fetch_pretrained_teachers.sh` "

@@ -1,11 +1,13 @@
 """Teacher training (the RepDistiller recipe): the full training set, SGD with step decays.
 
 The final checkpoint goes straight to where train_student.py looks for it
-(``save/models/{model}_vanilla/ckpt_epoch_240.pth`` for CIFAR-100, ``save/models_{dataset}/...``
-otherwise) in the RepDistiller format ``{'model', 'epoch', 'accuracy', 'optimizer'}``, so no renaming
-is needed; the file name keeps ``240`` whatever ``--epochs`` is, because that is the name the
-student script and the published teachers use. That file always holds the final weights and the
-epoch they come from (a periodic checkpoint never takes its name).
+(``save/models/{model}_vanilla/ckpt_epoch_240.pth`` for CIFAR-100,
+``save/models/{model}_stanfordcars_vanilla/...`` for Stanford Cars, ``save/models_{dataset}/...`` otherwise) in the
+RepDistiller format ``{'model', 'epoch', 'accuracy', 'optimizer'}``, so no renaming is needed; the file name
+keeps ``240`` whatever ``--epochs`` is, because that is the name the student script and the published teachers
+use. That file always holds the final weights and the epoch they come from (a periodic checkpoint never takes its
+name). Images are cropped (and flipped) to the model input of the data set (Cars: random 56x56 crops of the stored
+64x64 images for training, the centre crop for testing), as the students see them.
 
 A teacher folder holds one configuration, recorded in ``config.json`` and in every checkpoint: a rerun
 resumes (or, once finished, says so and writes nothing) only when the requested flags are the same;
@@ -130,7 +132,7 @@ class TeacherRun:
             raise UserError(f"--resume was given but {self.last_path} does not exist; drop --resume to train from scratch")
         ensure_writable(self.run_dir)
         train_set, test_set = load_dataset(opt.dataset, opt.data_folder)
-        augment = DeviceAugment(train_set.mean, train_set.std, 2, device)
+        augment = DeviceAugment.for_images(train_set, 2, device)  # crop + flip; Cars: 56x56 crops of 64x64
         images, labels = train_set.images.to(device), train_set.labels.to(device)
         test_images, test_labels = test_set.images.to(device), test_set.labels.to(device)
         torch.manual_seed(opt.seed)
@@ -196,7 +198,7 @@ class TeacherRun:
                     if not torch.isfinite(torch.tensor(train_loss)):
                         raise UserError(f"the training loss became non-finite in epoch {epoch}; lower --learning_rate "
                                         f"(the last good checkpoint is {self.last_path})")
-                    test = evaluate(model, test_images, test_labels, augment.normalize, amp=opt.amp,
+                    test = evaluate(model, test_images, test_labels, augment.normalize_eval, amp=opt.amp,
                                     channels_last=opt.channels_last)
                     best_acc = max(best_acc, test["acc"])
                     logger.log({"train_loss": train_loss, "test_acc": test["acc"], "test_acc_top5": test["acc_top5"],
