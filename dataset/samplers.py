@@ -31,14 +31,6 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return max(1, math.ceil(n_train / batch_size))
 
 
-def ckd_group_sizes(pos_and_neg: int) -> tuple[int, int]:
-    """(P, N) of a CKD tuple: N = pos_and_neg // 2 negatives, P = pos_and_neg - N positives."""
-    if pos_and_neg < 2:
-        raise UserError(f"--pos_and_neg must be at least 2 (one positive and one negative image), got {pos_and_neg}")
-    n = pos_and_neg // 2
-    return pos_and_neg - n, n
-
-
 def _as_numpy(values: Any) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
@@ -408,23 +400,3 @@ class ClassBalancedSampler(_PassSampler):
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         return {"idx": self._take(1)[0]}
-
-
-def group_targets(pool: Any, groups: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per tuple: the label histogram divided by the group size (rows sum to 1) and the mean cached teacher logits.
-
-    ``groups`` is [B, g] item indices into ``pool`` (a :class:`~dataset.teacher_cache.TrainPool`).
-    """
-    labels = pool.labels[groups]  # [B, g]
-    hist = torch.zeros((groups.shape[0], num_classes), dtype=torch.float32, device=groups.device)
-    hist.scatter_add_(1, labels, torch.ones(labels.shape, dtype=torch.float32, device=groups.device))
-    hist.div_(groups.shape[1])
-    return hist, pool.teacher_logits[groups].mean(dim=1)
-
-
-def group_feature_mean(feats: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Mean over each group of the cached features: [M, ...] indexed by [B, g] -> [B, ...] (float32 for half storage)."""
-    picked = feats[groups]
-    if picked.dtype in (torch.float16, torch.bfloat16):
-        picked = picked.to(torch.float32)
-    return picked.mean(dim=1)

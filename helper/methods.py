@@ -34,17 +34,8 @@ from torch import Tensor, nn
 
 from dataset import TrainPool
 from dataset.augment import DeviceAugment
-from dataset.samplers import (
-    ClassBalancedSampler,
-    CRDSampler,
-    PlainSampler,
-    TupleSampler,
-    ckd_group_sizes,
-    group_feature_mean,
-    group_targets,
-    steps_per_epoch,
-)
-from distiller_zoo import CKDLoss, DistillKL, FeatureTerm, MixupLoss
+from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, TupleSampler, steps_per_epoch
+from distiller_zoo import CKDLoss, DistillKL, FeatureTerm, MixupLoss, ckd_group_sizes, group_mean, label_histogram
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights
 from helper.device import to_device
 from helper.errors import UserError
@@ -359,14 +350,15 @@ class CKDMethod(Method):
         groups = batch["groups"]
         pos, neg = groups[:, : self.n_pos], groups[:, self.n_pos:]
         out: dict[str, Any] = {"pos": pos, "neg": neg, "x_pos": self.images(pos), "x_neg": self.images(neg)}
-        out["y_pos"], out["t_pos"] = group_targets(self.ctx.pool, pos, self.ctx.num_classes)
-        out["y_neg"], out["t_neg"] = group_targets(self.ctx.pool, neg, self.ctx.num_classes)
+        pool, num_classes = self.ctx.pool, self.ctx.num_classes
+        out["y_pos"], out["t_pos"] = label_histogram(pool.labels, pos, num_classes), group_mean(pool.teacher_logits, pos)
+        out["y_neg"], out["t_neg"] = label_histogram(pool.labels, neg, num_classes), group_mean(pool.teacher_logits, neg)
         out["lam"] = None
         if self.mode == "ckd_mixup":
             out["lam"] = to_device(torch.rand((), generator=self.generator), pos.device)  # λ ~ Beta(1,1), one per batch
         if self.wants_feats:
             feats_t = self.ctx.pool.teacher_feats
-            out["d_t"] = [(group_feature_mean(feats_t[j], pos) - group_feature_mean(feats_t[j], neg)).float()
+            out["d_t"] = [(group_mean(feats_t[j], pos) - group_mean(feats_t[j], neg)).float()
                           for j in self.white_box.teacher_idx]
         return out
 
