@@ -12,7 +12,6 @@ from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, Tup
 from dataset.stanfordcars import CARS_CLASSES, CARS_MEAN, CARS_STD, load_stanfordcars
 from dataset.subset import SubsetSplit, make_subset_split, min_subset_size, split_sizes
 from dataset.teacher_cache import CountingModule, TrainPool, build_train_pool
-from helper.errors import UserError
 
 DATASETS = ("cifar100", "digits", "stanfordcars")
 
@@ -26,7 +25,7 @@ def load_dataset(name: str, data_folder: str | Path, download: bool = True) -> t
         return load_digits_dataset()
     if name == "stanfordcars":
         return load_stanfordcars(data_folder)
-    raise UserError(f"unknown data set '{name}'; use one of {', '.join(DATASETS)}")
+    raise ValueError(f"unknown data set '{name}'; use one of {', '.join(DATASETS)}")
 
 
 __all__ = [

@@ -45,9 +45,9 @@ class _PassSampler:
 
     def __init__(self, n_items: int, batch_size: int, seed: int, device: torch.device | str) -> None:
         if batch_size < 1:
-            raise UserError(f"--batch_size must be at least 1, got {batch_size}")
+            raise ValueError(f"the batch size must be at least 1, got {batch_size}")
         if n_items < 1:
-            raise UserError(f"the sampler needs at least one training item, got {n_items}")
+            raise ValueError(f"the sampler needs at least one training item, got {n_items}")
         self.n_items = int(n_items)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -211,16 +211,15 @@ class TupleSampler(_PassSampler):
         super().__init__(ids.shape[0], batch_size, seed, device)
         self.group_sizes = tuple(int(g) for g in group_sizes)
         if not self.group_sizes or min(self.group_sizes) < 1:
-            raise UserError(f"every tuple group needs at least one item, got group sizes {group_sizes}")
+            raise ValueError(f"every tuple group needs at least one item, got group sizes {group_sizes}")
         if max_samples < 1:
-            raise UserError(f"--max_rel_samples must be at least 1, got {max_samples}")
+            raise ValueError(f"max_samples must be at least 1, got {max_samples}")
         self.max_samples = int(max_samples)
         self.unordered = bool(unordered_within_group)
         self.k = sum(self.group_sizes)
         n_images = int(np.unique(ids).shape[0])
         if n_images < self.k:
-            raise UserError(f"tuples of {self.k} images need at least {self.k} distinct training images, only {n_images} "
-                            "are in the training split; raise --subset_size or lower --pos_and_neg")
+            raise ValueError(f"tuples of {self.k} distinct images need at least {self.k} images, got {n_images}")
         self._ids = ids
         self._total = _count_tuples(ids, self.group_sizes, self.unordered)
         if self._total <= 2 * self.max_samples:
@@ -278,7 +277,7 @@ class _ClassIndex:
     def __init__(self, labels: Any, device: torch.device) -> None:
         labels_np = _as_numpy(labels)
         if labels_np.size and labels_np.min() < 0:
-            raise UserError("class labels must not be negative")
+            raise ValueError("class labels must not be negative")
         order = np.argsort(labels_np, kind="stable")
         classes, starts, counts = np.unique(labels_np[order], return_index=True, return_counts=True)
         self.labels_np = labels_np
@@ -309,12 +308,11 @@ class CRDSampler(_PassSampler):
         index = _ClassIndex(labels, torch.device(device))
         super().__init__(index.labels_np.shape[0], batch_size, seed, device)
         if mode not in ("exact", "relax"):
-            raise UserError(f"--mode must be 'exact' or 'relax', got '{mode}'")
+            raise ValueError(f"the CRD positive mode must be 'exact' or 'relax', got '{mode}'")
         if nce_k < 1:
-            raise UserError(f"--nce_k must be at least 1, got {nce_k}")
+            raise ValueError(f"the number of CRD negatives must be at least 1, got {nce_k}")
         if len(index.classes) < 2:
-            raise UserError("CRD needs negatives from other classes, but every training item has the same class; "
-                            "raise --subset_size so that several classes are present")
+            raise ValueError("CRD draws negatives from other classes, but every item has the same class")
         self.nce_k = int(nce_k)
         self.mode = mode
         self.batch_count = 0
@@ -372,7 +370,7 @@ class ClassBalancedSampler(_PassSampler):
         index = _ClassIndex(labels, torch.device(device))
         super().__init__(index.labels_np.shape[0], batch_size, seed, device)
         if per_class < 1:
-            raise UserError(f"items per class must be at least 1, got {per_class}")
+            raise ValueError(f"items per class must be at least 1, got {per_class}")
         self.per_class = int(per_class)
         self.cap = max(self.per_class, math.ceil(self.batch_size / len(index.classes)))
         self._class_items = index.class_items

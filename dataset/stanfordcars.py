@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from dataset.cifar100 import ImageSet
-from helper.errors import UserError
+from helper.errors import DataNotFound, UserError
 
 CARS_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as in the published code
 CARS_STD = (0.229, 0.224, 0.225)
@@ -50,7 +50,7 @@ TEST_DIR = "cars_test"
 def _where_to_get(root: Path) -> str:
     return (f"Stanford Cars must sit in {root} as devkit/cars_meta.mat, devkit/cars_train_annos.mat, "
             "cars_test_annos_withlabels.mat, cars_train/ and cars_test/ (the layout of torchvision's StanfordCars); "
-            "copy them there from a Kaggle mirror of Stanford Cars or the original devkit, or pass --data_folder")
+            "copy them there from a Kaggle mirror of Stanford Cars or the original devkit")
 
 
 def cars_root(data_folder: str | Path) -> Path:
@@ -73,7 +73,7 @@ def _first_line(err: BaseException) -> str:
 
 def _load_mat(path: Path, key: str, root: Path) -> np.ndarray:
     if not path.is_file():
-        raise UserError(f"{path} is missing; {_where_to_get(root)}")
+        raise DataNotFound(f"{path} is missing; {_where_to_get(root)}")
     import scipy.io
 
     try:
@@ -142,7 +142,7 @@ def _fingerprint(mat_paths: Sequence[Path], image_paths: Sequence[Path], root: P
         try:
             stat = path.stat()
         except FileNotFoundError as err:
-            raise UserError(f"the image {path} is missing; {_where_to_get(root)}") from err
+            raise DataNotFound(f"the image {path} is missing; {_where_to_get(root)}") from err
         digest.update(f"{path.relative_to(root)} {stat.st_size} {stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 

@@ -18,7 +18,6 @@ from torch import nn
 
 from dataset.augment import DeviceAugment, crop_flip, draw_crop_params
 from helper.checkpoint import atomic_save, safe_load
-from helper.errors import UserError
 
 
 class CountingModule(nn.Module):
@@ -144,16 +143,16 @@ def build_train_pool(
     """
     device = torch.device(device)
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
-        raise UserError(f"training images must be square uint8 [N, 3, S, S], got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(f"training images must be square uint8 [N, 3, S, S], got {images.dtype} {tuple(images.shape)}")
     n = int(images.shape[0])
     if n < 1 or labels.shape != (n,):
-        raise UserError(f"need at least one training image and one label per image, got {n} images and {tuple(labels.shape)} labels")
+        raise ValueError(f"need at least one training image and one label per image, got {n} images and {tuple(labels.shape)} labels")
     if views < 1:
-        raise UserError(f"--teacher_views must be at least 1, got {views}")
+        raise ValueError(f"the number of teacher views must be at least 1, got {views}")
     if batch_size < 1:
-        raise UserError(f"the teacher batch size must be at least 1, got {batch_size}")
+        raise ValueError(f"the teacher batch size must be at least 1, got {batch_size}")
     if teacher_view not in TEACHER_VIEWS:
-        raise UserError(f"--teacher_view must be one of {', '.join(TEACHER_VIEWS)}, got '{teacher_view}'")
+        raise ValueError(f"the teacher view must be one of {', '.join(TEACHER_VIEWS)}, got '{teacher_view}'")
     counter = teacher if isinstance(teacher, CountingModule) else CountingModule(teacher)
     counter.eval()
     calls_before = counter.calls
@@ -187,8 +186,8 @@ def build_train_pool(
                 if start == 0:
                     for i in feat_layers:
                         if not -len(feats) <= i < len(feats):
-                            raise UserError(f"the teacher returns {len(feats)} feature maps, so feature index {i} does not exist; "
-                                            f"use an index below {len(feats)}")
+                            raise ValueError(f"the teacher returns {len(feats)} feature maps, so feature index {i} does not "
+                                             f"exist; use an index below {len(feats)}")
                         feats_out[i] = torch.empty((total, *feats[i].shape[1:]), dtype=feat_dtype, device=device)
                 for i in feat_layers:
                     feats_out[i][start:stop] = feats[i]

@@ -1,4 +1,7 @@
-"""One place that decides which device a run uses; every tensor and module goes through it."""
+"""One place that decides which device a run uses; every tensor and module goes through it.
+
+Bottom layer: imports nothing from the project but ``helper.errors``.
+"""
 
 from __future__ import annotations
 

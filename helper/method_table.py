@@ -33,6 +33,8 @@ WHITE_BOX = "white-box"
 KINDS = (LOGIT, RELATIONAL, WHITE_BOX)
 # the samplers of dataset/samplers.py a row may name
 SAMPLERS = ("plain", "class_balanced", "crd", "ckd_tuples", "pairs", "triples")
+# distinct images in one item of a tuple sampler (ckd_tuples: --pos_and_neg); the other samplers draw single images
+TUPLE_IMAGES = {"pairs": 2, "triples": 3}
 
 # the values that mean "no method" for each flag: no relational term / no white-box term (KD is --w_kd)
 NO_RELATIONAL = None
@@ -129,6 +131,13 @@ def help_of(flag: str) -> str:
         return f"relational or logit method: None (KD through --w_kd only), {listed}"
     listed = "; ".join(f"{r.name} ({r.summary})" for r in rows(flag=flag))
     return f"white-box loss on cached teacher features: kd (none), {listed}"
+
+
+def images_per_item(sampler: str, pos_and_neg: int) -> int:
+    """Distinct training images in one sampled item of ``sampler``: 1 for single images, P + N for CKD tuples."""
+    if sampler == "ckd_tuples":
+        return int(pos_and_neg)
+    return TUPLE_IMAGES.get(sampler, 1)
 
 
 def weight_of(flag: str, name: str | None) -> float:

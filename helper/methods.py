@@ -40,7 +40,7 @@ from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mix
 from helper.device import to_device
 from helper.errors import UserError
 from helper.loops import train_step
-from helper.method_table import MethodRow, find, resolve
+from helper.method_table import MethodRow, find, images_per_item, resolve
 from helper.method_table import method_label as method_label  # noqa: F401  (re-exported for callers of helper.methods)
 from helper.method_table import validate_combination as validate_combination
 from models import model_dict
@@ -454,16 +454,21 @@ def build_ckd_inter(ctx: MethodContext) -> Method:
     return CKDMethod(ctx, "ckd")  # plus the --distill term on group-mean differences (row: with_white_box)
 
 
+def _mixed_images(ctx: MethodContext) -> int:
+    """Images per mixed input: the tuple size of the row's sampler (pairs or triples)."""
+    return images_per_item(find("relational", ctx.opt.relational).sampler, ctx.opt.pos_and_neg)
+
+
 def build_mixup(ctx: MethodContext) -> Method:
-    return MixMethod(ctx, 2, cutmix=False)
+    return MixMethod(ctx, _mixed_images(ctx), cutmix=False)
 
 
 def build_mixup3(ctx: MethodContext) -> Method:
-    return MixMethod(ctx, 3, cutmix=False)
+    return MixMethod(ctx, _mixed_images(ctx), cutmix=False)
 
 
 def build_cutmix(ctx: MethodContext) -> Method:
-    return MixMethod(ctx, 2, cutmix=True)
+    return MixMethod(ctx, _mixed_images(ctx), cutmix=True)
 
 
 def build_method(ctx: MethodContext, aug_generator: torch.Generator) -> Method:

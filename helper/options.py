@@ -315,6 +315,50 @@ def finalize_student_args(opt: argparse.Namespace) -> argparse.Namespace:
     return opt
 
 
+def check_subset_against_data(opt: argparse.Namespace, n_total: int) -> None:
+    """``--subset_size`` against a training set of ``n_total`` images and ``--batch_size`` (raises UserError).
+
+    Called once the data is loaded, before the subset is drawn and before the teacher is touched.
+    """
+    from dataset.subset import min_subset_size, split_sizes  # deferred: the data package imports torch
+
+    if opt.subset_size > n_total:
+        raise UserError(f"--subset_size {opt.subset_size} is larger than the {n_total}-image training set; "
+                        f"pass --subset_size {n_total} or less")
+    n_train, _ = split_sizes(opt.subset_size, opt.train_val_frac)
+    if n_train < opt.batch_size:
+        need = min_subset_size(opt.batch_size, opt.train_val_frac)
+        if need <= n_total:
+            fix = f"pass --subset_size {need} or more, or lower --batch_size to {n_train} or less"
+        else:
+            fix = f"lower --batch_size to {n_train} or less"
+        raise UserError(f"--subset_size {opt.subset_size} with --train_val_frac {opt.train_val_frac} leaves {n_train} "
+                        f"training images, fewer than one batch of --batch_size {opt.batch_size}; {fix}")
+
+
+def check_split_against_data(opt: argparse.Namespace, n_train: int, n_train_classes: int) -> None:
+    """The method's sampler against the training split: ``n_train`` images of ``n_train_classes`` classes (raises
+    UserError). Tuple samplers (CKD, mixup) need as many distinct images as a tuple holds; CRD needs two classes.
+
+    Called before the teacher is touched.
+    """
+    row = method_table.find("relational", opt.relational)
+    sampler = row.sampler if row is not None else "plain"
+    k = method_table.images_per_item(sampler, opt.pos_and_neg)
+    if n_train < k:
+        fix = "raise --subset_size" + (" or lower --pos_and_neg" if sampler == "ckd_tuples" else "")
+        raise UserError(f"--relational {opt.relational} draws tuples of {k} distinct training images, but only {n_train} "
+                        f"are in the training split; {fix}")
+    if sampler == "crd" and n_train_classes < 2:
+        raise UserError(f"--relational {opt.relational} needs negatives from other classes, but every training image "
+                        "has the same class; raise --subset_size so that several classes are present")
+
+
+def data_not_found_message(err: Exception) -> str:
+    """The message of a data set that is not in ``--data_folder``, with how to point the run elsewhere."""
+    return f"{err}, or pass --data_folder with the folder that holds it"
+
+
 def parse_decay_epochs(text: str) -> list[int]:
     """``--lr_decay_epochs 150,180,210`` as a sorted list (raises UserError)."""
     try:

@@ -65,7 +65,14 @@ from helper.methods import (  # noqa: E402
     teacher_needs_preact,
     validate_combination,
 )
-from helper.options import OneLineParser, build_student_parser, finalize_student_args, none_or_str, str2bool  # noqa: E402
+from helper.options import (  # noqa: E402
+    OneLineParser,
+    build_student_parser,
+    check_subset_against_data,
+    finalize_student_args,
+    none_or_str,
+    str2bool,
+)
 from helper.student_trainer import accumulate, build_student, build_training, cache_teacher  # noqa: E402
 from models import model_dict  # noqa: E402
 
@@ -124,6 +131,7 @@ def synthetic_training_set(opt: argparse.Namespace) -> ImageSet:
         raise UserError(f"bench.py has no synthetic shape for --dataset {opt.dataset}; use one of "
                         f"{', '.join(SYNTHETIC_SHAPES)}")
     num_classes, size, crop, padding, mean, std = SYNTHETIC_SHAPES[opt.dataset]
+    check_subset_against_data(opt, opt.subset_size)
     g = torch.Generator().manual_seed(opt.seed)
     images = torch.randint(0, 256, (opt.subset_size, 3, size, size), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, num_classes, (opt.subset_size,), generator=g)

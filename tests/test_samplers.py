@@ -98,9 +98,9 @@ def test_tuples_distinct_images_and_distinct_within_pass(max_samples):
 
 
 def test_tuple_sampler_rejects_too_few_images():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError, match="need at least 3 images, got 2"):
         TupleSampler([0, 0, 1], (2, 1), 10, 4, 0, "cpu")
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         TupleSampler(list(range(5)), (1, 1), 0, 4, 0, "cpu")
 
 
@@ -124,9 +124,9 @@ def test_crd_negatives_other_class_and_positives_same_class(mode):
 
 
 def test_crd_needs_two_classes():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError, match="same class"):
         CRDSampler(torch.zeros(10, dtype=torch.long), 4, 8, "exact", 0, "cpu")
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError, match="'exact' or 'relax'"):
         CRDSampler(torch.arange(10) % 2, 4, 8, "nearest", 0, "cpu")
 
 
