@@ -7,7 +7,6 @@ loop reads the cached logits and features from the returned :class:`TrainPool`.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch import nn
 
 from dataset.augment import DeviceAugment, crop_flip, draw_crop_params
 from helper.checkpoint import atomic_save, safe_load
+from helper.device import autocast
 
 
 class CountingModule(nn.Module):
@@ -74,12 +74,6 @@ class TrainPool:
                    n_images=int(state["n_images"]), views=int(state["views"]), teacher_logits=state["teacher_logits"].to(device),
                    teacher_feats={int(k): v.to(device) for k, v in state["teacher_feats"].items()},
                    teacher_calls=int(state["teacher_calls"]))
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 TEACHER_VIEWS = ("augmented", "clean")
@@ -177,7 +171,7 @@ def build_train_pool(
         if num_classes is None:
             raise ValueError("num_classes is required when the teacher is not queried")
         logits_out = torch.zeros((total, num_classes), dtype=torch.float32, device=device)
-    with torch.no_grad(), _autocast(device, amp):
+    with torch.no_grad(), autocast(device, amp):
         for start in range(0, total if query_teacher else 0, batch_size):
             stop = min(start + batch_size, total)
             x = augment.normalize_eval(teacher_inputs[start:stop])

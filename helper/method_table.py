@@ -41,6 +41,14 @@ NO_RELATIONAL = None
 NO_DISTILL = "kd"
 
 
+def none_or_str(value: Any) -> Any:
+    """``None``/``none``/``null``/empty (how W&B agents and results files write a missing method) as None; any other
+    value unchanged. Also the ``type`` of ``--relational`` (helper/options.py)."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        return None
+    return value
+
+
 @dataclass(frozen=True)
 class MethodRow:
     """One method: a ``--relational`` value (kinds logit and relational) or a ``--distill`` value (white-box)."""
@@ -184,12 +192,6 @@ def combinations() -> list[tuple[str | None, str]]:
 # ---------------------------------------------------------------------------------------------------- labels
 
 
-def _none(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
-        return None
-    return value
-
-
 def method_order() -> tuple[str, ...]:
     """Row order of the summary tables: ce, kd, then the table's methods."""
     return ("ce", "kd", *(r.name for r in METHODS))
@@ -197,8 +199,8 @@ def method_order() -> tuple[str, ...]:
 
 def method_label(config: dict[str, Any]) -> str:
     """The method name of a run's resolved flags (the rule is in scripts/summarize.py's docstring)."""
-    relational = _none(config.get("relational"))
-    distill = _none(config.get("distill")) or NO_DISTILL
+    relational = none_or_str(config.get("relational"))
+    distill = none_or_str(config.get("distill")) or NO_DISTILL
     w_kd = float(config.get("w_kd") or 0.0)
     if relational is None and distill == NO_DISTILL:
         label = "kd" if w_kd > 0 else "ce"
@@ -213,6 +215,6 @@ def method_label(config: dict[str, Any]) -> str:
                 label += f"+{distill}"
         if w_kd > 0:
             label += "+kd"
-    if _none(config.get("calibrate")) not in (None, "none"):
+    if none_or_str(config.get("calibrate")) not in (None, "none"):
         label += "+cal"  # --calibrate train_mean: its own method variant in tables and plots
     return label

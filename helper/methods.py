@@ -38,8 +38,8 @@ from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, Tup
 from distiller_zoo import CKDLoss, DistillKL, FeatureTerm, MixupLoss, ckd_group_sizes, group_mean, label_histogram
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights
 from helper.device import to_device
+from helper.engine import train_step
 from helper.errors import UserError
-from helper.loops import train_step
 from helper.method_table import MethodRow, find, images_per_item, resolve
 from helper.method_table import method_label as method_label  # noqa: F401  (re-exported for callers of helper.methods)
 from helper.method_table import validate_combination as validate_combination
@@ -149,9 +149,10 @@ class Method(nn.Module):
         """Whether the student forward must return feature maps (a white-box term with a non-zero weight)."""
         return self.white_box is not None and self.w_inter != 0
 
-    def trainable_modules(self) -> list[nn.Module]:
-        """Modules besides the student whose parameters the optimiser trains."""
-        return [m for name, m in self.named_children() if name not in ("student", "kl")]
+    def trainable_modules(self) -> nn.ModuleDict:
+        """The modules besides the student whose parameters the optimiser trains (regressors, embeddings, CRD memory),
+        by name: the run saves, restores and optimises them as one ``extras`` dict."""
+        return nn.ModuleDict({name: m for name, m in self.named_children() if name not in ("student", "kl")})
 
     def extra_state(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from helper import method_table
 from helper.errors import EXIT_USER_ERROR, UserError
+from helper.method_table import none_or_str
 
 DATASET_CHOICES = ("cifar100", "digits", "stanfordcars")
 # data sets whose teachers live in SAVE_DIR/models/ (RepDistiller's folder); the others get SAVE_DIR/models_{dataset}/
@@ -81,11 +82,6 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message}; run with --help to see every flag and its values", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
-
-
-def none_or_str(value: str) -> str | None:
-    """Parse ``None``/``none``/``null``/empty as ``None`` (how W&B agents pass a missing method)."""
-    return None if value.strip().lower() in ("none", "null", "") else value
 
 
 def str2bool(value: str | bool) -> bool:

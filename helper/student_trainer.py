@@ -36,9 +36,9 @@ from helper.checkpoint import (
     safe_load,
 )
 from helper.device import configure_backend, resolve_device
+from helper.engine import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_step
 from helper.errors import UserError
 from helper.logger import report_finished_run
-from helper.loops import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_step
 from helper.methods import (
     Method,
     MethodContext,
@@ -123,7 +123,7 @@ def build_training(opt: argparse.Namespace, student: nn.Module, pool: TrainPool,
     ctx = MethodContext(opt=opt, student=student, pool=pool, augment=augment, num_classes=num_classes,
                         student_feat_shapes=student_shapes, teacher_feat_shapes=list(teacher_feat_shapes), device=device)
     method = build_method(ctx, aug_generator)
-    extras = nn.ModuleDict({name: m for name, m in method.named_children() if name not in ("student", "kl")})
+    extras = method.trainable_modules()
     sampler = method.make_sampler(opt, device)
     params = list(student.parameters()) + [p for p in extras.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay)

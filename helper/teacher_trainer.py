@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 from dataset.augment import DeviceAugment
 from helper.checkpoint import atomic_save, atomic_write_json, safe_load
-from helper.device import configure_backend, resolve_device
+from helper.device import autocast, configure_backend, resolve_device
+from helper.engine import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr
 from helper.errors import UserError
-from helper.loops import Progress, StopRequest, Stopwatch, autocast, evaluate, provenance, set_lr
 from helper.options import parse_decay_epochs, teacher_checkpoint_path, teacher_identity_config
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from models import model_dict

@@ -55,9 +55,10 @@ from dataset.stanfordcars import CROP_SIZE as CARS_CROP  # noqa: E402
 from dataset.stanfordcars import STORED_SIZE as CARS_STORED  # noqa: E402
 from dataset.teacher_cache import build_train_pool  # noqa: E402
 from helper.calibration import train_mean_shift  # noqa: E402
-from helper.device import configure_backend, resolve_device, synchronize  # noqa: E402
+from helper.device import autocast, configure_backend, resolve_device, synchronize  # noqa: E402
+from helper.engine import train_step  # noqa: E402
 from helper.errors import UserError, run_main  # noqa: E402
-from helper.loops import autocast, train_step  # noqa: E402
+from helper.method_table import none_or_str  # noqa: E402
 from helper.methods import (  # noqa: E402
     Method,
     feature_shapes,
@@ -70,7 +71,6 @@ from helper.options import (  # noqa: E402
     build_student_parser,
     check_subset_against_data,
     finalize_student_args,
-    none_or_str,
     str2bool,
 )
 from helper.student_trainer import accumulate, build_student, build_training, cache_teacher  # noqa: E402
