@@ -34,47 +34,41 @@ import json
 import os
 import platform
 import resource
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from dataset import CARS_CLASSES, CARS_MEAN, CARS_STD, CIFAR100_MEAN, CIFAR100_STD, ImageSet, TrainPool, make_subset_split  # noqa: E402
-from dataset.augment import DeviceAugment  # noqa: E402
-from dataset.samplers import steps_per_epoch  # noqa: E402
-from dataset.stanfordcars import CROP_SIZE as CARS_CROP  # noqa: E402
-from dataset.stanfordcars import STORED_SIZE as CARS_STORED  # noqa: E402
-from dataset.teacher_cache import build_train_pool  # noqa: E402
-from helper.calibration import train_mean_shift  # noqa: E402
-from helper.device import autocast, configure_backend, resolve_device, synchronize  # noqa: E402
-from helper.engine import train_step  # noqa: E402
-from helper.errors import UserError, run_main  # noqa: E402
-from helper.method_table import none_or_str  # noqa: E402
-from helper.methods import (  # noqa: E402
+from dataset import CARS_CLASSES, CARS_MEAN, CARS_STD, CIFAR100_MEAN, CIFAR100_STD, ImageSet, TrainPool, make_subset_split
+from dataset.augment import DeviceAugment
+from dataset.samplers import steps_per_epoch
+from dataset.stanfordcars import CROP_SIZE as CARS_CROP
+from dataset.stanfordcars import STORED_SIZE as CARS_STORED
+from dataset.teacher_cache import build_train_pool
+from helper.calibration import train_mean_shift
+from helper.device import autocast, configure_backend, resolve_device, synchronize
+from helper.engine import train_step
+from helper.errors import UserError, run_main
+from helper.method_table import none_or_str
+from helper.methods import (
     Method,
     feature_shapes,
     teacher_feature_layers,
     teacher_needs_preact,
     validate_combination,
 )
-from helper.options import (  # noqa: E402
+from helper.options import (
     OneLineParser,
     build_student_parser,
     check_subset_against_data,
     finalize_student_args,
     str2bool,
 )
-from helper.student_trainer import accumulate, build_student, build_training, cache_teacher  # noqa: E402
-from models import model_dict  # noqa: E402
+from helper.student_trainer import accumulate, build_student, build_training, cache_teacher
+from models import model_dict
 
 # --dataset -> (classes, stored image size, model input crop, crop padding, mean, std) of the synthetic images
 SYNTHETIC_SHAPES = {
