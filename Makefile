@@ -1,8 +1,9 @@
 # The two quick-start commands: `make demo` and `make test`.
-# `make venv` creates .venv with the runtime requirements (requirements.txt) when it is missing or stale;
-# `make venv-dev` adds the test/lint tools (requirements-dev.txt, which includes requirements.txt).
+# `make venv` creates .venv with the runtime requirements (requirements.txt) and this project installed editable
+# (pyproject.toml: `python scripts/X.py` then imports helper/, dataset/, ... of this checkout) when it is missing or
+# stale; `make venv-dev` adds the test/lint tools (requirements-dev.txt, which includes requirements.txt).
 # Each level has a stamp holding the sha256 of the files it installed, so a second call installs nothing:
-#   .venv/.requirements.sha256      requirements.txt                          (make demo, make bench)
+#   .venv/.requirements.sha256      requirements.txt + pyproject.toml         (make demo, make bench)
 #   .venv/.requirements-dev.sha256  requirements.txt + requirements-dev.txt   (make test, make lint)
 PYTHON ?= python3
 VENV := .venv
@@ -13,16 +14,20 @@ PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q
 
 .PHONY: venv venv-dev test test-slow demo lint bench clean-venv
 
+# setuptools >= 71 builds the editable install without the separate `wheel` package (a fresh venv of Python 3.11
+# brings setuptools 65, 3.12+ none)
 venv:
-	@want=$$(sha256sum requirements.txt | cut -d' ' -f1); \
+	@want=$$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1); \
 	have=$$(cat $(STAMP) 2>/dev/null); \
 	if [ -x "$(PY)" ] && [ "$$want" = "$$have" ]; then \
-		echo "venv: $(VENV) is up to date with requirements.txt"; \
+		echo "venv: $(VENV) is up to date with requirements.txt and pyproject.toml"; \
 	else \
-		echo "venv: installing requirements.txt into $(VENV) (first time takes a few minutes)"; \
+		echo "venv: installing requirements.txt and this project (editable) into $(VENV) (first time takes a few minutes)"; \
 		{ [ -x "$(PY)" ] || $(PYTHON) -m venv $(VENV); } && \
 		$(PIP_INSTALL) -r requirements.txt && \
-		echo "$$want" > $(STAMP) || { echo "venv: installing requirements.txt failed" >&2; exit 1; }; \
+		$(PIP_INSTALL) "setuptools>=71" && \
+		$(PIP_INSTALL) --no-deps --no-build-isolation -e . && \
+		echo "$$want" > $(STAMP) || { echo "venv: installing requirements.txt or this project failed" >&2; exit 1; }; \
 	fi
 
 venv-dev: venv

@@ -8,20 +8,10 @@ from pathlib import Path
 from dataset.augment import DeviceAugment, crop_flip, draw_crop_params, random_views
 from dataset.cifar100 import CIFAR100_MD5, CIFAR100_MEAN, CIFAR100_STD, CIFAR100_URL, ImageSet, download_cifar100, load_cifar100
 from dataset.digits import load_digits_dataset
-from dataset.samplers import (
-    ClassBalancedSampler,
-    CRDSampler,
-    PlainSampler,
-    TupleSampler,
-    ckd_group_sizes,
-    group_feature_mean,
-    group_targets,
-    steps_per_epoch,
-)
+from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, TupleSampler, steps_per_epoch
 from dataset.stanfordcars import CARS_CLASSES, CARS_MEAN, CARS_STD, load_stanfordcars
 from dataset.subset import SubsetSplit, make_subset_split, min_subset_size, split_sizes
 from dataset.teacher_cache import CountingModule, TrainPool, build_train_pool
-from helper.errors import UserError
 
 DATASETS = ("cifar100", "digits", "stanfordcars")
 
@@ -35,7 +25,7 @@ def load_dataset(name: str, data_folder: str | Path, download: bool = True) -> t
         return load_digits_dataset()
     if name == "stanfordcars":
         return load_stanfordcars(data_folder)
-    raise UserError(f"unknown data set '{name}'; use one of {', '.join(DATASETS)}")
+    raise ValueError(f"unknown data set '{name}'; use one of {', '.join(DATASETS)}")
 
 
 __all__ = [
@@ -57,12 +47,9 @@ __all__ = [
     "TrainPool",
     "TupleSampler",
     "build_train_pool",
-    "ckd_group_sizes",
     "crop_flip",
     "download_cifar100",
     "draw_crop_params",
-    "group_feature_mean",
-    "group_targets",
     "load_cifar100",
     "load_dataset",
     "load_digits_dataset",

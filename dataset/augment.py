@@ -66,7 +66,7 @@ def random_views(x: torch.Tensor, n_views: int, generator: torch.Generator, pad:
     (view-major order), so a CPU generator gives the same views on every device.
     """
     if n_views < 0:
-        raise UserError(f"the number of teacher views must not be negative, got {n_views}")
+        raise ValueError(f"the number of views must not be negative, got {n_views}")
     batch = x.shape[0]
     offsets, flips = draw_crop_params(n_views * batch, generator, flip=True, max_offset=2 * pad)
     views = crop_flip(x.repeat(n_views, 1, 1, 1), offsets, flips, pad=pad)
@@ -83,11 +83,11 @@ class DeviceAugment:
     def __init__(self, mean: Sequence[float], std: Sequence[float], use_DA: int, device: torch.device | str,
                  crop: int = SIZE, padding: int = PAD) -> None:
         if use_DA not in (0, 1, 2):
-            raise UserError(f"--use_DA must be 0 (none), 1 (random crop) or 2 (random crop + flip), got {use_DA}")
+            raise ValueError(f"use_DA must be 0 (none), 1 (random crop) or 2 (random crop + flip), got {use_DA}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise UserError(f"mean and std need three channels with a positive std, got mean={mean} std={std}")
+            raise ValueError(f"mean and std need three channels with a positive std, got mean={mean} std={std}")
         if crop < 1 or padding < 0:
-            raise UserError(f"the crop size must be positive and its padding not negative, got crop={crop} padding={padding}")
+            raise ValueError(f"the crop size must be positive and its padding not negative, got crop={crop} padding={padding}")
         self.use_DA = int(use_DA)
         self.device = torch.device(device)
         self.crop = int(crop)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from helper.errors import UserError
+from helper.errors import DataNotFound, UserError
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
@@ -75,7 +75,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 
 def _read_pickle(path: Path) -> Any:
-    redo = f"delete {path.parent} and download CIFAR-100 again (or rerun with a fresh --data_folder)"
+    redo = f"delete {path.parent} and download CIFAR-100 again"
     if not path.is_file():
         raise UserError(f"{path} is missing from the CIFAR-100 folder; {redo}")
     try:
@@ -168,17 +168,16 @@ def download_cifar100(data_folder: str | Path) -> Path:
     url = os.environ.get("CIFAR100_URL") or CIFAR100_URL
     md5 = os.environ.get("CIFAR100_MD5") or CIFAR100_MD5
     timeout = float(os.environ.get("CIFAR100_TIMEOUT") or DOWNLOAD_TIMEOUT_S)
-    how_to = (f"download {CIFAR100_ARCHIVE} from {CIFAR100_URL} and extract it into {data_folder}, "
-              "or pass --data_folder with a folder that holds cifar-100-python")
+    how_to = f"download {CIFAR100_ARCHIVE} from {CIFAR100_URL} and extract it into {data_folder}"
     try:
         data_folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create the data folder {data_folder} ({err.strerror or err}); {how_to}") from err
+        raise DataNotFound(f"cannot create the data folder {data_folder} ({err.strerror or err}); {how_to}") from err
 
     archive = data_folder / CIFAR100_ARCHIVE
     if archive.is_file():
         if _md5(archive) != md5:
-            raise UserError(
+            raise DataNotFound(
                 f"{archive} exists but its md5 is not {md5} (an incomplete or different file); "
                 f"delete it and rerun to download it again, or {how_to}"
             )
@@ -195,16 +194,16 @@ def download_cifar100(data_folder: str | Path) -> Path:
                                          filename=part.name, md5=md5)
         except RuntimeError as err:
             if part.is_file() and _md5(part) != md5:  # torchvision's md5 check failed
-                raise UserError(
+                raise DataNotFound(
                     f"CIFAR-100 is not in {target} and the file downloaded from {url} failed its md5 check "
                     f"(expected {md5}); {how_to}"
                 ) from err
-            raise UserError(f"CIFAR-100 downloaded from {url} could not be extracted ({err}); {how_to}") from err
+            raise DataNotFound(f"CIFAR-100 downloaded from {url} could not be extracted ({err}); {how_to}") from err
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", None) or err
-            raise UserError(f"CIFAR-100 is not in {target} and could not be downloaded from {url} ({reason}); {how_to}") from err
+            raise DataNotFound(f"CIFAR-100 is not in {target} and could not be downloaded from {url} ({reason}); {how_to}") from err
         except Exception as err:  # tar/gzip errors of a broken archive
-            raise UserError(f"CIFAR-100 downloaded from {url} could not be extracted ({err}); {how_to}") from err
+            raise DataNotFound(f"CIFAR-100 downloaded from {url} could not be extracted ({err}); {how_to}") from err
         _move_extracted(scratch, target, Path(url))
         if not archive.exists():
             os.replace(part, archive)  # keep the verified archive, as torchvision does
@@ -221,9 +220,9 @@ def load_cifar100(data_folder: str | Path, download: bool = True) -> tuple[Image
     folder = _cifar_dir(data_folder)
     if not folder.is_dir():
         if not download:
-            raise UserError(
+            raise DataNotFound(
                 f"CIFAR-100 is not in {folder}; download {CIFAR100_ARCHIVE} from {CIFAR100_URL} and extract it into "
-                f"{data_folder}, or pass --data_folder"
+                f"{data_folder}"
             )
         folder = download_cifar100(data_folder)
     num_classes = _num_classes(folder / "meta")

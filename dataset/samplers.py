@@ -31,14 +31,6 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return max(1, math.ceil(n_train / batch_size))
 
 
-def ckd_group_sizes(pos_and_neg: int) -> tuple[int, int]:
-    """(P, N) of a CKD tuple: N = pos_and_neg // 2 negatives, P = pos_and_neg - N positives."""
-    if pos_and_neg < 2:
-        raise UserError(f"--pos_and_neg must be at least 2 (one positive and one negative image), got {pos_and_neg}")
-    n = pos_and_neg // 2
-    return pos_and_neg - n, n
-
-
 def _as_numpy(values: Any) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
@@ -53,9 +45,9 @@ class _PassSampler:
 
     def __init__(self, n_items: int, batch_size: int, seed: int, device: torch.device | str) -> None:
         if batch_size < 1:
-            raise UserError(f"--batch_size must be at least 1, got {batch_size}")
+            raise ValueError(f"the batch size must be at least 1, got {batch_size}")
         if n_items < 1:
-            raise UserError(f"the sampler needs at least one training item, got {n_items}")
+            raise ValueError(f"the sampler needs at least one training item, got {n_items}")
         self.n_items = int(n_items)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -219,16 +211,15 @@ class TupleSampler(_PassSampler):
         super().__init__(ids.shape[0], batch_size, seed, device)
         self.group_sizes = tuple(int(g) for g in group_sizes)
         if not self.group_sizes or min(self.group_sizes) < 1:
-            raise UserError(f"every tuple group needs at least one item, got group sizes {group_sizes}")
+            raise ValueError(f"every tuple group needs at least one item, got group sizes {group_sizes}")
         if max_samples < 1:
-            raise UserError(f"--max_rel_samples must be at least 1, got {max_samples}")
+            raise ValueError(f"max_samples must be at least 1, got {max_samples}")
         self.max_samples = int(max_samples)
         self.unordered = bool(unordered_within_group)
         self.k = sum(self.group_sizes)
         n_images = int(np.unique(ids).shape[0])
         if n_images < self.k:
-            raise UserError(f"tuples of {self.k} images need at least {self.k} distinct training images, only {n_images} "
-                            "are in the training split; raise --subset_size or lower --pos_and_neg")
+            raise ValueError(f"tuples of {self.k} distinct images need at least {self.k} images, got {n_images}")
         self._ids = ids
         self._total = _count_tuples(ids, self.group_sizes, self.unordered)
         if self._total <= 2 * self.max_samples:
@@ -286,7 +277,7 @@ class _ClassIndex:
     def __init__(self, labels: Any, device: torch.device) -> None:
         labels_np = _as_numpy(labels)
         if labels_np.size and labels_np.min() < 0:
-            raise UserError("class labels must not be negative")
+            raise ValueError("class labels must not be negative")
         order = np.argsort(labels_np, kind="stable")
         classes, starts, counts = np.unique(labels_np[order], return_index=True, return_counts=True)
         self.labels_np = labels_np
@@ -317,12 +308,11 @@ class CRDSampler(_PassSampler):
         index = _ClassIndex(labels, torch.device(device))
         super().__init__(index.labels_np.shape[0], batch_size, seed, device)
         if mode not in ("exact", "relax"):
-            raise UserError(f"--mode must be 'exact' or 'relax', got '{mode}'")
+            raise ValueError(f"the CRD positive mode must be 'exact' or 'relax', got '{mode}'")
         if nce_k < 1:
-            raise UserError(f"--nce_k must be at least 1, got {nce_k}")
+            raise ValueError(f"the number of CRD negatives must be at least 1, got {nce_k}")
         if len(index.classes) < 2:
-            raise UserError("CRD needs negatives from other classes, but every training item has the same class; "
-                            "raise --subset_size so that several classes are present")
+            raise ValueError("CRD draws negatives from other classes, but every item has the same class")
         self.nce_k = int(nce_k)
         self.mode = mode
         self.batch_count = 0
@@ -380,7 +370,7 @@ class ClassBalancedSampler(_PassSampler):
         index = _ClassIndex(labels, torch.device(device))
         super().__init__(index.labels_np.shape[0], batch_size, seed, device)
         if per_class < 1:
-            raise UserError(f"items per class must be at least 1, got {per_class}")
+            raise ValueError(f"items per class must be at least 1, got {per_class}")
         self.per_class = int(per_class)
         self.cap = max(self.per_class, math.ceil(self.batch_size / len(index.classes)))
         self._class_items = index.class_items
@@ -408,23 +398,3 @@ class ClassBalancedSampler(_PassSampler):
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         return {"idx": self._take(1)[0]}
-
-
-def group_targets(pool: Any, groups: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per tuple: the label histogram divided by the group size (rows sum to 1) and the mean cached teacher logits.
-
-    ``groups`` is [B, g] item indices into ``pool`` (a :class:`~dataset.teacher_cache.TrainPool`).
-    """
-    labels = pool.labels[groups]  # [B, g]
-    hist = torch.zeros((groups.shape[0], num_classes), dtype=torch.float32, device=groups.device)
-    hist.scatter_add_(1, labels, torch.ones(labels.shape, dtype=torch.float32, device=groups.device))
-    hist.div_(groups.shape[1])
-    return hist, pool.teacher_logits[groups].mean(dim=1)
-
-
-def group_feature_mean(feats: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Mean over each group of the cached features: [M, ...] indexed by [B, g] -> [B, ...] (float32 for half storage)."""
-    picked = feats[groups]
-    if picked.dtype in (torch.float16, torch.bfloat16):
-        picked = picked.to(torch.float32)
-    return picked.mean(dim=1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from dataset.cifar100 import ImageSet
-from helper.errors import UserError
+from helper.errors import DataNotFound, UserError
 
 CARS_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as in the published code
 CARS_STD = (0.229, 0.224, 0.225)
@@ -49,7 +50,7 @@ TEST_DIR = "cars_test"
 def _where_to_get(root: Path) -> str:
     return (f"Stanford Cars must sit in {root} as devkit/cars_meta.mat, devkit/cars_train_annos.mat, "
             "cars_test_annos_withlabels.mat, cars_train/ and cars_test/ (the layout of torchvision's StanfordCars); "
-            "copy them there from a Kaggle mirror of Stanford Cars or the original devkit, or pass --data_folder")
+            "copy them there from a Kaggle mirror of Stanford Cars or the original devkit")
 
 
 def cars_root(data_folder: str | Path) -> Path:
@@ -72,7 +73,7 @@ def _first_line(err: BaseException) -> str:
 
 def _load_mat(path: Path, key: str, root: Path) -> np.ndarray:
     if not path.is_file():
-        raise UserError(f"{path} is missing; {_where_to_get(root)}")
+        raise DataNotFound(f"{path} is missing; {_where_to_get(root)}")
     import scipy.io
 
     try:
@@ -141,7 +142,7 @@ def _fingerprint(mat_paths: Sequence[Path], image_paths: Sequence[Path], root: P
         try:
             stat = path.stat()
         except FileNotFoundError as err:
-            raise UserError(f"the image {path} is missing; {_where_to_get(root)}") from err
+            raise DataNotFound(f"the image {path} is missing; {_where_to_get(root)}") from err
         digest.update(f"{path.relative_to(root)} {stat.st_size} {stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
@@ -171,7 +172,8 @@ def _default_workers() -> int:
 
 def decode_images(paths: Sequence[Path], size: int = STORED_SIZE, workers: int | None = None, desc: str = "decoding",
                   progress: bool = True) -> torch.Tensor:
-    """Decode and resize ``paths`` in parallel threads into uint8 [N, 3, size, size], with a tqdm progress bar."""
+    """Decode and resize ``paths`` in parallel threads into uint8 [N, 3, size, size], with a tqdm progress bar on a
+    terminal (never in a log file: stderr keeps to the one-line error of a bad image)."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -186,7 +188,7 @@ def decode_images(paths: Sequence[Path], size: int = STORED_SIZE, workers: int |
         return stop - start
 
     with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool, \
-            tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+            tqdm(total=len(paths), desc=desc, unit="img", disable=not (progress and sys.stderr.isatty())) as bar:
         futures = [pool.submit(work, start) for start in range(0, len(paths), DECODE_CHUNK)]
         try:
             for future in as_completed(futures):
@@ -260,6 +262,9 @@ def load_stanfordcars(data_folder: str | Path, workers: int | None = None, progr
     cache = root / CACHE_NAME
     blob = _read_cache(cache, fingerprint, len(train_files), len(test_files))
     if blob is None:
+        if progress:
+            print(f"decoding {len(train_files) + len(test_files)} Stanford Cars images once into {cache} (later runs read "
+                  "that file back)", flush=True)
         blob = {
             "version": CACHE_VERSION,
             "fingerprint": fingerprint,

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from helper.errors import UserError
-
 
 @dataclass
 class SubsetSplit:
@@ -47,27 +45,19 @@ def min_subset_size(batch_size: int, train_val_frac: float) -> int:
 def make_subset_split(n_total: int, subset_size: int, train_val_frac: float, seed: int, batch_size: int) -> SubsetSplit:
     """Draw ``subset_size`` distinct images out of ``n_total`` and split them train/validation.
 
-    Raises :class:`UserError` (before any teacher call) for an impossible request.
+    An impossible request raises ValueError: a run checks its flags against the data first
+    (:func:`helper.options.check_subset_against_data`), so that is a programming error.
     """
     if not 0.0 < train_val_frac < 1.0:
-        raise UserError(f"--train_val_frac must be strictly between 0 and 1 (a fraction of the subset used for training), "
-                        f"got {train_val_frac}")
+        raise ValueError(f"train_val_frac must be strictly between 0 and 1, got {train_val_frac}")
     if batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
-    if subset_size < 2:
-        raise UserError(f"--subset_size must be at least 2 (one training and one validation image), got {subset_size}")
-    if subset_size > n_total:
-        raise UserError(f"--subset_size {subset_size} is larger than the {n_total}-image training set; "
-                        f"pass --subset_size {n_total} or less")
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not 2 <= subset_size <= n_total:
+        raise ValueError(f"cannot split {subset_size} images drawn from {n_total} into training and validation images")
     n_train, _ = split_sizes(subset_size, train_val_frac)
     if n_train < batch_size:
-        need = min_subset_size(batch_size, train_val_frac)
-        if need <= n_total:
-            fix = f"pass --subset_size {need} or more, or lower --batch_size to {n_train} or less"
-        else:
-            fix = f"lower --batch_size to {n_train} or less"
-        raise UserError(f"--subset_size {subset_size} with --train_val_frac {train_val_frac} leaves {n_train} training images, "
-                        f"fewer than one batch of --batch_size {batch_size}; {fix}")
+        raise ValueError(f"{subset_size} images with train fraction {train_val_frac} leave {n_train} training images, "
+                         f"fewer than one batch of {batch_size}")
     rng = np.random.default_rng(seed)
     drawn = rng.choice(n_total, size=subset_size, replace=False).astype(np.int64)
     return SubsetSplit(train_idx=drawn[:n_train].copy(), val_idx=drawn[n_train:].copy())

@@ -7,7 +7,6 @@ loop reads the cached logits and features from the returned :class:`TrainPool`.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 
 from dataset.augment import DeviceAugment, crop_flip, draw_crop_params
 from helper.checkpoint import atomic_save, safe_load
-from helper.errors import UserError
+from helper.device import autocast
 
 
 class CountingModule(nn.Module):
@@ -75,12 +74,6 @@ class TrainPool:
                    n_images=int(state["n_images"]), views=int(state["views"]), teacher_logits=state["teacher_logits"].to(device),
                    teacher_feats={int(k): v.to(device) for k, v in state["teacher_feats"].items()},
                    teacher_calls=int(state["teacher_calls"]))
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 TEACHER_VIEWS = ("augmented", "clean")
@@ -144,16 +137,16 @@ def build_train_pool(
     """
     device = torch.device(device)
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
-        raise UserError(f"training images must be square uint8 [N, 3, S, S], got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(f"training images must be square uint8 [N, 3, S, S], got {images.dtype} {tuple(images.shape)}")
     n = int(images.shape[0])
     if n < 1 or labels.shape != (n,):
-        raise UserError(f"need at least one training image and one label per image, got {n} images and {tuple(labels.shape)} labels")
+        raise ValueError(f"need at least one training image and one label per image, got {n} images and {tuple(labels.shape)} labels")
     if views < 1:
-        raise UserError(f"--teacher_views must be at least 1, got {views}")
+        raise ValueError(f"the number of teacher views must be at least 1, got {views}")
     if batch_size < 1:
-        raise UserError(f"the teacher batch size must be at least 1, got {batch_size}")
+        raise ValueError(f"the teacher batch size must be at least 1, got {batch_size}")
     if teacher_view not in TEACHER_VIEWS:
-        raise UserError(f"--teacher_view must be one of {', '.join(TEACHER_VIEWS)}, got '{teacher_view}'")
+        raise ValueError(f"the teacher view must be one of {', '.join(TEACHER_VIEWS)}, got '{teacher_view}'")
     counter = teacher if isinstance(teacher, CountingModule) else CountingModule(teacher)
     counter.eval()
     calls_before = counter.calls
@@ -178,7 +171,7 @@ def build_train_pool(
         if num_classes is None:
             raise ValueError("num_classes is required when the teacher is not queried")
         logits_out = torch.zeros((total, num_classes), dtype=torch.float32, device=device)
-    with torch.no_grad(), _autocast(device, amp):
+    with torch.no_grad(), autocast(device, amp):
         for start in range(0, total if query_teacher else 0, batch_size):
             stop = min(start + batch_size, total)
             x = augment.normalize_eval(teacher_inputs[start:stop])
@@ -187,8 +180,8 @@ def build_train_pool(
                 if start == 0:
                     for i in feat_layers:
                         if not -len(feats) <= i < len(feats):
-                            raise UserError(f"the teacher returns {len(feats)} feature maps, so feature index {i} does not exist; "
-                                            f"use an index below {len(feats)}")
+                            raise ValueError(f"the teacher returns {len(feats)} feature maps, so feature index {i} does not "
+                                             f"exist; use an index below {len(feats)}")
                         feats_out[i] = torch.empty((total, *feats[i].shape[1:]), dtype=feat_dtype, device=device)
                 for i in feat_layers:
                     feats_out[i][start:stop] = feats[i]

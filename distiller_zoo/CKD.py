@@ -43,15 +43,34 @@ def combine(a: Tensor, b: Tensor, mode: str, lam: Tensor | float | None = None) 
     raise ValueError(f"unknown CKD mode {mode!r}; expected one of {CKD_MODES}")
 
 
+def ckd_group_sizes(pos_and_neg: int) -> tuple[int, int]:
+    """(P, N) of a CKD tuple of ``pos_and_neg`` images: N = pos_and_neg // 2 negatives, P = pos_and_neg - N positives.
+
+    The one home of the group sizes: the tuple sampler draws P + N distinct images, the loss splits them here.
+    """
+    if pos_and_neg < 2:
+        raise ValueError(f"a CKD tuple needs at least 2 images (one positive, one negative), got {pos_and_neg}")
+    n = pos_and_neg // 2
+    return pos_and_neg - n, n
+
+
 def group_mean(x: Tensor, groups: Tensor) -> Tensor:
-    """Mean of the rows of x [M, ...] selected by each row of groups [B, g] (indices into x): returns [B, ...]."""
-    return x[groups].mean(dim=1)
+    """Mean of the rows of x [M, ...] selected by each row of groups [B, g] (indices into x): returns [B, ...].
+
+    Cached teacher logits, and teacher feature maps (half-precision storage is averaged in float32)."""
+    picked = x[groups]
+    if picked.dtype in (torch.float16, torch.bfloat16):
+        picked = picked.to(torch.float32)
+    return picked.mean(dim=1)
 
 
 def label_histogram(labels: Tensor, groups: Tensor, num_classes: int) -> Tensor:
-    """Class histogram of each group: mean of one-hot labels [M] over groups [B, g]; rows sum to 1, shape [B, C]."""
-    one_hot = F.one_hot(labels[groups], num_classes).to(torch.get_default_dtype())
-    return one_hot.mean(dim=1)
+    """Class histogram of each group: the label counts of groups [B, g] (indices into labels [M]) divided by g; rows
+    sum to 1, shape [B, C], in the default float type."""
+    picked = labels[groups]
+    hist = torch.zeros((groups.shape[0], num_classes), dtype=torch.get_default_dtype(), device=groups.device)
+    hist.scatter_add_(1, picked, torch.ones(picked.shape, dtype=hist.dtype, device=groups.device))
+    return hist.div_(groups.shape[1])
 
 
 class CKDLoss(nn.Module):

@@ -3,7 +3,7 @@
 from distiller_zoo.AB import ABLoss, ABTerm, activation_boundary_loss
 from distiller_zoo.AT import Attention, AttentionTerm, at_loss, attention_map
 from distiller_zoo.CC import Correlation, CorrelationTerm, consecutive_discrepancy_correlation
-from distiller_zoo.CKD import CKD_MODES, CKDLoss, combine, group_mean, label_histogram
+from distiller_zoo.CKD import CKD_MODES, CKDLoss, ckd_group_sizes, combine, group_mean, label_histogram
 from distiller_zoo.DIST import DIST, DISTTerm, cosine_similarity, inter_class_relation, intra_class_relation, pearson_correlation
 from distiller_zoo.DKD import DKD, DKDTerm, dkd_loss
 from distiller_zoo.FitNet import HintLoss, HintTerm, hint_loss
@@ -83,6 +83,7 @@ __all__ = [
     "factor_transfer_loss",
     "fsp_matrix",
     "gaussian_nll",
+    "ckd_group_sizes",
     "group_mean",
     "hint_loss",
     "inter_class_relation",

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from helper.loops import EVAL_BATCH_SIZE, autocast
+from helper.device import autocast
+from helper.engine import EVAL_BATCH_SIZE
 
 CALIBRATE_CHOICES = ("none", "train_mean")
 

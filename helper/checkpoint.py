@@ -4,6 +4,8 @@ Every file is written to a temporary name in the same folder, flushed and fsync'
 renamed over the target, so a crash (even SIGKILL) never leaves a half-written checkpoint.
 Every file is read with ``weights_only=True``: a checkpoint whose pickle would run code is
 refused instead of executed.
+
+Bottom layer: imports nothing from the project but ``helper.errors``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
-"""One place that decides which device a run uses; every tensor and module goes through it."""
+"""One place that decides which device a run uses; every tensor and module goes through it.
+
+Bottom layer: imports nothing from the project but ``helper.errors``.
+"""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -58,6 +63,13 @@ def to_device(obj, device: torch.device, non_blocking: bool | None = None):
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_device(v, device, non_blocking) for v in obj)
     return obj
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA and CPU (where supported); a no-op context otherwise (and on MPS)."""
+    if not enabled or device.type not in ("cuda", "cpu"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def configure_backend(device: torch.device, deterministic: bool = False) -> None:

@@ -1,4 +1,9 @@
-"""User-facing errors: one sentence on stderr and exit code 2, never a traceback."""
+"""User-facing errors: one sentence on stderr and exit code 2, never a traceback.
+
+Bottom layer: imports nothing from the project. ``dataset/``, ``models/``, ``distiller_zoo/`` and ``crd/`` may import
+this module, ``helper.device`` and ``helper.checkpoint`` (which import nothing above them), and nothing else of
+``helper/``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,14 @@ class UserError(Exception):
 
     The message is one sentence that says what was wrong and what to do about it.
     Entry points catch it, print it on stderr and exit with code 2.
+    """
+
+
+class DataNotFound(UserError):
+    """A data set's files are not in the folder a run reads them from, and could not be fetched there.
+
+    The message says where the files were looked for and how to get them, without naming a flag: the caller that
+    parsed the flags adds how to point the run at another folder (``helper.options.data_not_found_message``).
     """
 
 

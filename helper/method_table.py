@@ -33,10 +33,20 @@ WHITE_BOX = "white-box"
 KINDS = (LOGIT, RELATIONAL, WHITE_BOX)
 # the samplers of dataset/samplers.py a row may name
 SAMPLERS = ("plain", "class_balanced", "crd", "ckd_tuples", "pairs", "triples")
+# distinct images in one item of a tuple sampler (ckd_tuples: --pos_and_neg); the other samplers draw single images
+TUPLE_IMAGES = {"pairs": 2, "triples": 3}
 
 # the values that mean "no method" for each flag: no relational term / no white-box term (KD is --w_kd)
 NO_RELATIONAL = None
 NO_DISTILL = "kd"
+
+
+def none_or_str(value: Any) -> Any:
+    """``None``/``none``/``null``/empty (how W&B agents and results files write a missing method) as None; any other
+    value unchanged. Also the ``type`` of ``--relational`` (helper/options.py)."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        return None
+    return value
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,13 @@ def help_of(flag: str) -> str:
     return f"white-box loss on cached teacher features: kd (none), {listed}"
 
 
+def images_per_item(sampler: str, pos_and_neg: int) -> int:
+    """Distinct training images in one sampled item of ``sampler``: 1 for single images, P + N for CKD tuples."""
+    if sampler == "ckd_tuples":
+        return int(pos_and_neg)
+    return TUPLE_IMAGES.get(sampler, 1)
+
+
 def weight_of(flag: str, name: str | None) -> float:
     """Default weight of a flag value's term (0 for the "no method" values)."""
     row = find(flag, name)
@@ -175,12 +192,6 @@ def combinations() -> list[tuple[str | None, str]]:
 # ---------------------------------------------------------------------------------------------------- labels
 
 
-def _none(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
-        return None
-    return value
-
-
 def method_order() -> tuple[str, ...]:
     """Row order of the summary tables: ce, kd, then the table's methods."""
     return ("ce", "kd", *(r.name for r in METHODS))
@@ -188,8 +199,8 @@ def method_order() -> tuple[str, ...]:
 
 def method_label(config: dict[str, Any]) -> str:
     """The method name of a run's resolved flags (the rule is in scripts/summarize.py's docstring)."""
-    relational = _none(config.get("relational"))
-    distill = _none(config.get("distill")) or NO_DISTILL
+    relational = none_or_str(config.get("relational"))
+    distill = none_or_str(config.get("distill")) or NO_DISTILL
     w_kd = float(config.get("w_kd") or 0.0)
     if relational is None and distill == NO_DISTILL:
         label = "kd" if w_kd > 0 else "ce"
@@ -204,6 +215,6 @@ def method_label(config: dict[str, Any]) -> str:
                 label += f"+{distill}"
         if w_kd > 0:
             label += "+kd"
-    if _none(config.get("calibrate")) not in (None, "none"):
+    if none_or_str(config.get("calibrate")) not in (None, "none"):
         label += "+cal"  # --calibrate train_mean: its own method variant in tables and plots
     return label

@@ -34,22 +34,13 @@ from torch import Tensor, nn
 
 from dataset import TrainPool
 from dataset.augment import DeviceAugment
-from dataset.samplers import (
-    ClassBalancedSampler,
-    CRDSampler,
-    PlainSampler,
-    TupleSampler,
-    ckd_group_sizes,
-    group_feature_mean,
-    group_targets,
-    steps_per_epoch,
-)
-from distiller_zoo import CKDLoss, DistillKL, FeatureTerm, MixupLoss
+from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, TupleSampler, steps_per_epoch
+from distiller_zoo import CKDLoss, DistillKL, FeatureTerm, MixupLoss, ckd_group_sizes, group_mean, label_histogram
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights
 from helper.device import to_device
+from helper.engine import train_step
 from helper.errors import UserError
-from helper.loops import train_step
-from helper.method_table import MethodRow, find, resolve
+from helper.method_table import MethodRow, find, images_per_item, resolve
 from helper.method_table import method_label as method_label  # noqa: F401  (re-exported for callers of helper.methods)
 from helper.method_table import validate_combination as validate_combination
 from models import model_dict
@@ -158,9 +149,10 @@ class Method(nn.Module):
         """Whether the student forward must return feature maps (a white-box term with a non-zero weight)."""
         return self.white_box is not None and self.w_inter != 0
 
-    def trainable_modules(self) -> list[nn.Module]:
-        """Modules besides the student whose parameters the optimiser trains."""
-        return [m for name, m in self.named_children() if name not in ("student", "kl")]
+    def trainable_modules(self) -> nn.ModuleDict:
+        """The modules besides the student whose parameters the optimiser trains (regressors, embeddings, CRD memory),
+        by name: the run saves, restores and optimises them as one ``extras`` dict."""
+        return nn.ModuleDict({name: m for name, m in self.named_children() if name not in ("student", "kl")})
 
     def extra_state(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -359,14 +351,15 @@ class CKDMethod(Method):
         groups = batch["groups"]
         pos, neg = groups[:, : self.n_pos], groups[:, self.n_pos:]
         out: dict[str, Any] = {"pos": pos, "neg": neg, "x_pos": self.images(pos), "x_neg": self.images(neg)}
-        out["y_pos"], out["t_pos"] = group_targets(self.ctx.pool, pos, self.ctx.num_classes)
-        out["y_neg"], out["t_neg"] = group_targets(self.ctx.pool, neg, self.ctx.num_classes)
+        pool, num_classes = self.ctx.pool, self.ctx.num_classes
+        out["y_pos"], out["t_pos"] = label_histogram(pool.labels, pos, num_classes), group_mean(pool.teacher_logits, pos)
+        out["y_neg"], out["t_neg"] = label_histogram(pool.labels, neg, num_classes), group_mean(pool.teacher_logits, neg)
         out["lam"] = None
         if self.mode == "ckd_mixup":
             out["lam"] = to_device(torch.rand((), generator=self.generator), pos.device)  # λ ~ Beta(1,1), one per batch
         if self.wants_feats:
             feats_t = self.ctx.pool.teacher_feats
-            out["d_t"] = [(group_feature_mean(feats_t[j], pos) - group_feature_mean(feats_t[j], neg)).float()
+            out["d_t"] = [(group_mean(feats_t[j], pos) - group_mean(feats_t[j], neg)).float()
                           for j in self.white_box.teacher_idx]
         return out
 
@@ -462,16 +455,21 @@ def build_ckd_inter(ctx: MethodContext) -> Method:
     return CKDMethod(ctx, "ckd")  # plus the --distill term on group-mean differences (row: with_white_box)
 
 
+def _mixed_images(ctx: MethodContext) -> int:
+    """Images per mixed input: the tuple size of the row's sampler (pairs or triples)."""
+    return images_per_item(find("relational", ctx.opt.relational).sampler, ctx.opt.pos_and_neg)
+
+
 def build_mixup(ctx: MethodContext) -> Method:
-    return MixMethod(ctx, 2, cutmix=False)
+    return MixMethod(ctx, _mixed_images(ctx), cutmix=False)
 
 
 def build_mixup3(ctx: MethodContext) -> Method:
-    return MixMethod(ctx, 3, cutmix=False)
+    return MixMethod(ctx, _mixed_images(ctx), cutmix=False)
 
 
 def build_cutmix(ctx: MethodContext) -> Method:
-    return MixMethod(ctx, 2, cutmix=True)
+    return MixMethod(ctx, _mixed_images(ctx), cutmix=True)
 
 
 def build_method(ctx: MethodContext, aug_generator: torch.Generator) -> Method:

@@ -16,8 +16,11 @@ from typing import Any, NoReturn
 
 from helper import method_table
 from helper.errors import EXIT_USER_ERROR, UserError
+from helper.method_table import none_or_str
 
-DATASET_CHOICES = ("cifar100", "digits")
+DATASET_CHOICES = ("cifar100", "digits", "stanfordcars")
+# data sets whose teachers live in SAVE_DIR/models/ (RepDistiller's folder); the others get SAVE_DIR/models_{dataset}/
+CIFAR_LAYOUT_DATASETS = ("cifar100", "stanfordcars")
 SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
 # student -> teacher pairs of the CKD paper and of RepDistiller
@@ -81,11 +84,6 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_USER_ERROR)
 
 
-def none_or_str(value: str) -> str | None:
-    """Parse ``None``/``none``/``null``/empty as ``None`` (how W&B agents pass a missing method)."""
-    return None if value.strip().lower() in ("none", "null", "") else value
-
-
 def str2bool(value: str | bool) -> bool:
     """Parse booleans as W&B and shells write them: true/false, 1/0, yes/no."""
     if isinstance(value, bool):
@@ -111,8 +109,11 @@ def _flag(parser: argparse.ArgumentParser, name: str, help: str, **kwargs: Any) 
 
 
 COMMON_HELP = {
-    "dataset": "data set: cifar100 (downloaded to --data_folder) or digits (scikit-learn's bundled real 8x8 digits, offline)",
-    "data_folder": "folder holding cifar-100-python/ (downloaded there when missing)",
+    "dataset": "data set: cifar100 (downloaded to --data_folder), digits (scikit-learn's bundled real 8x8 digits, "
+               "offline) or stanfordcars (196 classes, never downloaded: put the devkit files in --data_folder, see README)",
+    "data_folder": "folder holding cifar-100-python/ (downloaded there when missing), or for stanfordcars "
+                   "stanford_cars/ (or the files themselves): devkit/cars_meta.mat, devkit/cars_train_annos.mat, "
+                   "cars_test_annos_withlabels.mat, cars_train/, cars_test/",
     "device": "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps",
     "batch_size": "mini-batch size (CKD: tuples per batch)",
     "momentum": "SGD momentum (0 or more)",
@@ -136,7 +137,8 @@ TEACHER_HELP = {
     "seed": "seed of the initialisation and data order",
     "trial": "trial number: trial 1 writes {model}_vanilla/ (where students look by default), trial k > 1 writes "
              "{model}_vanilla_trial{k}/ (pass it to students with --path_t)",
-    "save_dir": "root folder: the teacher goes to SAVE_DIR/models/{model}_vanilla/ (SAVE_DIR/models_digits/... for digits)",
+    "save_dir": "root folder: the teacher goes to SAVE_DIR/models/{model}_vanilla/ (SAVE_DIR/models_digits/... for "
+                "digits, SAVE_DIR/models/{model}_stanfordcars_vanilla/ for stanfordcars)",
     "resume": "continue the teacher from its last.pth (re-running the same command resumes too; a finished teacher "
               "is not trained again)",
     "compile": "torch.compile the model being trained",
@@ -176,13 +178,14 @@ def build_student_parser() -> OneLineParser:
           f"{DEFAULT_DIGITS_TEACHER} for --dataset digits, else the published pair of --model_s, e.g. resnet32 -> resnet110)",
           type=str, default=None)
     _flag(parser, "path_t", "teacher checkpoint (default: SAVE_DIR/models/{model_t}_vanilla/ckpt_epoch_240.pth, "
-          "SAVE_DIR/models_digits/... for --dataset digits)", type=str, default=None)
+          "SAVE_DIR/models_digits/... for --dataset digits, SAVE_DIR/models/{model_t}_stanfordcars_vanilla/... for "
+          "--dataset stanfordcars)", type=str, default=None)
     _flag(parser, "distill", method_table.help_of("distill"), type=str, default="kd",
           choices=method_table.choices_of("distill"))
     _flag(parser, "relational", method_table.help_of("relational"), type=none_or_str, default=None,
           choices=method_table.choices_of("relational"))
     _flag(parser, "subset_size", "number of training images drawn from the training set, train + validation (default: "
-          "the whole training set: 50000 for cifar100, 1437 for digits)", type=int_like, default=None)
+          "the whole training set: 50000 for cifar100, 1437 for digits, 8144 for stanfordcars)", type=int_like, default=None)
     _flag(parser, "train_val_frac", "fraction of the subset used for training; the rest validates", type=float, default=0.8)
     _flag(parser, "use_DA", "data augmentation: 0 none, 1 random crop, 2 random crop + horizontal flip",
           type=int_like, default=2, choices=(0, 1, 2))
@@ -308,6 +311,50 @@ def finalize_student_args(opt: argparse.Namespace) -> argparse.Namespace:
     return opt
 
 
+def check_subset_against_data(opt: argparse.Namespace, n_total: int) -> None:
+    """``--subset_size`` against a training set of ``n_total`` images and ``--batch_size`` (raises UserError).
+
+    Called once the data is loaded, before the subset is drawn and before the teacher is touched.
+    """
+    from dataset.subset import min_subset_size, split_sizes  # deferred: the data package imports torch
+
+    if opt.subset_size > n_total:
+        raise UserError(f"--subset_size {opt.subset_size} is larger than the {n_total}-image training set; "
+                        f"pass --subset_size {n_total} or less")
+    n_train, _ = split_sizes(opt.subset_size, opt.train_val_frac)
+    if n_train < opt.batch_size:
+        need = min_subset_size(opt.batch_size, opt.train_val_frac)
+        if need <= n_total:
+            fix = f"pass --subset_size {need} or more, or lower --batch_size to {n_train} or less"
+        else:
+            fix = f"lower --batch_size to {n_train} or less"
+        raise UserError(f"--subset_size {opt.subset_size} with --train_val_frac {opt.train_val_frac} leaves {n_train} "
+                        f"training images, fewer than one batch of --batch_size {opt.batch_size}; {fix}")
+
+
+def check_split_against_data(opt: argparse.Namespace, n_train: int, n_train_classes: int) -> None:
+    """The method's sampler against the training split: ``n_train`` images of ``n_train_classes`` classes (raises
+    UserError). Tuple samplers (CKD, mixup) need as many distinct images as a tuple holds; CRD needs two classes.
+
+    Called before the teacher is touched.
+    """
+    row = method_table.find("relational", opt.relational)
+    sampler = row.sampler if row is not None else "plain"
+    k = method_table.images_per_item(sampler, opt.pos_and_neg)
+    if n_train < k:
+        fix = "raise --subset_size" + (" or lower --pos_and_neg" if sampler == "ckd_tuples" else "")
+        raise UserError(f"--relational {opt.relational} draws tuples of {k} distinct training images, but only {n_train} "
+                        f"are in the training split; {fix}")
+    if sampler == "crd" and n_train_classes < 2:
+        raise UserError(f"--relational {opt.relational} needs negatives from other classes, but every training image "
+                        "has the same class; raise --subset_size so that several classes are present")
+
+
+def data_not_found_message(err: Exception) -> str:
+    """The message of a data set that is not in ``--data_folder``, with how to point the run elsewhere."""
+    return f"{err}, or pass --data_folder with the folder that holds it"
+
+
 def parse_decay_epochs(text: str) -> list[int]:
     """``--lr_decay_epochs 150,180,210`` as a sorted list (raises UserError)."""
     try:
@@ -356,18 +403,26 @@ def run_name(opt: argparse.Namespace) -> str:
 def teacher_checkpoint_path(save_dir: str | Path, dataset: str, model: str, trial: int = 1) -> Path:
     """Where train_teacher.py writes, and train_student.py looks for, a teacher.
 
-    CIFAR-100 uses RepDistiller's layout ``save/models/{model}_vanilla/ckpt_epoch_240.pth``;
-    other data sets get their own folder (``save/models_digits/...``) so they never mix. Trial k > 1
-    goes to ``{model}_vanilla_trial{k}/`` (students pass it with ``--path_t``).
+    CIFAR-100 uses RepDistiller's layout ``save/models/{model}_vanilla/ckpt_epoch_240.pth``; Stanford Cars sits beside
+    it as ``save/models/{model}_stanfordcars_vanilla/`` (the published code also keeps its Cars teachers in
+    ``save/models/``, with the data set in the folder name); other data sets get their own folder
+    (``save/models_digits/{model}_vanilla/``) so they never mix. Trial k > 1 appends ``_trial{k}`` to the folder name
+    (students pass it with ``--path_t``).
     """
-    folder = "models" if dataset == "cifar100" else f"models_{dataset}"
-    name = f"{model}_vanilla" if trial == 1 else f"{model}_vanilla_trial{trial}"
+    if dataset in CIFAR_LAYOUT_DATASETS:
+        folder, name = "models", f"{model}_vanilla" if dataset == "cifar100" else f"{model}_{dataset}_vanilla"
+    else:
+        folder, name = f"models_{dataset}", f"{model}_vanilla"
+    if trial != 1:
+        name += f"_trial{trial}"
     return Path(save_dir) / folder / name / "ckpt_epoch_240.pth"
 
 
 def missing_teacher_message(opt: argparse.Namespace) -> str:
     """One sentence for a teacher checkpoint that is not there, with the command that makes it for this data set."""
     train = f"python train_teacher.py --model {opt.model_t} --dataset {opt.dataset}"
+    if opt.dataset == "stanfordcars":
+        train += f" --data_folder {opt.data_folder}"
     if opt.dataset != "cifar100":
         return f"teacher checkpoint {opt.path_t} does not exist; train it with `{train}` (then pass the same --save_dir)"
     return (f"teacher checkpoint {opt.path_t} does not exist; get it with `sh scripts/fetch_pretrained_teachers.sh` "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import errno
 import math
 import os
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dataset import TrainPool, build_train_pool, load_dataset, make_subset_split
+from dataset import TrainPool, build_train_pool, make_subset_split
 from dataset.augment import DeviceAugment
 from dataset.samplers import steps_per_epoch
 from dataset.teacher_cache import CountingModule, load_or_build_cache
@@ -34,13 +33,12 @@ from helper.checkpoint import (
     extract_state_dict,
     file_sha256,
     load_weights_strict,
-    remove_stale_temp_files,
     safe_load,
 )
 from helper.device import configure_backend, resolve_device
+from helper.engine import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_step
 from helper.errors import UserError
-from helper.logger import RunLogger, report_finished_run
-from helper.loops import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_step
+from helper.logger import report_finished_run
 from helper.methods import (
     Method,
     MethodContext,
@@ -53,7 +51,8 @@ from helper.methods import (
     uses_teacher_outputs,
     validate_combination,
 )
-from helper.options import missing_teacher_message, student_run_dir
+from helper.options import check_split_against_data, check_subset_against_data, missing_teacher_message, student_run_dir
+from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from helper.schedule import DECAY, STOP, PlateauSchedule
 from models import model_dict
 
@@ -64,21 +63,6 @@ CHECKPOINT_EVERY_S = float(os.environ.get("CKD_CHECKPOINT_EVERY_S", "60"))
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; nothing is reported as a result."""
-
-
-def ensure_writable(folder: Path) -> None:
-    """Check, before any expensive work and without creating anything, that ``folder`` can be made and written:
-    its nearest existing parent must be a writable folder. The folder is made when its first file is written."""
-    existing = Path(folder)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        reason = os.strerror(errno.ENOTDIR)
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        reason = os.strerror(errno.EACCES)
-    else:
-        return
-    raise UserError(f"cannot write to {folder} ({reason}); choose a writable --save_dir")
 
 
 def load_teacher(opt: argparse.Namespace, num_classes: int, device: torch.device) -> nn.Module:
@@ -139,7 +123,7 @@ def build_training(opt: argparse.Namespace, student: nn.Module, pool: TrainPool,
     ctx = MethodContext(opt=opt, student=student, pool=pool, augment=augment, num_classes=num_classes,
                         student_feat_shapes=student_shapes, teacher_feat_shapes=list(teacher_feat_shapes), device=device)
     method = build_method(ctx, aug_generator)
-    extras = nn.ModuleDict({name: m for name, m in method.named_children() if name not in ("student", "kl")})
+    extras = method.trainable_modules()
     sampler = method.make_sampler(opt, device)
     params = list(student.parameters()) + [p for p in extras.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay)
@@ -171,17 +155,17 @@ class StudentRun:
 
     # ----------------------------------------------------------------------------------- setup
     def _decide_resume(self) -> bool:
-        if self.opt.resume and not self.last_path.is_file():
-            raise UserError(f"--resume was given but {self.last_path} does not exist; drop --resume to start this run fresh")
+        refuse_resume_without_checkpoint(self.opt, self.last_path, "start this run fresh")
         if self.last_path.is_file() and not self.opt.resume:
             print(f"found {self.last_path}: resuming that run (delete {self.run_dir} to start over)", flush=True)
         return self.last_path.is_file()
 
     def _prepare_data(self) -> None:
         opt, device = self.opt, self.device
-        train_set, test_set = load_dataset(opt.dataset, opt.data_folder)
+        train_set, test_set = load_data(opt)
         if opt.subset_size is None:  # the default: the whole training set
             opt.subset_size = len(train_set.labels)
+        check_subset_against_data(opt, len(train_set.labels))
         self.num_classes = train_set.num_classes
         self.split = make_subset_split(len(train_set.labels), opt.subset_size, opt.train_val_frac, opt.seed, opt.batch_size)
         self.augment = DeviceAugment.for_images(train_set, opt.use_DA, device)
@@ -190,6 +174,7 @@ class StudentRun:
         val_idx = torch.as_tensor(self.split.val_idx, dtype=torch.long)
         self.train_images = train_set.images[train_idx]
         self.train_labels = train_set.labels[train_idx]
+        check_split_against_data(opt, self.split.n_train, int(self.train_labels.unique().numel()))
         self.val_images = train_set.images[val_idx].to(device)
         self.val_labels = train_set.labels[val_idx].to(device)
         self.test_images = test_set.images.to(device)
@@ -388,8 +373,7 @@ class StudentRun:
     def run(self) -> Path:
         opt = self.opt
         ensure_writable(self.run_dir)
-        for leftover in remove_stale_temp_files(self.run_dir):
-            print(f"removed {leftover.name}, left by a checkpoint write that was killed", flush=True)
+        clean_leftovers(self.run_dir)
         if self.results_path.is_file():
             print(f"this configuration already finished; delete {self.run_dir} to run it again", flush=True)
             report_finished_run(self.run_dir, self.results_path, opt)  # a W&B agent's run still gets the results
@@ -410,11 +394,9 @@ class StudentRun:
         else:
             self.best = self._snapshot()
         config = {**vars(opt), "n_train": self.pool.n_images, "n_val": int(self.val_labels.shape[0])}
-        self.logger = RunLogger(self.run_dir, config, opt, job_type="student", wandb_id=wandb_id)
-        self.clock, self.elapsed_before = Stopwatch(), float(self.state["elapsed_s"])
-        self.last_saved_at = -math.inf
-        exit_code = 1
-        try:
+        with open_logger(self.run_dir, config, opt, "student", wandb_id) as self.logger:
+            self.clock, self.elapsed_before = Stopwatch(), float(self.state["elapsed_s"])
+            self.last_saved_at = -math.inf
             with self.stop.installed():
                 done = self.state["finished"]
                 if not done and not self.state.get("init_done", False):
@@ -423,17 +405,13 @@ class StudentRun:
                     if not self._train_epoch():
                         self._save_last()
                         print(f"stopped: saved {self.last_path}; resume with the same command (or add --resume)", flush=True)
-                        exit_code = self.stop.exit_code()
-                        raise SystemExit(exit_code)
+                        raise SystemExit(self.stop.exit_code())
                     done = self._end_epoch()
                     if done or self.schedule.epoch == 1 or time.perf_counter() - self.last_saved_at >= CHECKPOINT_EVERY_S:
                         self.state["finished"] = done
                         self._save_last()
                         self._save_best()
             results = self._finish()
-            exit_code = 0
-        finally:
-            self.logger.close(exit_code)
         print(f"results: {self.results_path}", flush=True)
         return results
 

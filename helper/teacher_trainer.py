@@ -1,11 +1,13 @@
 """Teacher training (the RepDistiller recipe): the full training set, SGD with step decays.
 
 The final checkpoint goes straight to where train_student.py looks for it
-(``save/models/{model}_vanilla/ckpt_epoch_240.pth`` for CIFAR-100, ``save/models_{dataset}/...``
-otherwise) in the RepDistiller format ``{'model', 'epoch', 'accuracy', 'optimizer'}``, so no renaming
-is needed; the file name keeps ``240`` whatever ``--epochs`` is, because that is the name the
-student script and the published teachers use. That file always holds the final weights and the
-epoch they come from (a periodic checkpoint never takes its name).
+(``save/models/{model}_vanilla/ckpt_epoch_240.pth`` for CIFAR-100,
+``save/models/{model}_stanfordcars_vanilla/...`` for Stanford Cars, ``save/models_{dataset}/...`` otherwise) in the
+RepDistiller format ``{'model', 'epoch', 'accuracy', 'optimizer'}``, so no renaming is needed; the file name
+keeps ``240`` whatever ``--epochs`` is, because that is the name the student script and the published teachers
+use. That file always holds the final weights and the epoch they come from (a periodic checkpoint never takes its
+name). Images are cropped (and flipped) to the model input of the data set (Cars: random 56x56 crops of the stored
+64x64 images for training, the centre crop for testing), as the students see them.
 
 A teacher folder holds one configuration, recorded in ``config.json`` and in every checkpoint: a rerun
 resumes (or, once finished, says so and writes nothing) only when the requested flags are the same;
@@ -23,15 +25,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dataset import load_dataset
 from dataset.augment import DeviceAugment
-from helper.checkpoint import atomic_save, atomic_write_json, remove_stale_temp_files, safe_load
-from helper.device import configure_backend, resolve_device
+from helper.checkpoint import atomic_save, atomic_write_json, safe_load
+from helper.device import autocast, configure_backend, resolve_device
+from helper.engine import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr
 from helper.errors import UserError
-from helper.logger import RunLogger
-from helper.loops import Progress, StopRequest, Stopwatch, autocast, evaluate, provenance, set_lr
 from helper.options import parse_decay_epochs, teacher_checkpoint_path, teacher_identity_config
-from helper.student_trainer import ensure_writable
+from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from models import model_dict
 
 
@@ -126,11 +126,10 @@ class TeacherRun:
         opt, device = self.opt, self.device
         if self.check_folder():
             return self._report_finished()
-        if opt.resume and not self.last_path.is_file():
-            raise UserError(f"--resume was given but {self.last_path} does not exist; drop --resume to train from scratch")
+        refuse_resume_without_checkpoint(opt, self.last_path, "train from scratch")
         ensure_writable(self.run_dir)
-        train_set, test_set = load_dataset(opt.dataset, opt.data_folder)
-        augment = DeviceAugment(train_set.mean, train_set.std, 2, device)
+        train_set, test_set = load_data(opt)
+        augment = DeviceAugment.for_images(train_set, 2, device)  # crop + flip; Cars: 56x56 crops of 64x64
         images, labels = train_set.images.to(device), train_set.labels.to(device)
         test_images, test_labels = test_set.images.to(device), test_set.labels.to(device)
         torch.manual_seed(opt.seed)
@@ -142,8 +141,7 @@ class TeacherRun:
         shuffle = torch.Generator().manual_seed(opt.seed)
         aug_generator = torch.Generator(device=device).manual_seed(opt.seed + 1)
         self._create_folder()  # only now that the run can start: an early failure leaves no folder behind
-        for leftover in remove_stale_temp_files(self.run_dir):
-            print(f"removed {leftover.name}, left by a checkpoint write that was killed", flush=True)
+        clean_leftovers(self.run_dir)
         start_epoch, best_acc, wandb_id, elapsed_before = 1, 0.0, None, 0.0
         test = {"acc": 0.0, "acc_top5": 0.0, "loss": 0.0}
         if self.last_path.is_file():
@@ -156,11 +154,9 @@ class TeacherRun:
             start_epoch, best_acc, wandb_id = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["wandb_id"]
             elapsed_before = ckpt["elapsed_s"]
             test["acc"] = float(ckpt["accuracy"])
-        logger = RunLogger(self.run_dir, dict(vars(opt)), opt, job_type="teacher", wandb_id=wandb_id)
-        clock = Stopwatch()
-        n = images.shape[0]
-        exit_code = 1
-        try:
+        with open_logger(self.run_dir, dict(vars(opt)), opt, "teacher", wandb_id) as logger:
+            clock = Stopwatch()
+            n = images.shape[0]
             with self.stop.installed():
                 for epoch in range(start_epoch, opt.epochs + 1):
                     lr = self.lr_at(epoch)
@@ -190,13 +186,12 @@ class TeacherRun:
                     if self.stop.requested:
                         print(f"stopped during epoch {epoch}: {self.last_path} holds epoch {epoch - 1}; "
                               "re-run the same command to resume", flush=True)
-                        exit_code = self.stop.exit_code()
-                        raise SystemExit(exit_code)
+                        raise SystemExit(self.stop.exit_code())
                     train_loss = loss_sum.item() / max(n_batches, 1)
                     if not torch.isfinite(torch.tensor(train_loss)):
                         raise UserError(f"the training loss became non-finite in epoch {epoch}; lower --learning_rate "
                                         f"(the last good checkpoint is {self.last_path})")
-                    test = evaluate(model, test_images, test_labels, augment.normalize, amp=opt.amp,
+                    test = evaluate(model, test_images, test_labels, augment.normalize_eval, amp=opt.amp,
                                     channels_last=opt.channels_last)
                     best_acc = max(best_acc, test["acc"])
                     logger.log({"train_loss": train_loss, "test_acc": test["acc"], "test_acc_top5": test["acc_top5"],
@@ -212,9 +207,6 @@ class TeacherRun:
                                  "elapsed_s": elapsed_before + clock.elapsed()}, self.last_path)
             atomic_save(self._checkpoint(model, optimizer, opt.epochs, test["acc"]), self.final_path)
             logger.summary({"test_acc": test["acc"], "best_test_acc": best_acc})
-            exit_code = 0
-        finally:
-            logger.close(exit_code)
         print(f"teacher {opt.model}: test acc {test['acc']:.2f}% after {opt.epochs} epochs", flush=True)
         print(f"checkpoint: {self.final_path}", flush=True)
         return self.final_path

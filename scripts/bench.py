@@ -3,9 +3,10 @@
     python scripts/bench.py --model_s resnet32 --model_t resnet110 --relational ckd --device cpu
 
 Builds a run exactly as ``train_student.py`` does (the same option parser, teacher cache, method, sampler and SGD
-set-up, through the functions of :mod:`helper.student_trainer`), but on random uint8 images of CIFAR-100 shape
-(100 classes, ``--subset_size`` images split train/validation as a run splits them) and a randomly initialised
-``--model_t`` teacher. After a warm-up it measures, in one process:
+set-up, through the functions of :mod:`helper.student_trainer`), but on random uint8 images of the shape of
+``--dataset`` (cifar100: 100 classes, 32x32 images, random 32x32 crops of 4-pixel padding; stanfordcars: 196 classes,
+64x64 images, random 56x56 crops), ``--subset_size`` of them split train/validation as a run splits them, and a
+randomly initialised ``--model_t`` teacher. After a warm-up it measures, in one process:
 
 * ``bound``: the student's forward + backward + SGD step on the student inputs of one real step of the method
   (``Method.inputs`` then ``Method.student_inputs``: CKD a P-group and an N-group forward of batch*P and batch*N
@@ -33,41 +34,47 @@ import json
 import os
 import platform
 import resource
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from dataset import CIFAR100_MEAN, CIFAR100_STD, TrainPool, make_subset_split  # noqa: E402
-from dataset.augment import DeviceAugment  # noqa: E402
-from dataset.samplers import steps_per_epoch  # noqa: E402
-from dataset.teacher_cache import build_train_pool  # noqa: E402
-from helper.calibration import train_mean_shift  # noqa: E402
-from helper.device import configure_backend, resolve_device, synchronize  # noqa: E402
-from helper.errors import UserError, run_main  # noqa: E402
-from helper.loops import autocast, train_step  # noqa: E402
-from helper.methods import (  # noqa: E402
+from dataset import CARS_CLASSES, CARS_MEAN, CARS_STD, CIFAR100_MEAN, CIFAR100_STD, ImageSet, TrainPool, make_subset_split
+from dataset.augment import DeviceAugment
+from dataset.samplers import steps_per_epoch
+from dataset.stanfordcars import CROP_SIZE as CARS_CROP
+from dataset.stanfordcars import STORED_SIZE as CARS_STORED
+from dataset.teacher_cache import build_train_pool
+from helper.calibration import train_mean_shift
+from helper.device import autocast, configure_backend, resolve_device, synchronize
+from helper.engine import train_step
+from helper.errors import UserError, run_main
+from helper.method_table import none_or_str
+from helper.methods import (
     Method,
     feature_shapes,
     teacher_feature_layers,
     teacher_needs_preact,
     validate_combination,
 )
-from helper.options import OneLineParser, build_student_parser, finalize_student_args, none_or_str, str2bool  # noqa: E402
-from helper.student_trainer import accumulate, build_student, build_training, cache_teacher  # noqa: E402
-from models import model_dict  # noqa: E402
+from helper.options import (
+    OneLineParser,
+    build_student_parser,
+    check_subset_against_data,
+    finalize_student_args,
+    str2bool,
+)
+from helper.student_trainer import accumulate, build_student, build_training, cache_teacher
+from models import model_dict
 
-NUM_CLASSES = 100
-IMAGE_SHAPE = (3, 32, 32)
+# --dataset -> (classes, stored image size, model input crop, crop padding, mean, std) of the synthetic images
+SYNTHETIC_SHAPES = {
+    "cifar100": (100, 32, 32, 4, CIFAR100_MEAN, CIFAR100_STD),
+    "stanfordcars": (CARS_CLASSES, CARS_STORED, CARS_CROP, 0, CARS_MEAN, CARS_STD),  # as dataset/stanfordcars.py
+}
 CALIBRATION_IMAGES = 128  # images of the BatchNorm calibration of the random teacher
 # the teacher batch of build_train_pool; the plain forward uses the same one
 CACHE_BATCH = int(inspect.signature(build_train_pool).parameters["batch_size"].default)
@@ -81,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--relational", type=none_or_str, default=None, help="None, ckd, ckd_add, ckd_mixup, ckd_inter, mixup, mixup3, cutmix, "
          "rkd, dist, crd (as train_student.py)")
     flag("--distill", type=str, default="kd", help="kd, hint, vid, correlation")
+    flag("--dataset", type=str, default="cifar100", choices=tuple(SYNTHETIC_SHAPES),
+         help="shape of the synthetic images: cifar100 (32x32) or stanfordcars (64x64 stored, 56x56 crops)")
     flag("--pos_and_neg", type=int, default=2, help="CKD group size P+N")
     flag("--batch_size", type=int, default=64, help="batch size (CKD: tuples per batch)")
     flag("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N, mps")
@@ -100,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def student_options(args: argparse.Namespace, extra: list[str]) -> argparse.Namespace:
     """A train_student.py option namespace for this benchmark (parsed and finalised by train_student's own functions)."""
-    argv = ["--model_s", args.model_s, "--model_t", args.model_t, f"--relational={args.relational}", "--distill", args.distill,
+    argv = ["--dataset", args.dataset, "--model_s", args.model_s, "--model_t", args.model_t,
+            f"--relational={args.relational}", "--distill", args.distill,
             "--pos_and_neg", str(args.pos_and_neg), "--batch_size", str(args.batch_size), "--device", args.device,
             "--subset_size", str(args.subset_size), "--seed", str(args.seed), f"--amp={args.amp}",
             f"--channels_last={args.channels_last}", f"--compile={args.compile}", "--path_t", "synthetic-teacher.pth"]
@@ -109,14 +119,20 @@ def student_options(args: argparse.Namespace, extra: list[str]) -> argparse.Name
     return finalize_student_args(build_student_parser().parse_args(argv + extra))
 
 
-def synthetic_split(opt: argparse.Namespace) -> tuple[Tensor, Tensor]:
-    """Random uint8 CIFAR-100-shaped images and labels; the training part of the run's subset split."""
+def synthetic_training_set(opt: argparse.Namespace) -> ImageSet:
+    """Random uint8 images and labels of ``opt.dataset``'s shape: the training part of the run's subset split."""
+    if opt.dataset not in SYNTHETIC_SHAPES:
+        raise UserError(f"bench.py has no synthetic shape for --dataset {opt.dataset}; use one of "
+                        f"{', '.join(SYNTHETIC_SHAPES)}")
+    num_classes, size, crop, padding, mean, std = SYNTHETIC_SHAPES[opt.dataset]
+    check_subset_against_data(opt, opt.subset_size)
     g = torch.Generator().manual_seed(opt.seed)
-    images = torch.randint(0, 256, (opt.subset_size, *IMAGE_SHAPE), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, NUM_CLASSES, (opt.subset_size,), generator=g)
+    images = torch.randint(0, 256, (opt.subset_size, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, num_classes, (opt.subset_size,), generator=g)
     split = make_subset_split(opt.subset_size, opt.subset_size, opt.train_val_frac, opt.seed, opt.batch_size)
     train_idx = torch.as_tensor(split.train_idx, dtype=torch.long)
-    return images[train_idx], labels[train_idx]
+    return ImageSet(images=images[train_idx], labels=labels[train_idx], num_classes=num_classes, mean=mean, std=std,
+                    crop_size=crop, crop_padding=padding)
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
@@ -149,11 +165,12 @@ def plain_forward(teacher: nn.Module, normalised: Tensor, is_feat: bool, device:
 
 
 def measure_cache(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
-                  device: torch.device, repeats: int) -> tuple[TrainPool, list[tuple[int, ...]], float, float]:
+                  device: torch.device, repeats: int, num_classes: int) -> tuple[TrainPool, list[tuple[int, ...]], float, float]:
     """(pool, teacher feature shapes, best cache-build time, best plain-forward time), interleaved, after one warm-up."""
     images, labels = images.to(device), labels.to(device)
-    normalised = augment.normalize(images)
-    is_feat = bool(teacher_feature_layers(opt, len(feature_shapes(teacher, device, IMAGE_SHAPE))))
+    normalised = augment.normalize_eval(images)
+    input_shape = (3, augment.crop, augment.crop)
+    is_feat = bool(teacher_feature_layers(opt, len(feature_shapes(teacher, device, input_shape))))
     preact = teacher_needs_preact(opt)
     plain_forward(teacher, normalised[:CACHE_BATCH], is_feat, device, opt.amp, preact)  # warm-up
     pool: TrainPool | None = None
@@ -164,7 +181,7 @@ def measure_cache(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, l
         pool = None
         synchronize(device)
         start = time.perf_counter()
-        pool, feat_shapes = cache_teacher(opt, teacher, images, labels, augment, device, NUM_CLASSES)
+        pool, feat_shapes = cache_teacher(opt, teacher, images, labels, augment, device, num_classes)
         synchronize(device)
         t_cache = min(t_cache, time.perf_counter() - start)
     assert pool is not None
@@ -184,7 +201,7 @@ def calibrate_batchnorm(model: nn.Module, images: Tensor, augment: DeviceAugment
         m.momentum = None  # cumulative average: exactly this batch's statistics
     model.train()
     with torch.no_grad():
-        model(augment.normalize(images))
+        model(augment.normalize_eval(images))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()
@@ -199,10 +216,10 @@ def staged_forwards(method: Method, opt: argparse.Namespace, device: torch.devic
 
 
 def make_bound_step(method: Method, staged: list[tuple[Tensor, bool]], opt: argparse.Namespace,
-                    device: torch.device) -> Callable[[], None]:
+                    device: torch.device, num_classes: int) -> Callable[[], None]:
     """Forward + backward + SGD of the student alone on the staged inputs, with cross-entropy on fixed labels."""
     g = torch.Generator().manual_seed(opt.seed + 1)
-    inputs = [(x, torch.randint(0, NUM_CLASSES, (x.shape[0],), generator=g).to(device), want_feats)
+    inputs = [(x, torch.randint(0, num_classes, (x.shape[0],), generator=g).to(device), want_feats)
               for x, want_feats in staged]
     student = method.student  # the compiled one with --compile
     params = [p for p in student.parameters() if p.requires_grad]
@@ -271,25 +288,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    train_images, train_labels = synthetic_split(opt)
-    augment = DeviceAugment(CIFAR100_MEAN, CIFAR100_STD, opt.use_DA, device)
+    train_set = synthetic_training_set(opt)
+    train_images, train_labels, num_classes = train_set.images, train_set.labels, train_set.num_classes
+    augment = DeviceAugment.for_images(train_set, opt.use_DA, device)
     torch.manual_seed(opt.seed)
-    teacher = model_dict[opt.model_t](num_classes=NUM_CLASSES).to(device)
+    teacher = model_dict[opt.model_t](num_classes=num_classes).to(device)
     calibrate_batchnorm(teacher, train_images[:CALIBRATION_IMAGES].to(device), augment)
 
     pool, teacher_feat_shapes, t_cache, t_forward = measure_cache(opt, teacher, train_images, train_labels, augment, device,
-                                                                  args.cache_repeats)
+                                                                  args.cache_repeats, num_classes)
     n_cache = pool.n_items
     del teacher
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
-    student = build_student(opt, NUM_CLASSES, device)
-    setup = build_training(opt, student, pool, augment, NUM_CLASSES, teacher_feat_shapes, device, IMAGE_SHAPE)
+    student = build_student(opt, num_classes, device)
+    setup = build_training(opt, student, pool, augment, num_classes, teacher_feat_shapes, device,
+                           (3, augment.crop, augment.crop))
     setup.method.train()
     staged = staged_forwards(setup.method, opt, device)
     images_per_step = sum(int(x.shape[0]) for x, _ in staged)
-    fns = {"bound": make_bound_step(setup.method, staged, opt, device), "step": make_full_step(setup, device, opt.amp),
+    fns = {"bound": make_bound_step(setup.method, staged, opt, device, num_classes), "step": make_full_step(setup, device, opt.amp),
            "data": make_data_step(setup.method, setup.sampler)}
     for fn in fns.values():
         for _ in range(args.warmup):
@@ -324,7 +343,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "images_per_step": images_per_step,
         "model_s": opt.model_s, "model_t": opt.model_t, "relational": opt.relational, "distill": opt.distill,
         "pos_and_neg": opt.pos_and_neg, "batch_size": opt.batch_size, "nce_k": opt.nce_k, "subset_size": opt.subset_size,
-        "n_train": pool.n_images, "w_kd": opt.w_kd, "device": str(device), "amp": opt.amp,
+        "n_train": pool.n_images, "w_kd": opt.w_kd, "dataset": opt.dataset,
+        "input_size": augment.crop, "device": str(device), "amp": opt.amp,
         "channels_last": opt.channels_last, "compile": opt.compile, "threads": torch.get_num_threads(),
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "torch_version": str(torch.__version__),
     }

@@ -22,10 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 TEACHER = "resnet14"
 STUDENT = "resnet8"
 METHODS = {

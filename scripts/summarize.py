@@ -50,13 +50,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from helper.errors import UserError, run_main  # noqa: E402
-from helper.method_table import method_label, method_order  # noqa: E402
-from helper.options import OneLineParser  # noqa: E402
+from helper.errors import UserError, run_main
+from helper.method_table import method_label, method_order
+from helper.options import OneLineParser
 
 METHOD_ORDER = method_order()  # ce, kd, then the method table's order
 # flags that do not change what a run computes: two runs differing only here are the same run

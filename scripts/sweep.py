@@ -39,12 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from helper.errors import UserError, run_main
+from helper.options import build_student_parser, finalize_student_args, student_run_dir
 
-from helper.errors import UserError, run_main  # noqa: E402
-from helper.options import build_student_parser, finalize_student_args, student_run_dir  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SUPPORTED_METHODS = ("grid", "random")
 GRID_DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "q_uniform")

@@ -15,12 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from helper.errors import UserError, run_main  # noqa: E402
-from helper.options import OneLineParser  # noqa: E402
+from helper.errors import UserError, run_main
+from helper.options import OneLineParser
 
 NUM_CLASSES = 100
 

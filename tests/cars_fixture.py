@@ -48,16 +48,31 @@ def class_names(n: int = NUM_CLASSES) -> np.ndarray:
     return cells
 
 
-def make_fake_cars(root: Path, nested: bool = True) -> Path:
-    """Write the tiny folder and return the folder holding ``devkit/`` (``root/stanford_cars`` when ``nested``)."""
+def generated_split(n: int, n_classes: int, start: int = 0) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+    """(sizes, 1-based classes) of ``n`` images: odd sizes from 23 to 98 pixels, classes cycling over ``n_classes``
+    classes spread over 1..196 (so the first and the last class both occur)."""
+    sizes = tuple((23 + (start + 13 * i) % 76, 29 + (start + 29 * i) % 70) for i in range(n))
+    labels = [1 + (i % n_classes) * (NUM_CLASSES - 1) // max(n_classes - 1, 1) for i in range(n)]
+    return sizes, tuple(labels)
+
+
+def make_fake_cars(root: Path, nested: bool = True, n_train: int | None = None, n_test: int | None = None,
+                   n_classes: int = 4) -> Path:
+    """Write the tiny folder and return the folder holding ``devkit/`` (``root/stanford_cars`` when ``nested``).
+
+    By default the splits are ``TRAIN_SIZES``/``TRAIN_CLASSES`` and ``TEST_SIZES``/``TEST_CLASSES``; ``n_train`` /
+    ``n_test`` generate larger splits over ``n_classes`` classes instead (for training runs end to end).
+    """
     import scipy.io
 
     base = root / "stanford_cars" if nested else root
     for folder in ("devkit", "cars_train", "cars_test"):
         (base / folder).mkdir(parents=True, exist_ok=True)
     scipy.io.savemat(base / "devkit" / "cars_meta.mat", {"class_names": class_names()})
-    for split, sizes, classes, mat in (("train", TRAIN_SIZES, TRAIN_CLASSES, base / "devkit" / "cars_train_annos.mat"),
-                                       ("test", TEST_SIZES, TEST_CLASSES, base / "cars_test_annos_withlabels.mat")):
+    train_sizes, train_classes = (TRAIN_SIZES, TRAIN_CLASSES) if n_train is None else generated_split(n_train, n_classes)
+    test_sizes, test_classes = (TEST_SIZES, TEST_CLASSES) if n_test is None else generated_split(n_test, n_classes, 5)
+    for split, sizes, classes, mat in (("train", train_sizes, train_classes, base / "devkit" / "cars_train_annos.mat"),
+                                       ("test", test_sizes, test_classes, base / "cars_test_annos_withlabels.mat")):
         fnames = [f"{i + 1:05d}.jpg" for i in range(len(sizes))]
         for i, (fname, (width, height)) in enumerate(zip(fnames, sizes)):
             seed = (0 if split == "train" else 1000) + i

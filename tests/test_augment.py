@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from dataset import CIFAR100_MEAN, CIFAR100_STD, DeviceAugment, crop_flip, draw_crop_params, random_views
-from helper.errors import UserError
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -105,8 +104,9 @@ def test_random_views_are_deterministic_uint8_crop_flips():
     assert torch.equal(aug.random_views(x, 3, torch.Generator().manual_seed(7)), views)
 
 
-def test_bad_settings_are_user_errors():
-    with pytest.raises(UserError):
+def test_bad_settings_are_value_errors():
+    """Programmer-error backstops (--use_DA is checked by the flag parser, in its own words)."""
+    with pytest.raises(ValueError, match="use_DA must be 0"):
         DeviceAugment(CIFAR100_MEAN, CIFAR100_STD, 3, "cpu")
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         DeviceAugment(CIFAR100_MEAN, (0.1, 0.0, 0.2), 0, "cpu")

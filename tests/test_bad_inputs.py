@@ -113,6 +113,13 @@ def test_subset_too_small(fake_cifar: Path, save_dir: Path, size: str, keywords:
     assert_teacher_never_called(proc, save_dir)
 
 
+def test_too_few_training_images_for_a_ckd_tuple(fake_cifar: Path, save_dir: Path) -> None:
+    """Known once the data is loaded: stopped before the teacher is read or called."""
+    proc = run(student(fake_cifar, save_dir, "--relational", "ckd", "--pos_and_neg", "40", "--subset_size", "40"))
+    assert_one_line_error(proc, "tuples of 40 distinct training images", "only 32", "--subset_size", "--pos_and_neg")
+    assert_teacher_never_called(proc, save_dir)
+
+
 @pytest.mark.parametrize("frac", ["1.5", "0", "1", "-0.2"])
 def test_train_val_frac_out_of_range(fake_cifar: Path, save_dir: Path, frac: str) -> None:
     proc = run(student(fake_cifar, save_dir, "--train_val_frac", frac))

@@ -44,6 +44,7 @@ def test_bench_ends_with_a_json_line(name: str) -> None:
     assert REQUIRED_KEYS <= set(result)
     assert (result["model_s"], result["model_t"], result["batch_size"], result["device"]) == ("resnet8", "resnet8", 16, "cpu")
     assert result["relational"] == relational and result["images_per_step"] == images_per_step
+    assert (result["dataset"], result["input_size"]) == ("cifar100", 32)
     for key in ("step_vs_bound", "cache_vs_forward", "calibrate_overhead", "data_images_per_s", "images_per_s", "bound_images_per_s",
                 "peak_mem_mb"):
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0
@@ -54,3 +55,12 @@ def test_bench_rejects_a_bad_flag_in_one_line() -> None:
     proc = run_bench("--relational", "nope")
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_bench_on_stanford_cars_shapes() -> None:
+    """--dataset stanfordcars: 196 classes, 64x64 synthetic images, the models see 56x56 crops."""
+    proc = run_bench("--dataset", "stanfordcars", "--relational", "ckd", "--subset_size", "100")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (result["dataset"], result["input_size"], result["images_per_step"]) == ("stanfordcars", 56, 32)
+    assert math.isfinite(result["images_per_s"]) and result["images_per_s"] > 0

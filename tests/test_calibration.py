@@ -141,7 +141,7 @@ def test_calibrated_run_saves_a_plain_model_that_reproduces_test_acc(fake_cifar,
     # best.pth is a plain model_dict checkpoint whose bias holds the shift: it reproduces test_acc exactly
     from dataset import load_dataset
     from dataset.augment import DeviceAugment
-    from helper.loops import evaluate
+    from helper.engine import evaluate
 
     _, test = load_dataset("cifar100", fake_cifar, download=False)
     model = model_dict["resnet8"](num_classes=100)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from distiller_zoo import CKDLoss, combine, group_mean, label_histogram
+from dataset import TupleSampler
+from distiller_zoo import CKDLoss, ckd_group_sizes, combine, group_mean, label_histogram
 
 B, C = 4, 5
 
@@ -150,3 +151,34 @@ def test_group_size_one_is_pairwise_ckd() -> None:
     pos, neg = torch.tensor([[0], [2]]), torch.tensor([[1], [5]])
     assert torch.equal(group_mean(logits, pos), logits[[0, 2]])
     assert torch.equal(label_histogram(labels, neg, C), torch.nn.functional.one_hot(labels[[1, 5]], C).to(torch.get_default_dtype()))
+
+
+def test_ckd_group_sizes_split_a_tuple_into_positives_and_negatives() -> None:
+    assert ckd_group_sizes(2) == (1, 1)
+    assert ckd_group_sizes(3) == (2, 1)
+    assert ckd_group_sizes(4) == (2, 2)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        ckd_group_sizes(1)
+
+
+def test_group_targets_of_sampled_tuples() -> None:
+    """The targets of CKD groups drawn by the tuple sampler: label histograms and the mean cached teacher logits
+    (float32), and the mean of half-precision cached feature maps in float32."""
+    n_images, views, num_classes = 12, 2, 4
+    labels = (torch.arange(n_images) % num_classes).repeat(views)
+    logits = torch.randn((n_images * views, num_classes), generator=torch.Generator().manual_seed(0))
+    sampler = TupleSampler(torch.arange(n_images).repeat(views), (2, 1), max_samples=50, batch_size=16, seed=0, device="cpu")
+    groups = sampler.next_batch()["groups"]
+    hist, mean = label_histogram(labels, groups, num_classes), group_mean(logits, groups)
+    assert hist.shape == (16, 4) and mean.shape == (16, 4) and hist.dtype == torch.float32
+    torch.testing.assert_close(hist.sum(dim=1), torch.ones(16))
+    for b in range(16):
+        expected = torch.zeros(4)
+        for i in groups[b].tolist():
+            expected[labels[i]] += 1 / 3
+        torch.testing.assert_close(hist[b], expected)
+        torch.testing.assert_close(mean[b], logits[groups[b]].mean(dim=0))
+    feats = torch.randn(n_images * views, 5, 2, 2).half()
+    fm = group_mean(feats, groups[:, :2])
+    assert fm.dtype == torch.float32 and fm.shape == (16, 5, 2, 2)
+    torch.testing.assert_close(fm[3], feats[groups[3, :2]].float().mean(dim=0))

@@ -1,5 +1,6 @@
 """Data sets (CIFAR-100 reader and download, digits) and the subset split."""
 
+import argparse
 import functools
 import http.server
 import os
@@ -21,7 +22,8 @@ from dataset import (
     make_subset_split,
     min_subset_size,
 )
-from helper.errors import UserError
+from helper.errors import DataNotFound, UserError
+from helper.options import check_split_against_data, check_subset_against_data, data_not_found_message, parse_student_args
 from tests.cifar_fixture import make_fake_cifar100, make_fake_cifar100_archive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,12 +83,14 @@ def test_wrong_shapes_and_code_carrying_pickles_are_user_errors(tmp_path):
 
 
 def test_missing_folder_without_download_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="CIFAR-100 is not in .*cifar-100-python.*--data_folder"):
+    with pytest.raises(DataNotFound, match="CIFAR-100 is not in .*cifar-100-python.*extract it into") as info:
         load_dataset("cifar100", tmp_path / "nothing", download=False)
+    assert "--" not in str(info.value)  # the flag is named by the caller that parsed it
+    assert data_not_found_message(info.value).endswith(", or pass --data_folder with the folder that holds it")
 
 
-def test_unknown_dataset_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="unknown data set"):
+def test_unknown_dataset_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown data set"):
         load_dataset("imagenet", tmp_path)
 
 
@@ -179,9 +183,9 @@ def test_unreachable_url_is_a_user_error_naming_the_folder(tmp_path, monkeypatch
     monkeypatch.setenv("CIFAR100_URL", f"http://127.0.0.1:{_closed_port()}/cifar-100-python.tar.gz")
     monkeypatch.setenv("CIFAR100_TIMEOUT", "5")
     data = tmp_path / "data"
-    with pytest.raises(UserError) as info:
+    with pytest.raises(DataNotFound) as info:
         load_dataset("cifar100", data)
-    message = str(info.value)
+    message = data_not_found_message(info.value)
     assert str(data / "cifar-100-python") in message
     assert "could not be downloaded" in message and "--data_folder" in message
     assert "\n" not in message
@@ -248,16 +252,37 @@ def test_subset_is_identical_in_a_separate_process():
     assert [int(v) for v in val_text.split(",")] == here.val_idx.tolist()
 
 
-def test_subset_bad_input_is_a_user_error():
+def test_subset_bad_input_is_a_value_error_without_flag_names():
+    """make_subset_split is the programmer-error backstop; the user's message comes from helper.options (below)."""
+    for args in ((50000, 60000, 0.8), (50000, 50, 0.8), (50000, 2000, 0.0), (50000, 2000, 1.5), (100, 100, 0.5)):
+        with pytest.raises(ValueError) as info:
+            make_subset_split(*args, seed=0, batch_size=64)
+        assert "--" not in str(info.value) and not isinstance(info.value, UserError)
+
+
+def _opt(**flags: object) -> argparse.Namespace:
+    return parse_student_args([f"--{k}={v}" for k, v in flags.items()])
+
+
+def test_subset_checked_against_the_data_with_flag_names():
     with pytest.raises(UserError, match="--subset_size 60000 is larger than the 50000-image training set"):
-        make_subset_split(50000, 60000, 0.8, seed=0, batch_size=64)
+        check_subset_against_data(_opt(subset_size=60000), 50000)
     with pytest.raises(UserError, match=r"fewer than one batch.*--subset_size 80 or more.*--batch_size"):
-        make_subset_split(50000, 50, 0.8, seed=0, batch_size=64)
-    for frac in (0.0, 1.0, 1.5, -0.1):
-        with pytest.raises(UserError, match="--train_val_frac"):
-            make_subset_split(50000, 2000, frac, seed=0, batch_size=64)
+        check_subset_against_data(_opt(subset_size=50), 50000)
     with pytest.raises(UserError, match="lower --batch_size"):
-        make_subset_split(100, 100, 0.5, seed=0, batch_size=64)
+        check_subset_against_data(_opt(subset_size=100, train_val_frac=0.5), 100)
+    check_subset_against_data(_opt(subset_size=2000), 50000)
+
+
+def test_sampler_needs_checked_against_the_training_split():
+    with pytest.raises(UserError, match=r"tuples of 3 distinct training images, but only 2.*--subset_size or lower --pos_and_neg"):
+        check_split_against_data(_opt(relational="ckd", pos_and_neg=3), 2, 2)
+    with pytest.raises(UserError, match=r"tuples of 3 distinct training images.*raise --subset_size$"):
+        check_split_against_data(_opt(relational="mixup3"), 2, 2)
+    with pytest.raises(UserError, match="every training image has the same class"):
+        check_split_against_data(_opt(relational="crd"), 50, 1)
+    check_split_against_data(_opt(relational="crd"), 50, 2)
+    check_split_against_data(_opt(relational="None"), 1, 1)  # single images, any class count
 
 
 @pytest.mark.parametrize("batch_size, frac", [(64, 0.8), (64, 0.5), (7, 0.33), (128, 0.9), (1, 0.5)])
@@ -265,5 +290,5 @@ def test_min_subset_size_is_the_smallest_that_works(batch_size, frac):
     need = min_subset_size(batch_size, frac)
     assert make_subset_split(100000, need, frac, seed=0, batch_size=batch_size).n_train >= batch_size
     if need > 2:
-        with pytest.raises(UserError):
+        with pytest.raises(ValueError):
             make_subset_split(100000, need - 1, frac, seed=0, batch_size=batch_size)

@@ -1,7 +1,7 @@
 """The fast path (--amp, --channels_last, --compile) trains like the default path, and the CRD scores take the cheap route.
 
 Everything runs on the CPU with tiny seeded set-ups (resnet8, 160 training images, batch 16), built by the same
-functions as train_student.py (helper.student_trainer), stepped by helper.loops.train_step.
+functions as train_student.py (helper.student_trainer), stepped by helper.engine.train_step.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from crd.memory import ContrastMemory, scores_against_bank
 from dataset import CIFAR100_MEAN, CIFAR100_STD
 from dataset.augment import DeviceAugment
 from helper.checkpoint import safe_load
-from helper.loops import evaluate, train_step
+from helper.engine import evaluate, train_step
 from helper.options import parse_student_args, teacher_checkpoint_path
 from helper.student_trainer import TrainingSetup, build_student, build_training, cache_teacher
 from models import model_dict

@@ -144,7 +144,7 @@ def write_wrapper(tmp_path: Path, mode: str) -> tuple[Path, Path]:
 
 def assert_last_is_epoch(run_dir: Path, epoch: int) -> None:
     ckpt = safe_load(run_dir / "last.pth")
-    assert ckpt["schedule"]["epoch"] == epoch and ckpt["state"]["step_in_epoch"] == 0
+    assert ckpt["schedule"]["epoch"] == ckpt["epoch"] == epoch and ckpt["state"]["step_in_epoch"] == 0
 
 
 # ---------------------------------------------------------------- signals

@@ -11,11 +11,7 @@ from dataset import (
     ClassBalancedSampler,
     CRDSampler,
     PlainSampler,
-    TrainPool,
     TupleSampler,
-    ckd_group_sizes,
-    group_feature_mean,
-    group_targets,
     steps_per_epoch,
 )
 from helper.errors import UserError
@@ -39,25 +35,9 @@ def _brute_force_count(image_ids: list[int], group_sizes: tuple[int, ...], unord
     return len(seen)
 
 
-def _pool(n_images: int = 12, views: int = 2, num_classes: int = 4) -> TrainPool:
-    gen = torch.Generator().manual_seed(0)
-    m = n_images * views
-    labels = (torch.arange(n_images) % num_classes).repeat(views)
-    return TrainPool(
-        images=torch.zeros((m, 3, 32, 32), dtype=torch.uint8), labels=labels,
-        image_ids=torch.arange(n_images).repeat(views), n_images=n_images, views=views,
-        teacher_logits=torch.randn((m, num_classes), generator=gen), teacher_feats={}, teacher_calls=m,
-    )
-
-
-def test_steps_per_epoch_and_ckd_groups():
+def test_steps_per_epoch():
     assert steps_per_epoch(1600, 64) == 25
     assert steps_per_epoch(1601, 64) == 26
-    assert ckd_group_sizes(2) == (1, 1)
-    assert ckd_group_sizes(3) == (2, 1)
-    assert ckd_group_sizes(4) == (2, 2)
-    with pytest.raises(UserError):
-        ckd_group_sizes(1)
 
 
 def test_plain_sampler_passes_are_permutations_and_batches_are_full():
@@ -118,29 +98,10 @@ def test_tuples_distinct_images_and_distinct_within_pass(max_samples):
 
 
 def test_tuple_sampler_rejects_too_few_images():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError, match="need at least 3 images, got 2"):
         TupleSampler([0, 0, 1], (2, 1), 10, 4, 0, "cpu")
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         TupleSampler(list(range(5)), (1, 1), 0, 4, 0, "cpu")
-
-
-def test_group_targets_histograms_and_teacher_means():
-    pool = _pool()
-    sampler = TupleSampler(pool.image_ids, (2, 1), max_samples=50, batch_size=16, seed=0, device="cpu")
-    groups = sampler.next_batch()["groups"]
-    hist, mean = group_targets(pool, groups, num_classes=4)
-    assert hist.shape == (16, 4) and mean.shape == (16, 4)
-    torch.testing.assert_close(hist.sum(dim=1), torch.ones(16))
-    for b in range(16):
-        expected = torch.zeros(4)
-        for i in groups[b].tolist():
-            expected[pool.labels[i]] += 1 / 3
-        torch.testing.assert_close(hist[b], expected)
-        torch.testing.assert_close(mean[b], pool.teacher_logits[groups[b]].mean(dim=0))
-    feats = torch.randn(pool.n_items, 5, 2, 2).half()
-    fm = group_feature_mean(feats, groups[:, :2])
-    assert fm.dtype == torch.float32 and fm.shape == (16, 5, 2, 2)
-    torch.testing.assert_close(fm[3], feats[groups[3, :2]].float().mean(dim=0))
 
 
 @pytest.mark.parametrize("mode", ["exact", "relax"])
@@ -163,9 +124,9 @@ def test_crd_negatives_other_class_and_positives_same_class(mode):
 
 
 def test_crd_needs_two_classes():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError, match="same class"):
         CRDSampler(torch.zeros(10, dtype=torch.long), 4, 8, "exact", 0, "cpu")
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError, match="'exact' or 'relax'"):
         CRDSampler(torch.arange(10) % 2, 4, 8, "nearest", 0, "cpu")
 
 

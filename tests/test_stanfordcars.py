@@ -312,7 +312,7 @@ def test_train_pool_keeps_64_pixel_items_and_feeds_the_teacher_56_pixel_crops():
     with torch.no_grad():
         direct = teacher(aug.normalize_eval(pool.images))
     torch.testing.assert_close(pool.teacher_logits, direct)
-    with pytest.raises(UserError, match="square uint8"):
+    with pytest.raises(ValueError, match="square uint8"):
         build_train_pool(teacher, x[:, :, :, :60], labels, aug, "cpu")
 
 

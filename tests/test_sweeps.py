@@ -19,7 +19,7 @@ from scripts import sweep
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "scripts" / "sweep.py"
 EXPECTED_RUNS = {"ckd.yml": 432, "mixup.yml": 432, "relational.yml": 648, "white_box.yml": 405,
-                 "white_box_ckd.yml": 405, "kd.yml": 432, "zoo.yml": 1080, "zoo_dkd.yml": 216}
+                 "white_box_ckd.yml": 405, "kd.yml": 432, "zoo.yml": 1080, "zoo_dkd.yml": 216, "cars.yml": 648}
 SWEEP_FILES = sorted(p.name for p in ROOT.glob("*.yml"))
 
 
@@ -347,3 +347,14 @@ def test_finished_configuration_reports_to_the_wandb_agent(tmp_path: Path) -> No
                           timeout=300)
     assert proc.returncode == 0 and "reported" not in proc.stdout
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_cars_sweep_fits_the_stanford_cars_training_set() -> None:
+    """cars.yml trains on Stanford Cars with subsets its 8,144 training images can hold, students with published teachers."""
+    from helper.options import DEFAULT_TEACHER
+
+    parameters = yaml.safe_load((ROOT / "cars.yml").read_text())["parameters"]
+    assert parameters["dataset"] == {"value": "stanfordcars"}
+    assert max(parameters["subset_size"]["values"]) <= 8144
+    assert {str(v) for v in parameters["relational"]["values"]} == {"None", "mixup", "ckd"}
+    assert all(student in DEFAULT_TEACHER for student in parameters["model_s"]["values"])

@@ -1,4 +1,6 @@
-"""Pieces both training scripts share: evaluation, signal handling, provenance, progress output."""
+"""The engine pieces both trainers run on: one optimiser step (``train_step``), evaluation, the learning-rate setter,
+signal handling (``StopRequest``), provenance, progress output and the wall clock. The loops themselves live in the
+trainers (``helper/student_trainer.py``, ``helper/teacher_trainer.py``)."""
 
 from __future__ import annotations
 
@@ -15,15 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from helper.device import autocast
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVAL_BATCH_SIZE = 1024
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA and CPU (where supported); a no-op context otherwise."""
-    if not enabled or device.type not in ("cuda", "cpu"):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

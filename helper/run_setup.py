@@ -1,0 +1,74 @@
+"""The set-up both trainers share: the writable check, leftover temp files, the resume refusal, loading the data with
+flag-aware errors, and the logger's lifetime.
+
+Imports no distillation code, so teacher training stays free of the method table's losses, CRD and the samplers'
+methods (``tests/test_layers.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dataset import ImageSet, load_dataset
+from helper.checkpoint import remove_stale_temp_files
+from helper.errors import DataNotFound, UserError
+from helper.logger import RunLogger
+from helper.options import data_not_found_message
+
+
+def ensure_writable(folder: Path) -> None:
+    """Check, before any expensive work and without creating anything, that ``folder`` can be made and written:
+    its nearest existing parent must be a writable folder. The folder is made when its first file is written."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = os.strerror(errno.ENOTDIR)
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = os.strerror(errno.EACCES)
+    else:
+        return
+    raise UserError(f"cannot write to {folder} ({reason}); choose a writable --save_dir")
+
+
+def clean_leftovers(run_dir: Path) -> None:
+    """Delete the temporary files of checkpoint writes that were killed, and say so."""
+    for leftover in remove_stale_temp_files(run_dir):
+        print(f"removed {leftover.name}, left by a checkpoint write that was killed", flush=True)
+
+
+def refuse_resume_without_checkpoint(opt: argparse.Namespace, last_path: Path, start_fresh: str) -> None:
+    """``--resume`` needs ``last_path``; without it, one sentence saying how to ``start_fresh`` instead."""
+    if opt.resume and not last_path.is_file():
+        raise UserError(f"--resume was given but {last_path} does not exist; drop --resume to {start_fresh}")
+
+
+def load_data(opt: argparse.Namespace) -> tuple[ImageSet, ImageSet]:
+    """(train, test) of ``--dataset`` from ``--data_folder``; data that is not there says how to point elsewhere."""
+    try:
+        return load_dataset(opt.dataset, opt.data_folder)
+    except DataNotFound as err:
+        raise UserError(data_not_found_message(err)) from err
+
+
+@contextlib.contextmanager
+def open_logger(run_dir: Path, config: dict[str, Any], opt: argparse.Namespace, job_type: str,
+                wandb_id: str | None) -> Iterator[RunLogger]:
+    """The run's logger, closed with the run's exit code: 0 when the block completes, the code of a ``SystemExit``
+    (a stop by signal), 1 for any other exception."""
+    logger = RunLogger(run_dir, config, opt, job_type=job_type, wandb_id=wandb_id)
+    exit_code = 1
+    try:
+        yield logger
+        exit_code = 0
+    except SystemExit as stop:
+        exit_code = stop.code if isinstance(stop.code, int) else 1
+        raise
+    finally:
+        logger.close(exit_code)

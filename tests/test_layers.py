@@ -1,0 +1,74 @@
+"""Dependencies point down: the bottom layer imports nothing above it, the data and model folders import only the
+bottom layer of helper/, flag wording stays in helper/options.py, and teacher training loads no distillation code."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+BOTTOM = ("helper.errors", "helper.device", "helper.checkpoint")
+LOWER_FOLDERS = ("dataset", "models", "distiller_zoo", "crd")
+PROJECT = ("helper", *LOWER_FOLDERS, "scripts", "train_student", "train_teacher", "tests")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an ``import`` / ``from ... import`` statement of ``path`` names (anywhere in the file)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names if node.module == "helper")
+    return names
+
+
+def project_imports(path: Path) -> set[str]:
+    return {name for name in imported_modules(path) if name.split(".")[0] in PROJECT}
+
+
+def module_path(name: str) -> Path:
+    return ROOT / (name.replace(".", "/") + ".py")
+
+
+@pytest.mark.parametrize("module", BOTTOM)
+def test_bottom_layer_imports_only_itself(module: str) -> None:
+    path = module_path(module)
+    assert project_imports(path) <= set(BOTTOM), project_imports(path)
+    assert "bottom layer" in (ast.get_docstring(ast.parse(path.read_text())) or "").lower()
+
+
+@pytest.mark.parametrize("folder", LOWER_FOLDERS)
+def test_lower_folders_import_only_the_bottom_of_helper(folder: str) -> None:
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        upward = {name for name in project_imports(path) if name.split(".")[0] == "helper" and name not in BOTTOM}
+        assert not upward, f"{path.relative_to(ROOT)} imports {sorted(upward)}"
+        assert not {name for name in project_imports(path) if name.split(".")[0] in ("scripts", "train_student", "train_teacher")}
+
+
+def test_data_folder_words_no_flag() -> None:
+    """Flag wording lives where the flags are parsed: no '--flag' in the messages of dataset/ (docstrings may name
+    the flag a parameter comes from)."""
+    for path in sorted((ROOT / "dataset").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                assert not re.search(r"--[a-z_]+", node.value), f"{path.relative_to(ROOT)}: {node.value!r}"
+
+
+def test_teacher_training_loads_no_distillation_code() -> None:
+    code = ("import sys, helper.teacher_trainer; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('distiller_zoo', 'crd') "
+            "or m in ('helper.methods', 'helper.student_trainer', 'helper.calibration')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
