@@ -456,3 +456,14 @@ def parse_student_args(argv: list[str] | None = None) -> argparse.Namespace:
 def parse_teacher_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and finalize train_teacher.py's flags (raises UserError on a bad value)."""
     return finalize_teacher_args(build_teacher_parser().parse_args(argv))
+
+
+def markdown_flag_table(parser: argparse.ArgumentParser) -> str:
+    """The README's table of a parser's flags (flag, default, meaning), generated so it cannot drift from ``--help``."""
+    lines = ["| flag | default | meaning |", "|---|---|---|"]
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        text = (action.help or "").replace(MODEL_NAMES_MARK, "the 22 names of models.model_dict (`--help` lists them)")
+        lines.append(f"| `{action.option_strings[0]}` | `{action.default}` | {text.replace('|', '/')} |")
+    return "\n".join(lines)

@@ -181,3 +181,12 @@ def test_teacher_trained_on_digits_is_found_by_the_student(tmp_path):
                                   "--relational", "ckd"]))
     assert results["teacher_calls"] == 240
     assert results["teacher_acc"] == pytest.approx(ckpt["accuracy"])
+
+
+def test_readme_flag_tables_match_the_parsers():
+    """README's 'Every flag' tables are markdown_flag_table() of each parser (regenerate them when a flag changes)."""
+    from helper.options import build_student_parser, build_teacher_parser, markdown_flag_table
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for parser in (build_student_parser(), build_teacher_parser()):
+        assert markdown_flag_table(parser) in readme, f"README's flag table of {parser.prog} is out of date"
