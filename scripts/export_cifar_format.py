@@ -32,7 +32,6 @@ import os
 import pickle
 import shutil
 import struct
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from dataset import DATASETS, ImageSet, load_dataset
+from helper.errors import UserError, run_main
+from helper.options import OneLineParser
 
-from dataset import DATASETS, ImageSet, load_dataset  # noqa: E402
-from helper.errors import UserError, run_main  # noqa: E402
-from helper.options import OneLineParser  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CIFAR_FOLDER = "cifar-100-python"
 CIFAR_CLASSES = 100

@@ -41,12 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from helper.errors import UserError, run_main
+from helper.options import OneLineParser
 
-from helper.errors import UserError, run_main  # noqa: E402
-from helper.options import OneLineParser  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SIDES = ("published", "project")
 # method -> train_student.py flags; the flags mean the same in both code bases
@@ -78,6 +76,7 @@ class Job:
     result: Path
     log: Path
     project_results_dir: Path | None = None  # project side: the save_dir its results.json lands under
+    pythonpath: str | None = None  # published side: the checkout its worker imports from
 
     @property
     def label(self) -> str:
@@ -173,9 +172,10 @@ def make_job(opt: argparse.Namespace, side: str, method: str, seed: int) -> Job:
         # knows only resnet32/wrn_16_2/vgg8; with --path_t given it then takes the name from the path anyway
         flags = [*common_flags(opt, method, seed), "--dataset", "cifar100", "--num_workers", "0"]
         published = str(opt.published) if opt.published is not None else PUBLISHED_PLACEHOLDER
-        command = [sys.executable, str(WORKER), "--published", published, "--data_folder", str(opt.data_folder),
+        # -P and PYTHONPATH=<published>: the worker imports the published packages, never this project's
+        command = [sys.executable, "-P", str(WORKER), "--published", published, "--data_folder", str(opt.data_folder),
                    "--result", str(result), "--scratch_root", str(opt.out / "published_work"), "--meta", meta, "--", *flags]
-        return Job(side, method, seed, flags, command, opt.out, result, log)
+        return Job(side, method, seed, flags, command, opt.out, result, log, pythonpath=published)
     save_dir = opt.out / "project_save"
     flags = [*common_flags(opt, method, seed), "--dataset", "cifar100", "--data_folder", str(opt.data_folder),
              "--save_dir", str(save_dir), "--device", "cpu"]
@@ -201,9 +201,13 @@ CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disa
              "PYTHONUNBUFFERED": "1"}
 
 
-def child_env() -> dict[str, str]:
+def child_env(job: Job) -> dict[str, str]:
+    """The run's environment: one thread; PYTHONPATH only the published checkout (published side) or unset, so the
+    two code bases never see each other's packages."""
     env = {**os.environ, **CHILD_ENV}
-    env.pop("PYTHONPATH", None)  # the two code bases must not see each other's packages
+    env.pop("PYTHONPATH", None)
+    if job.pythonpath is not None:
+        env["PYTHONPATH"] = job.pythonpath
     return env
 
 
@@ -243,7 +247,7 @@ def run_job(job: Job) -> tuple[Job, dict[str, Any] | None, str]:
     with open(job.log, "w") as log:
         log.write(f"# cwd: {job.cwd}\n# {shlex.join(job.command)}\n")
         log.flush()
-        proc = subprocess.run(job.command, cwd=job.cwd, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.run(job.command, cwd=job.cwd, env=child_env(job), stdout=log, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, check=False)
     elapsed = time.time() - start
     if proc.returncode != 0:
@@ -325,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"# {job.label} -> {job.result}")
                 env = " ".join(f"{k}={v}" for k, v in CHILD_ENV.items())
-                print(f"cd {shlex.quote(str(job.cwd))} && env -u PYTHONPATH {env} {shlex.join(job.command)}")
+                path = f"PYTHONPATH={shlex.quote(job.pythonpath)}" if job.pythonpath is not None else "-u PYTHONPATH"
+                print(f"cd {shlex.quote(str(job.cwd))} && env {path} {env} {shlex.join(job.command)}")
         return 0
     if opt.table_only:
         todo = []

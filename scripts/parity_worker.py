@@ -119,13 +119,13 @@ def install_shims(published: Path, data_folder: Path) -> RecordingWandb:
     tv_cifar.check_integrity = files_present  # used by CIFAR10._check_integrity and _load_meta
     tv_cifar.CIFAR10.download = no_download
 
-    here = Path(__file__).resolve().parent
-    project_root = here.parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() not in (here, project_root)]
-    sys.path.insert(0, str(published))
-    for name in list(sys.modules):
-        if name.split(".")[0] in PUBLISHED_PACKAGES:
-            del sys.modules[name]
+    # parity.py starts this worker as `python -P` with PYTHONPATH=<published checkout>: the published packages come
+    # first on the import path, and this script's folder (this project's scripts/) is not on it
+    found = importlib.util.find_spec("dataset")
+    origin = Path(found.origin).resolve() if found is not None and found.origin else None
+    if origin is None or Path(published).resolve() not in origin.parents:
+        raise SystemExit(f"error: the published package 'dataset' must come from {published} (got {origin}); start this "
+                         "worker through scripts/parity.py, which sets PYTHONPATH to the published checkout")
     return fake_wandb
 
 
@@ -136,7 +136,7 @@ def load_published_main(published: Path, data_folder: Path) -> tuple[types.Modul
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    import dataset.cifar100 as published_cifar  # the published package, first on sys.path now
+    import dataset.cifar100 as published_cifar  # the published package (PYTHONPATH, checked above)
 
     published_cifar.get_data_folder = lambda: str(data_folder)
 

@@ -314,9 +314,10 @@ def test_worker_runs_a_published_style_main_with_its_stand_ins(tmp_path, exporte
     (published / "dataset" / "cifar100.py").write_text(textwrap.dedent(FAKE_PUBLISHED_CIFAR))
     result = tmp_path / "out" / "published" / "kd_seed2.json"
     meta = json.dumps({"side": "published", "method": "kd", "seed": 2})
-    command = [sys.executable, str(parity.WORKER), "--published", str(published), "--data_folder", str(exported),
+    command = [sys.executable, "-P", str(parity.WORKER), "--published", str(published), "--data_folder", str(exported),
                "--result", str(result), "--scratch_root", str(tmp_path / "work"), "--meta", meta, "--", "--seed", "2"]
-    env = parity.child_env()
+    job = parity.Job("published", "kd", 2, ["--seed", "2"], command, ROOT, result, tmp_path / "log", pythonpath=str(published))
+    env = parity.child_env(job)
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(result.read_text())
