@@ -88,3 +88,20 @@ def test_lr_decay_times_three_trains_exactly_three_phases(fake_cifar, save_dir, 
     lrs = {float(line.split("| lr ")[1].split(" |")[0]) for line in out.splitlines() if line.startswith("epoch ")}
     assert sorted(lrs, reverse=True) == pytest.approx([0.05, 0.005, 0.0005])
     assert "phase 3 of 3" in out and "phase 4" not in out
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["default", "keep_cache"])
+def test_finished_white_box_run_deletes_its_teacher_cache_unless_kept(fake_cifar, save_dir, capsys, keep):
+    """A finished VID run leaves no teacher_cache.pth (fp16 feature maps by default) unless --keep_cache."""
+    extra = ["--keep_cache"] if keep else []
+    train_student.main(base_args(fake_cifar, save_dir, "--distill", "vid", "--epochs", "1", *extra))
+    results_path = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("results: "))
+    results = json.loads(results_path.read_text())
+    cache = results_path.parent / "teacher_cache.pth"
+    assert cache.is_file() == keep
+    assert results["cache_bytes"] > 0 and results["config"]["cache_dtype"] == "float16"
+    if keep:
+        import torch
+
+        feats = torch.load(cache, weights_only=True)["pool"]["teacher_feats"]
+        assert feats and all(v.dtype == torch.float16 for v in feats.values())
