@@ -9,7 +9,7 @@ last.pth and TensorBoard/W&B logs into save/student/<run name>/, and its last pr
 
 from __future__ import annotations
 
-from helper.errors import run_main
+from core.errors import run_main
 from helper.options import parse_student_args
 
 

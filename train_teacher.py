@@ -10,7 +10,7 @@ stop with an error (use --trial N for a second teacher of the same architecture)
 
 from __future__ import annotations
 
-from helper.errors import run_main
+from core.errors import run_main
 from helper.options import parse_teacher_args
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from helper.errors import UserError
+from core.errors import UserError
 
 if TYPE_CHECKING:
     from dataset.cifar100 import ImageSet

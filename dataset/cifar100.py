@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from helper.errors import DataNotFound, UserError
+from core.errors import DataNotFound, UserError
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from helper.device import to_device
-from helper.errors import UserError
+from core.device import to_device
+from core.errors import UserError
 
 STREAM_PLAIN = 1
 STREAM_TUPLE = 2

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.errors import DataNotFound, UserError
 from dataset.cifar100 import ImageSet
-from helper.errors import DataNotFound, UserError
 
 CARS_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as in the published code
 CARS_STD = (0.229, 0.224, 0.225)

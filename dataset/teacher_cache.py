@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.checkpoint import atomic_save, safe_load
+from core.device import autocast
 from dataset.augment import DeviceAugment, crop_flip, draw_crop_params
-from helper.checkpoint import atomic_save, safe_load
-from helper.device import autocast
 
 
 class CountingModule(nn.Module):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from helper.device import autocast
+from core.device import autocast
 from helper.engine import EVAL_BATCH_SIZE
 
 CALIBRATE_CHOICES = ("none", "train_mean")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from helper.device import autocast
+from core.device import autocast
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVAL_BATCH_SIZE = 1024

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from helper.errors import UserError
+from core.errors import UserError
 
 LOGIT = "logit"
 RELATIONAL = "relational"

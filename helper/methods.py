@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.device import to_device
+from core.errors import UserError
 from dataset import TrainPool
 from dataset.augment import DeviceAugment
 from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, TupleSampler, steps_per_epoch
 from distiller_zoo import CKDLoss, DistillKL, FeatureTerm, MixupLoss, ckd_group_sizes, group_mean, label_histogram
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights
-from helper.device import to_device
 from helper.engine import train_step
-from helper.errors import UserError
 from helper.method_table import MethodRow, find, images_per_item, resolve
 from helper.method_table import method_label as method_label  # noqa: F401  (re-exported for callers of helper.methods)
 from helper.method_table import validate_combination as validate_combination

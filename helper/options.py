@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from core.errors import EXIT_USER_ERROR, UserError
 from helper import method_table
-from helper.errors import EXIT_USER_ERROR, UserError
 from helper.method_table import none_or_str
 
 DATASET_CHOICES = ("cifar100", "digits", "stanfordcars")

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core.checkpoint import remove_stale_temp_files
+from core.errors import DataNotFound, UserError
 from dataset import ImageSet, load_dataset
-from helper.checkpoint import remove_stale_temp_files
-from helper.errors import DataNotFound, UserError
 from helper.logger import RunLogger
 from helper.options import data_not_found_message
 

@@ -22,12 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dataset import TrainPool, build_train_pool, make_subset_split
-from dataset.augment import DeviceAugment
-from dataset.samplers import steps_per_epoch
-from dataset.teacher_cache import CountingModule, load_or_build_cache
-from helper.calibration import fold_shift, shifted, train_mean_shift
-from helper.checkpoint import (
+from core.checkpoint import (
     atomic_save,
     atomic_write_json,
     extract_state_dict,
@@ -35,9 +30,14 @@ from helper.checkpoint import (
     load_weights_strict,
     safe_load,
 )
-from helper.device import configure_backend, resolve_device
+from core.device import configure_backend, resolve_device
+from core.errors import UserError
+from dataset import TrainPool, build_train_pool, make_subset_split
+from dataset.augment import DeviceAugment
+from dataset.samplers import steps_per_epoch
+from dataset.teacher_cache import CountingModule, load_or_build_cache
+from helper.calibration import fold_shift, shifted, train_mean_shift
 from helper.engine import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_step
-from helper.errors import UserError
 from helper.logger import report_finished_run
 from helper.methods import (
     Method,

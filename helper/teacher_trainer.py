@@ -25,11 +25,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.checkpoint import atomic_save, atomic_write_json, safe_load
+from core.device import autocast, configure_backend, resolve_device
+from core.errors import UserError
 from dataset.augment import DeviceAugment
-from helper.checkpoint import atomic_save, atomic_write_json, safe_load
-from helper.device import autocast, configure_backend, resolve_device
 from helper.engine import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr
-from helper.errors import UserError
 from helper.options import parse_decay_epochs, teacher_checkpoint_path, teacher_identity_config
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from models import model_dict

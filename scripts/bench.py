@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.device import autocast, configure_backend, resolve_device, synchronize
+from core.errors import UserError, run_main
 from dataset import CARS_CLASSES, CARS_MEAN, CARS_STD, CIFAR100_MEAN, CIFAR100_STD, ImageSet, TrainPool, make_subset_split
 from dataset.augment import DeviceAugment
 from dataset.samplers import steps_per_epoch
@@ -49,9 +51,7 @@ from dataset.stanfordcars import CROP_SIZE as CARS_CROP
 from dataset.stanfordcars import STORED_SIZE as CARS_STORED
 from dataset.teacher_cache import build_train_pool
 from helper.calibration import train_mean_shift
-from helper.device import autocast, configure_backend, resolve_device, synchronize
 from helper.engine import train_step
-from helper.errors import UserError, run_main
 from helper.method_table import none_or_str
 from helper.methods import (
     Method,

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import train_student
     import train_teacher
-    from helper.errors import UserError
+    from core.errors import UserError
     from helper.options import teacher_checkpoint_path
     from scripts import summarize
 

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.errors import UserError, run_main
 from dataset import DATASETS, ImageSet, load_dataset
-from helper.errors import UserError, run_main
 from helper.options import OneLineParser
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helper.errors import UserError, run_main
+from core.errors import UserError, run_main
 from helper.options import OneLineParser
 
 ROOT = Path(__file__).resolve().parents[1]

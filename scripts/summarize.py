@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from helper.errors import UserError, run_main
+from core.errors import UserError, run_main
 from helper.method_table import method_label, method_order
 from helper.options import OneLineParser
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helper.errors import UserError, run_main
+from core.errors import UserError, run_main
 from helper.options import build_student_parser, finalize_student_args, student_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from helper.errors import UserError, run_main
+from core.errors import UserError, run_main
 from helper.options import OneLineParser
 
 NUM_CLASSES = 100
@@ -25,7 +25,7 @@ def verify(name: str, path: Path, num_classes: int = NUM_CLASSES) -> str:
     """Return a one-line description of a good checkpoint; raise UserError otherwise."""
     import torch
 
-    from helper.checkpoint import extract_state_dict, load_weights_strict, safe_load
+    from core.checkpoint import extract_state_dict, load_weights_strict, safe_load
     from models import model_dict
 
     if name not in model_dict:

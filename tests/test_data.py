@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import DataNotFound, UserError
 from dataset import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -22,7 +23,6 @@ from dataset import (
     make_subset_split,
     min_subset_size,
 )
-from helper.errors import DataNotFound, UserError
 from helper.options import check_split_against_data, check_subset_against_data, data_not_found_message, parse_student_args
 from tests.cifar_fixture import make_fake_cifar100, make_fake_cifar100_archive
 

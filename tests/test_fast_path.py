@@ -15,10 +15,10 @@ import torch
 
 import train_student
 import train_teacher
+from core.checkpoint import safe_load
 from crd.memory import ContrastMemory, scores_against_bank
 from dataset import CIFAR100_MEAN, CIFAR100_STD
 from dataset.augment import DeviceAugment
-from helper.checkpoint import safe_load
 from helper.engine import evaluate, train_step
 from helper.options import parse_student_args, teacher_checkpoint_path
 from helper.student_trainer import TrainingSetup, build_student, build_training, cache_teacher

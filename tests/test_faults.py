@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import train_student
-from helper.checkpoint import file_sha256, remove_stale_temp_files, safe_load
-from helper.errors import UserError
+from core.checkpoint import file_sha256, remove_stale_temp_files, safe_load
+from core.errors import UserError
 from helper.student_trainer import StudentRun
 from tests.conftest import ROOT
 
@@ -82,9 +82,9 @@ WRAPPER = '''\
 import errno, os, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
-import helper.checkpoint as checkpoint
+import core.checkpoint as checkpoint
 import train_student
-from helper.errors import run_main
+from core.errors import run_main
 
 MODE, FLAG = {mode!r}, Path({flag!r})
 real_write_bytes, real_fdopen = checkpoint.atomic_write_bytes, os.fdopen
@@ -266,7 +266,7 @@ import sys
 sys.path.insert(0, {root!r})
 import wandb
 import train_student
-from helper.errors import run_main
+from core.errors import run_main
 
 real_init = wandb.init
 

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 import train_student
+from core.errors import UserError
 from distiller_zoo import FeatureTerm
 from helper import method_table
-from helper.errors import UserError
 from helper.method_table import LOGIT, WHITE_BOX, MethodRow
 from helper.options import build_student_parser, parse_student_args, teacher_checkpoint_path
 from helper.student_trainer import StudentRun

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import helper.device
-from helper.device import resolve_device
+import core.device
+from core.device import resolve_device
 from models import model_dict
 from models.util import ConvReg, Embed, LinearEmbed
 
@@ -152,7 +152,7 @@ def test_checkpoint_roundtrip(name: str, tmp_path: Path) -> None:
 
 def test_runs_on_cpu_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(helper.device, "_mps_available", lambda: False)
+    monkeypatch.setattr(core.device, "_mps_available", lambda: False)
     device = resolve_device("auto")
     assert device.type == "cpu"
     model = model_dict["resnet8"](num_classes=100).to(device)

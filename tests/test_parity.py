@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import UserError
 from dataset import ImageSet, load_cifar100, load_digits_dataset
-from helper.errors import UserError
 from scripts import export_cifar_format as export
 from scripts import parity, parity_worker
 

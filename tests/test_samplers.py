@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from core.errors import UserError
 from dataset import (
     ClassBalancedSampler,
     CRDSampler,
@@ -14,7 +15,6 @@ from dataset import (
     TupleSampler,
     steps_per_epoch,
 )
-from helper.errors import UserError
 
 
 def _canonical(row: list[int], group_sizes: tuple[int, ...], unordered: bool = True) -> tuple:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import dataset.stanfordcars as cars
+from core.errors import UserError
 from dataset import (
     CARS_MEAN,
     CARS_STD,
@@ -25,7 +26,6 @@ from dataset import (
     load_dataset,
     load_stanfordcars,
 )
-from helper.errors import UserError
 from tests.cars_fixture import TEST_CLASSES, TEST_SIZES, TRAIN_CLASSES, TRAIN_SIZES, annotations, make_fake_cars, write_jpeg
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helper.errors import UserError
+from core.errors import UserError
 from helper.options import build_student_parser
 from scripts import summarize
 

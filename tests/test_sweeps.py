@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helper.errors import UserError, run_main
+from core.errors import UserError, run_main
 from helper.options import build_student_parser, finalize_student_args
 from scripts import sweep
 

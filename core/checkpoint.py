@@ -5,7 +5,7 @@ renamed over the target, so a crash (even SIGKILL) never leaves a half-written c
 Every file is read with ``weights_only=True``: a checkpoint whose pickle would run code is
 refused instead of executed.
 
-Bottom layer: imports nothing from the project but ``helper.errors``.
+Bottom layer: imports nothing from the project but ``core.errors``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from helper.errors import UserError
+from core.errors import UserError
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,6 +1,6 @@
 """One place that decides which device a run uses; every tensor and module goes through it.
 
-Bottom layer: imports nothing from the project but ``helper.errors``.
+Bottom layer: imports nothing from the project but ``core.errors``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import contextlib
 
 import torch
 
-from helper.errors import UserError
+from core.errors import UserError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 

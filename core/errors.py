@@ -1,8 +1,6 @@
 """User-facing errors: one sentence on stderr and exit code 2, never a traceback.
 
-Bottom layer: imports nothing from the project. ``dataset/``, ``models/``, ``distiller_zoo/`` and ``crd/`` may import
-this module, ``helper.device`` and ``helper.checkpoint`` (which import nothing above them), and nothing else of
-``helper/``.
+Bottom layer (``core/``): imports nothing from the project. Every other folder may import it.
 """
 
 from __future__ import annotations
