@@ -4,20 +4,18 @@
 
 Every flag is documented in ``--help`` and in README.md. The run writes results.json, best.pth,
 last.pth and TensorBoard/W&B logs into save/student/<run name>/, and its last printed line is
-``results: <path to results.json>``.
+``results: <path to results.json>``. From Python: ``helper.run.run_student(cfg)``.
 """
 
 from __future__ import annotations
 
 from core.errors import run_main
-from helper.options import parse_student_args
+from helper.config import parse_student_args
+from helper.run import run_student
 
 
 def main(argv: list[str] | None = None) -> None:
-    opt = parse_student_args(argv)
-    from helper.student_trainer import StudentRun  # deferred so that --help and flag errors stay instant
-
-    StudentRun(opt).run()
+    run_student(parse_student_args(argv))
 
 
 if __name__ == "__main__":

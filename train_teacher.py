@@ -11,14 +11,12 @@ stop with an error (use --trial N for a second teacher of the same architecture)
 from __future__ import annotations
 
 from core.errors import run_main
-from helper.options import parse_teacher_args
+from helper.config import parse_teacher_args
+from helper.run import run_teacher
 
 
 def main(argv: list[str] | None = None) -> None:
-    opt = parse_teacher_args(argv)
-    from helper.teacher_trainer import TeacherRun  # deferred so that --help and flag errors stay instant
-
-    TeacherRun(opt).run()
+    run_teacher(parse_teacher_args(argv))
 
 
 if __name__ == "__main__":

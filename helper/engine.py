@@ -1,6 +1,11 @@
-"""The engine pieces both trainers run on: one optimiser step (``train_step``), evaluation, the learning-rate setter,
-signal handling (``StopRequest``), provenance, progress output and the wall clock. The loops themselves live in the
-trainers (``helper/student_trainer.py``, ``helper/teacher_trainer.py``)."""
+"""The engine both trainers run on: the one training loop (:func:`train_epochs`), one optimiser step
+(``train_step``), evaluation, the learning-rate setter, signal handling (``StopRequest``), provenance, progress
+output and the wall clock.
+
+What differs between teacher and student training (the data order, the loss, what happens after an epoch, what a
+checkpoint holds) is handed to the loop as an :class:`EpochRun`; the loop itself (steps, per-step stop requests,
+the progress bar, the per-epoch loss means, the non-finite check, the stop message) exists once.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -159,3 +165,95 @@ class Stopwatch:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands: the resumable counters every checkpoint holds (``epochs_done`` full epochs, then
+    ``step_in_epoch`` steps of the next one)."""
+
+    epochs_done: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    finished: bool = False
+    elapsed_s: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            if key in self.__dataclass_fields__:
+                setattr(self, key, value)
+
+
+class EpochRun(Protocol):
+    """What a trainer hands to :func:`train_epochs`."""
+
+    loop: LoopState
+    steps_per_epoch: int
+    accum: dict[str, Tensor]
+
+    def begin_epoch(self) -> None:
+        """Set up the coming (or resumed) epoch: train mode, learning rate, the 1-based epoch of the method."""
+
+    def next_batch(self) -> dict[str, Tensor]:
+        """The next batch of the data order (resumable)."""
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One optimiser step; the detached loss terms and ``train_loss``, on the device."""
+
+    def non_finite(self, terms: dict[str, Tensor]) -> Exception:
+        """The error to raise when the loss became non-finite (``terms``: the step's, or the epoch's means)."""
+
+    def end_epoch(self, train_terms: dict[str, float]) -> bool:
+        """Evaluate, log, checkpoint after a full epoch (``loop.epochs_done`` already counts it); True when done."""
+
+    def save_last(self) -> None:
+        """Write the resumable checkpoint (``last.pth``)."""
+
+    @property
+    def last_path(self) -> Path: ...
+
+
+def accumulate(accum: dict[str, Tensor], step_terms: dict[str, Tensor], device: torch.device) -> None:
+    """Add one step's loss terms to the per-epoch sums, on the device (no host sync)."""
+    for key, value in step_terms.items():
+        accum[key] = accum.get(key, torch.zeros((), device=device)) + value.float()
+
+
+def train_epochs(run: EpochRun, stop: StopRequest, device: torch.device) -> None:
+    """The training loop of every run: epochs of ``run.steps_per_epoch`` steps until ``run.end_epoch`` says done.
+
+    A stop request (SIGINT/SIGTERM) is honoured after the step in flight: the run's resumable checkpoint is written
+    and the process exits with 128 + the signal number; the same command resumes at that step, bit for bit. Off CUDA
+    the loss is checked after every step, on CUDA once per epoch (a per-step check would sync the host every step).
+    """
+    loop = run.loop
+    check_every_step = device.type != "cuda"
+    while not loop.finished:
+        run.begin_epoch()
+        progress = Progress(run.steps_per_epoch, f"epoch {loop.epochs_done + 1}", loop.step_in_epoch)
+        try:
+            while loop.step_in_epoch < run.steps_per_epoch:
+                terms = run.train_step(run.next_batch())
+                loop.global_step += 1
+                loop.step_in_epoch += 1
+                accumulate(run.accum, terms, device)
+                if check_every_step and not bool(torch.isfinite(terms["train_loss"]).item()):
+                    raise run.non_finite(terms)
+                progress.update()
+                if stop.requested:
+                    run.save_last()
+                    print(f"stopped: saved {run.last_path}; resume with the same command (or add --resume)", flush=True)
+                    raise SystemExit(stop.exit_code())
+        finally:
+            progress.close()
+        n_steps = max(loop.step_in_epoch, 1)
+        if not check_every_step and not bool(torch.isfinite(run.accum["train_loss"]).item()):
+            raise run.non_finite({k: v / n_steps for k, v in run.accum.items()})
+        train_terms = {k: v.item() / n_steps for k, v in run.accum.items()}
+        run.accum.clear()
+        loop.step_in_epoch = 0
+        loop.epochs_done += 1
+        loop.finished = run.end_epoch(train_terms)

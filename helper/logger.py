@@ -15,7 +15,7 @@ its stored results to the agent's run (:func:`report_finished_run`).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
 import json
 import netrc
@@ -24,8 +24,13 @@ import socket
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from helper.config import StudentConfig, TeacherConfig
+
+    RunConfig = StudentConfig | TeacherConfig
 
 WANDB_PROBE_TIMEOUT_S = 3.0
 
@@ -77,14 +82,14 @@ def under_wandb_agent() -> bool:
     return bool(os.environ.get("WANDB_SWEEP_ID"))
 
 
-def wandb_name_and_group(opt: argparse.Namespace, job_type: str) -> tuple[str, str]:
+def wandb_name_and_group(opt: RunConfig, job_type: str) -> tuple[str, str]:
     """A readable run name (method label and seed) and the group of its cell (every flag but seed and trial)."""
     if job_type == "teacher":
         return f"teacher {opt.model} seed{opt.seed}", f"teacher {opt.model} {opt.dataset}"
     from helper.methods import method_label
     from helper.options import identity_config
 
-    config = vars(opt)
+    config = opt.to_dict()
     label = method_label(config)
     trial = f" trial{opt.trial}" if getattr(opt, "trial", 1) != 1 else ""
     cell = {k: v for k, v in identity_config(opt).items() if k not in ("seed", "trial", "device")}
@@ -99,7 +104,7 @@ class RunLogger:
     Creates ``run_dir`` (the run's first files are written right after), unless ``tensorboard`` is off and W&B disabled.
     """
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], opt: argparse.Namespace, job_type: str,
+    def __init__(self, run_dir: Path, config: dict[str, Any], opt: RunConfig, job_type: str,
                  wandb_id: str | None = None, tensorboard: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.wandb = None
@@ -119,7 +124,7 @@ class RunLogger:
             _say(f"tensorboard: disabled ({type(err).__name__}: {err})")
             self.tb = None
 
-    def _init_wandb(self, config: dict[str, Any], opt: argparse.Namespace, job_type: str) -> None:
+    def _init_wandb(self, config: dict[str, Any], opt: RunConfig, job_type: str) -> None:
         mode = resolve_wandb_mode()
         if mode == "disabled":
             return
@@ -180,7 +185,7 @@ class RunLogger:
             self.wandb = None
 
 
-def report_finished_run(run_dir: Path, results_path: Path, opt: argparse.Namespace) -> bool:
+def report_finished_run(run_dir: Path, results_path: Path, opt: RunConfig) -> bool:
     """Under ``wandb agent``, log the stored results of an already finished configuration to the agent's run.
 
     The agent waits for the run it started to report the sweep's metric; without this, a configuration
@@ -194,8 +199,9 @@ def report_finished_run(run_dir: Path, results_path: Path, opt: argparse.Namespa
     except (OSError, ValueError) as err:
         _say(f"wandb: could not read {results_path} to report it ({err})")
         return False
-    finished_opt = argparse.Namespace(**{**vars(opt), **(results.get("config") or {})})  # the resolved flags of that run
-    config = {**vars(finished_opt), "n_train": results.get("n_train"), "n_val": results.get("n_val")}
+    stored = {k: v for k, v in (results.get("config") or {}).items() if k in opt.to_dict()}
+    finished_opt = dataclasses.replace(opt, **stored)  # the resolved flags of that run
+    config = {**finished_opt.to_dict(), "n_train": results.get("n_train"), "n_val": results.get("n_val")}
     logger = RunLogger(run_dir, config, finished_opt, job_type="student", tensorboard=False)
     if logger.wandb is None:
         return False

@@ -19,7 +19,6 @@ Kinds:
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -160,10 +159,35 @@ def resolve(path: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attribute)
 
 
-def validate_combination(opt: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class MethodSpec:
+    """The table rows of a run's ``--relational`` and ``--distill`` values, resolved and checked once
+    (``helper.config.StudentConfig.method``)."""
+
+    relational: MethodRow | None
+    distill: MethodRow | None
+
+    @property
+    def sampler(self) -> str:
+        """The sampler that feeds a training step: the relational row's, else single images."""
+        return self.relational.sampler if self.relational is not None else "plain"
+
+
+def method_spec(relational: str | None, distill: str) -> MethodSpec:
+    """The rows of ``--relational relational --distill distill``; raises UserError for an unknown name or a
+    combination that cannot run."""
+    spec = MethodSpec(relational=find("relational", relational), distill=find("distill", distill))
+    check_rows(spec.relational, spec.distill)
+    return spec
+
+
+def validate_combination(opt: Any) -> None:
     """Reject incompatible --relational/--distill combinations with one sentence (before any work)."""
-    relational = find("relational", opt.relational)
-    distill = find("distill", opt.distill)
+    method_spec(opt.relational, opt.distill)
+
+
+def check_rows(relational: MethodRow | None, distill: MethodRow | None) -> None:
+    """Reject an incompatible pair of rows with one sentence."""
     if relational is not None and relational.with_white_box:
         if distill is None:
             usable = ", ".join(r.name for r in rows(kind=WHITE_BOX) if not r.not_on_differences)

@@ -12,11 +12,14 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from core.errors import EXIT_USER_ERROR, UserError
 from helper import method_table
 from helper.method_table import none_or_str
+
+if TYPE_CHECKING:
+    from helper.config import StudentConfig, TeacherConfig
 
 DATASET_CHOICES = ("cifar100", "digits", "stanfordcars")
 # data sets whose teachers live in SAVE_DIR/models/ (RepDistiller's folder); the others get SAVE_DIR/models_{dataset}/
@@ -250,96 +253,63 @@ def default_learning_rate(model: str) -> float:
     return 0.01 if model in SMALL_LR_MODELS else 0.05
 
 
-def _check_architecture(name: str | None, flag: str) -> None:
+def check_architecture(name: str | None, flag: str) -> None:
     from models import model_dict  # deferred: importing torch models is not needed for --help
 
     if name is not None and name not in model_dict:
         raise UserError(f"unknown architecture '{name}' for --{flag}; choose one of {', '.join(model_dict)}")
 
 
-def _check_positive(opt: argparse.Namespace, *flags: str) -> None:
+def check_positive(opt: StudentConfig | TeacherConfig, *flags: str) -> None:
     for flag in flags:
         value = getattr(opt, flag)
         if not math.isfinite(value) or value <= 0:
             raise UserError(f"--{flag} must be a finite positive number, got {value}")
 
 
-def _check_non_negative(opt: argparse.Namespace, *flags: str) -> None:
+def check_non_negative(opt: StudentConfig | TeacherConfig, *flags: str) -> None:
     for flag in flags:
         value = getattr(opt, flag)
         if not math.isfinite(value) or value < 0:
             raise UserError(f"--{flag} must be a finite number, 0 or more, got {value}")
 
 
-def _check_at_least(opt: argparse.Namespace, minimum: int, *flags: str) -> None:
+def check_at_least(opt: StudentConfig | TeacherConfig, minimum: int, *flags: str) -> None:
     for flag in flags:
         if getattr(opt, flag) < minimum:
             raise UserError(f"--{flag} must be at least {minimum}, got {getattr(opt, flag)}")
 
 
-def finalize_student_args(opt: argparse.Namespace) -> argparse.Namespace:
-    """Resolve the student's defaults that depend on other flags and check every flag (raises UserError).
-
-    Runs before any file or folder is created, so a bad flag leaves nothing behind.
-    """
-    _check_architecture(opt.model_s, "model_s")
-    _check_architecture(opt.model_t, "model_t")
-    if opt.model_t is None:
-        if opt.path_t:
-            opt.model_t = teacher_from_path(opt.path_t)
-        elif opt.dataset == "digits":
-            opt.model_t = DEFAULT_DIGITS_TEACHER
-        else:
-            opt.model_t = DEFAULT_TEACHER.get(opt.model_s)
-        if opt.model_t is None:
-            raise UserError(f"no published teacher for student '{opt.model_s}'; pass --model_t (and --path_t)")
-    if opt.path_t is None:
-        opt.path_t = str(teacher_checkpoint_path(opt.save_dir, opt.dataset, opt.model_t))
-    if opt.learning_rate is None:
-        opt.learning_rate = default_learning_rate(opt.model_s)
-    if not 0.0 < opt.train_val_frac < 1.0:
-        raise UserError(f"--train_val_frac must be strictly between 0 and 1, got {opt.train_val_frac}")
-    if opt.subset_size is not None and opt.subset_size < 2:
-        raise UserError(f"--subset_size must be at least 2, got {opt.subset_size}")
-    if opt.pos_and_neg < 2:
-        raise UserError(f"--pos_and_neg must be at least 2 (one positive and one negative image), got {opt.pos_and_neg}")
-    _check_at_least(opt, 1, "nce_k", "teacher_views", "batch_size", "epochs", "max_rel_samples", "feat_dim", "trial",
-                    "lr_decay_times")
-    _check_at_least(opt, 0, "patience", "init_epochs")
-    _check_positive(opt, "learning_rate", "lr_decay_rate", "kd_T", "nce_t")
-    _check_non_negative(opt, "w_cls", "w_kd", "w_rel_scale", "w_inter_scale", "momentum", "weight_decay")
-    return opt
-
-
-def check_subset_against_data(opt: argparse.Namespace, n_total: int) -> None:
-    """``--subset_size`` against a training set of ``n_total`` images and ``--batch_size`` (raises UserError).
+def check_subset_against_data(opt: StudentConfig, n_total: int, subset_size: int | None = None) -> None:
+    """``--subset_size`` (``subset_size`` when the flag's default was resolved against the data) against a training
+    set of ``n_total`` images and ``--batch_size`` (raises UserError).
 
     Called once the data is loaded, before the subset is drawn and before the teacher is touched.
     """
     from dataset.subset import min_subset_size, split_sizes  # deferred: the data package imports torch
 
-    if opt.subset_size > n_total:
-        raise UserError(f"--subset_size {opt.subset_size} is larger than the {n_total}-image training set; "
+    subset_size = opt.subset_size if subset_size is None else subset_size
+    if subset_size > n_total:
+        raise UserError(f"--subset_size {subset_size} is larger than the {n_total}-image training set; "
                         f"pass --subset_size {n_total} or less")
-    n_train, _ = split_sizes(opt.subset_size, opt.train_val_frac)
+    n_train, _ = split_sizes(subset_size, opt.train_val_frac)
     if n_train < opt.batch_size:
         need = min_subset_size(opt.batch_size, opt.train_val_frac)
         if need <= n_total:
             fix = f"pass --subset_size {need} or more, or lower --batch_size to {n_train} or less"
         else:
             fix = f"lower --batch_size to {n_train} or less"
-        raise UserError(f"--subset_size {opt.subset_size} with --train_val_frac {opt.train_val_frac} leaves {n_train} "
+        raise UserError(f"--subset_size {subset_size} with --train_val_frac {opt.train_val_frac} leaves {n_train} "
                         f"training images, fewer than one batch of --batch_size {opt.batch_size}; {fix}")
 
 
-def check_split_against_data(opt: argparse.Namespace, n_train: int, n_train_classes: int) -> None:
+def check_split_against_data(opt: StudentConfig, n_train: int, n_train_classes: int) -> None:
     """The method's sampler against the training split: ``n_train`` images of ``n_train_classes`` classes (raises
     UserError). Tuple samplers (CKD, mixup) need as many distinct images as a tuple holds; CRD needs two classes.
 
     Called before the teacher is touched.
     """
-    row = method_table.find("relational", opt.relational)
-    sampler = row.sampler if row is not None else "plain"
+    sampler = opt.method.sampler
     k = method_table.images_per_item(sampler, opt.pos_and_neg)
     if n_train < k:
         fix = "raise --subset_size" + (" or lower --pos_and_neg" if sampler == "ckd_tuples" else "")
@@ -366,32 +336,17 @@ def parse_decay_epochs(text: str) -> list[int]:
     return epochs
 
 
-def finalize_teacher_args(opt: argparse.Namespace) -> argparse.Namespace:
-    """Resolve the teacher's defaults and check every flag (raises UserError), before any file or folder is created."""
-    if opt.model is None:
-        opt.model = DEFAULT_DIGITS_TEACHER if opt.dataset == "digits" else DEFAULT_CIFAR_TEACHER
-    _check_architecture(opt.model, "model")
-    if opt.learning_rate is None:
-        opt.learning_rate = default_learning_rate(opt.model)
-    _check_at_least(opt, 1, "epochs", "save_freq", "trial")
-    _check_at_least(opt, 2, "batch_size")  # BatchNorm cannot train on one image
-    _check_positive(opt, "learning_rate", "lr_decay_rate")
-    _check_non_negative(opt, "momentum", "weight_decay")
-    parse_decay_epochs(opt.lr_decay_epochs)
-    return opt
-
-
-def identity_config(opt: argparse.Namespace, ignored: tuple[str, ...] = NON_IDENTITY_FLAGS) -> dict[str, Any]:
+def identity_config(cfg: StudentConfig | TeacherConfig, ignored: tuple[str, ...] = NON_IDENTITY_FLAGS) -> dict[str, Any]:
     """The flags that define what a run computes (everything but paths, logging and resume)."""
-    return {k: v for k, v in sorted(vars(opt).items()) if k not in ignored and not k.startswith("__")}
+    return {k: v for k, v in sorted(cfg.to_dict().items()) if k not in ignored and not k.startswith("__")}
 
 
-def teacher_identity_config(opt: argparse.Namespace) -> dict[str, Any]:
+def teacher_identity_config(opt: TeacherConfig) -> dict[str, Any]:
     """The flags a teacher folder is bound to (a rerun resumes only when they are equal)."""
     return identity_config(opt, TEACHER_NON_IDENTITY_FLAGS)
 
 
-def run_name(opt: argparse.Namespace) -> str:
+def run_name(opt: StudentConfig) -> str:
     """A readable, unique folder name: two configurations that differ in any flag get different names."""
     config = identity_config(opt)
     digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -418,7 +373,7 @@ def teacher_checkpoint_path(save_dir: str | Path, dataset: str, model: str, tria
     return Path(save_dir) / folder / name / "ckpt_epoch_240.pth"
 
 
-def missing_teacher_message(opt: argparse.Namespace) -> str:
+def missing_teacher_message(opt: StudentConfig) -> str:
     """One sentence for a teacher checkpoint that is not there, with the command that makes it for this data set."""
     train = f"python train_teacher.py --model {opt.model_t} --dataset {opt.dataset}"
     if opt.dataset == "stanfordcars":
@@ -443,19 +398,9 @@ def teacher_from_path(path_t: str) -> str:
     return max(candidates, key=len)
 
 
-def student_run_dir(opt: argparse.Namespace) -> Path:
+def student_run_dir(opt: StudentConfig) -> Path:
     """The folder of a student run: ``{save_dir}/student/{run_name}``."""
     return Path(opt.save_dir) / "student" / run_name(opt)
-
-
-def parse_student_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and finalize train_student.py's flags (raises UserError on a bad combination)."""
-    return finalize_student_args(build_student_parser().parse_args(argv))
-
-
-def parse_teacher_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and finalize train_teacher.py's flags (raises UserError on a bad value)."""
-    return finalize_teacher_args(build_teacher_parser().parse_args(argv))
 
 
 def markdown_flag_table(parser: argparse.ArgumentParser) -> str:

@@ -7,19 +7,23 @@ methods (``tests/test_layers.py`` checks it).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.checkpoint import remove_stale_temp_files
 from core.errors import DataNotFound, UserError
 from dataset import ImageSet, load_dataset
 from helper.logger import RunLogger
 from helper.options import data_not_found_message
+
+if TYPE_CHECKING:
+    from helper.config import StudentConfig, TeacherConfig
+
+    RunConfig = StudentConfig | TeacherConfig
 
 
 def ensure_writable(folder: Path) -> None:
@@ -43,13 +47,13 @@ def clean_leftovers(run_dir: Path) -> None:
         print(f"removed {leftover.name}, left by a checkpoint write that was killed", flush=True)
 
 
-def refuse_resume_without_checkpoint(opt: argparse.Namespace, last_path: Path, start_fresh: str) -> None:
+def refuse_resume_without_checkpoint(opt: RunConfig, last_path: Path, start_fresh: str) -> None:
     """``--resume`` needs ``last_path``; without it, one sentence saying how to ``start_fresh`` instead."""
     if opt.resume and not last_path.is_file():
         raise UserError(f"--resume was given but {last_path} does not exist; drop --resume to {start_fresh}")
 
 
-def load_data(opt: argparse.Namespace) -> tuple[ImageSet, ImageSet]:
+def load_data(opt: RunConfig) -> tuple[ImageSet, ImageSet]:
     """(train, test) of ``--dataset`` from ``--data_folder``; data that is not there says how to point elsewhere."""
     try:
         return load_dataset(opt.dataset, opt.data_folder)
@@ -58,7 +62,7 @@ def load_data(opt: argparse.Namespace) -> tuple[ImageSet, ImageSet]:
 
 
 @contextlib.contextmanager
-def open_logger(run_dir: Path, config: dict[str, Any], opt: argparse.Namespace, job_type: str,
+def open_logger(run_dir: Path, config: dict[str, Any], opt: RunConfig, job_type: str,
                 wandb_id: str | None) -> Iterator[RunLogger]:
     """The run's logger, closed with the run's exit code: 0 when the block completes, the code of a ``SystemExit``
     (a stop by signal), 1 for any other exception."""

@@ -5,17 +5,22 @@ batch_size) steps) and keep the best-validation weights; after ``--patience`` ps
 improvement, reload the best weights of the trained modules (not the optimizer momentum, not the CRD
 memory: as published) and start the next learning-rate phase; ``--lr_decay_times`` phases in all, or
 ``--epochs`` pseudo-epochs. The reported test accuracy is that of the best-validation weights.
+
+A run is its built-once data (split, images, teacher cache: :meth:`StudentRun._prepare_data` and
+:meth:`StudentRun._prepare_teacher_cache`), its resumable state (:meth:`StudentRun.state_dict` /
+:meth:`StudentRun.load_state_dict`: every checkpoint key written in one place) and the one training loop of
+:func:`helper.engine.train_epochs`, which it shares with teacher training.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
+import json
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,8 @@ from dataset.augment import DeviceAugment
 from dataset.samplers import steps_per_epoch
 from dataset.teacher_cache import CountingModule, load_or_build_cache
 from helper.calibration import fold_shift, shifted, train_mean_shift
-from helper.engine import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_step
+from helper.config import StudentConfig
+from helper.engine import LoopState, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_epochs, train_step
 from helper.logger import report_finished_run
 from helper.methods import (
     Method,
@@ -49,7 +55,6 @@ from helper.methods import (
     teacher_feature_layers,
     teacher_needs_preact,
     uses_teacher_outputs,
-    validate_combination,
 )
 from helper.options import check_split_against_data, check_subset_against_data, missing_teacher_message, student_run_dir
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
@@ -65,7 +70,7 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; nothing is reported as a result."""
 
 
-def load_teacher(opt: argparse.Namespace, num_classes: int, device: torch.device) -> nn.Module:
+def load_teacher(opt: StudentConfig, num_classes: int, device: torch.device) -> nn.Module:
     """Build ``opt.model_t`` and load ``opt.path_t`` into it (weights_only, strict keys and shapes)."""
     path = Path(opt.path_t)
     if not path.is_file():
@@ -76,7 +81,7 @@ def load_teacher(opt: argparse.Namespace, num_classes: int, device: torch.device
     return teacher.to(device).eval()
 
 
-def cache_teacher(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
+def cache_teacher(opt: StudentConfig, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
                   device: torch.device, num_classes: int) -> tuple[TrainPool, list[tuple[int, ...]]]:
     """The teacher cache of a run (its one teacher call per training image and view) and the teacher's feature shapes."""
     feat_shapes = feature_shapes(teacher, device, (3, augment.crop, augment.crop))
@@ -89,7 +94,7 @@ def cache_teacher(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, l
     return pool, feat_shapes
 
 
-def build_student(opt: argparse.Namespace, num_classes: int, device: torch.device) -> nn.Module:
+def build_student(opt: StudentConfig, num_classes: int, device: torch.device) -> nn.Module:
     """``opt.model_s`` initialised from ``opt.seed`` on ``device`` (channels-last when asked)."""
     torch.manual_seed(opt.seed)
     student = model_dict[opt.model_s](num_classes=num_classes).to(device)
@@ -109,7 +114,7 @@ class TrainingSetup:
     aug_generator: torch.Generator
 
 
-def build_training(opt: argparse.Namespace, student: nn.Module, pool: TrainPool, augment: DeviceAugment, num_classes: int,
+def build_training(opt: StudentConfig, student: nn.Module, pool: TrainPool, augment: DeviceAugment, num_classes: int,
                    teacher_feat_shapes: Sequence[tuple[int, ...]], device: torch.device,
                    image_shape: Sequence[int]) -> TrainingSetup:
     """The method of ``opt`` around ``student``, its sampler, and SGD over the student and the method's trainable modules.
@@ -132,17 +137,23 @@ def build_training(opt: argparse.Namespace, student: nn.Module, pool: TrainPool,
     return TrainingSetup(method=method, extras=extras, sampler=sampler, optimizer=optimizer, aug_generator=aug_generator)
 
 
-def accumulate(accum: dict[str, Tensor], step_terms: dict[str, Tensor], device: torch.device) -> None:
-    """Add one step's loss terms to the per-epoch sums, on the device (no host sync)."""
-    for key, value in step_terms.items():
-        accum[key] = accum.get(key, torch.zeros((), device=device)) + value.float()
+@dataclass
+class StudentState:
+    """What a student run resumes from besides its modules: the loop counters, the best weights and their validation
+    numbers, whether the init stage is done, and the per-epoch loss sums."""
+
+    loop: LoopState = field(default_factory=LoopState)
+    best: dict[str, Any] | None = None  # the weights the schedule returns to (see StudentRun._snapshot)
+    best_val_acc_top5: float = 0.0
+    best_val_loss: float = math.inf
+    init_done: bool = False
+    accum: dict[str, Tensor] = field(default_factory=dict)
 
 
 class StudentRun:
-    """One ``train_student.py`` run, from flags to ``results.json``."""
+    """One ``train_student.py`` run, from its configuration to ``results.json``."""
 
-    def __init__(self, opt: argparse.Namespace) -> None:
-        validate_combination(opt)
+    def __init__(self, opt: StudentConfig) -> None:
         self.opt = opt
         self.device = resolve_device(opt.device)
         configure_backend(self.device, deterministic=opt.deterministic)
@@ -152,8 +163,9 @@ class StudentRun:
         self.results_path = self.run_dir / "results.json"
         self.cache_path = self.run_dir / "teacher_cache.pth"
         self.stop = StopRequest()
+        self.state = StudentState()
 
-    # ----------------------------------------------------------------------------------- setup
+    # ----------------------------------------------------------------------------------- the data, built once
     def _decide_resume(self) -> bool:
         refuse_resume_without_checkpoint(self.opt, self.last_path, "start this run fresh")
         if self.last_path.is_file() and not self.opt.resume:
@@ -163,11 +175,11 @@ class StudentRun:
     def _prepare_data(self) -> None:
         opt, device = self.opt, self.device
         train_set, test_set = load_data(opt)
-        if opt.subset_size is None:  # the default: the whole training set
-            opt.subset_size = len(train_set.labels)
-        check_subset_against_data(opt, len(train_set.labels))
+        # the default --subset_size is the whole training set
+        self.subset_size = len(train_set.labels) if opt.subset_size is None else opt.subset_size
+        check_subset_against_data(opt, len(train_set.labels), self.subset_size)
         self.num_classes = train_set.num_classes
-        self.split = make_subset_split(len(train_set.labels), opt.subset_size, opt.train_val_frac, opt.seed, opt.batch_size)
+        self.split = make_subset_split(len(train_set.labels), self.subset_size, opt.train_val_frac, opt.seed, opt.batch_size)
         self.augment = DeviceAugment.for_images(train_set, opt.use_DA, device)
         self.input_shape = (3, self.augment.crop, self.augment.crop)  # what the models see (Cars: 56x56 crops of 64x64)
         train_idx = torch.as_tensor(self.split.train_idx, dtype=torch.long)
@@ -218,15 +230,47 @@ class StudentRun:
         self.method, self.extras, self.sampler = setup.method, setup.extras, setup.sampler
         self.optimizer, self.aug_generator = setup.optimizer, setup.aug_generator
         self.steps_per_epoch = steps_per_epoch(self.pool.n_images, opt.batch_size)
+        self.schedule = PlateauSchedule(opt.learning_rate, opt.patience, opt.lr_decay_rate, opt.lr_decay_times, opt.epochs)
 
-    # ------------------------------------------------------------------------------ state
-    def _fresh_state(self) -> dict[str, Any]:
-        return {"step_in_epoch": 0, "global_step": 0, "best_val_acc_top5": 0.0, "best_val_loss": math.inf,
-                "finished": False, "elapsed_s": 0.0}
+    # ------------------------------------------------------------------------------ the resumable state
+    def state_dict(self) -> dict[str, Any]:
+        """``last.pth``: everything the run resumes from, each key written here only."""
+        state = self.state
+        state.loop.elapsed_s = self.elapsed_before + self.clock.elapsed()
+        return {"model": self.student.state_dict(), "extras": self.extras.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "loop": state.loop.state_dict(),
+                "schedule": self.schedule.state_dict(), "best": state.best,
+                "best_val": {"acc_top5": state.best_val_acc_top5, "loss": state.best_val_loss},
+                "init_done": state.init_done, "sampler": self.sampler.state_dict(), "method_rng": self.method.extra_state(),
+                "aug_rng": self.aug_generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "accum": {k: v.detach().cpu() for k, v in state.accum.items()}, "wandb_id": self.logger.wandb_id,
+                "epoch": self.schedule.epoch, "accuracy": self.schedule.best_acc}
 
-    def _new_schedule(self) -> PlateauSchedule:
-        opt = self.opt
-        return PlateauSchedule(opt.learning_rate, opt.patience, opt.lr_decay_rate, opt.lr_decay_times, opt.epochs)
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Restore a ``last.pth`` written by :meth:`state_dict`."""
+        self.student.load_state_dict(ckpt["model"])
+        self.extras.load_state_dict(ckpt["extras"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = StudentState(best=ckpt["best"], best_val_acc_top5=ckpt["best_val"]["acc_top5"],
+                                  best_val_loss=ckpt["best_val"]["loss"], init_done=ckpt["init_done"],
+                                  accum={k: v.to(self.device) for k, v in ckpt["accum"].items()})
+        self.state.loop.load_state_dict(ckpt["loop"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        self.method.load_extra_state(ckpt["method_rng"])
+        self.aug_generator.set_state(ckpt["aug_rng"].cpu() if hasattr(ckpt["aug_rng"], "cpu") else ckpt["aug_rng"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        set_lr(self.optimizer, self.schedule.lr)
+
+    def save_last(self) -> None:
+        atomic_save(self.state_dict(), self.last_path)
+        self.last_saved_at = time.perf_counter()
+
+    def _save_best(self) -> None:
+        best = self.state.best
+        model = fold_shift(best["model"], self.student, best["shift"], self.num_classes)
+        atomic_save({"model": model, "extras": best["extras"], "epoch": self.schedule.best_epoch,
+                     "accuracy": self.schedule.best_acc, "model_s": self.opt.model_s}, self.best_path)
 
     def _snapshot(self, shift: Tensor | None = None) -> dict[str, Any]:
         """The weights the schedule returns to (the student and the method's trained modules, as published: not the
@@ -237,7 +281,7 @@ class StudentRun:
     def _restore(self, snapshot: dict[str, Any]) -> None:
         self.student.load_state_dict(snapshot["model"])
         self.extras.load_state_dict(snapshot["extras"], strict=False)
-        self._set_lr(self.schedule.lr)
+        set_lr(self.optimizer, self.schedule.lr)
 
     def _calibration_shift(self) -> Tensor:
         """The train-split shift of the current student weights (no teacher call: cached logits only)."""
@@ -245,103 +289,38 @@ class StudentRun:
         return train_mean_shift(self.student, clean, self.pool.teacher_logits, self.augment.normalize_eval, amp=self.opt.amp,
                                 channels_last=self.opt.channels_last)
 
-    def _set_lr(self, lr: float) -> None:
-        set_lr(self.optimizer, lr)
+    # ------------------------------------------------------------------------------ the loop's side (engine.EpochRun)
+    @property
+    def loop(self) -> LoopState:
+        return self.state.loop
 
-    def _checkpoint(self) -> dict[str, Any]:
-        return {"model": self.student.state_dict(), "extras": self.extras.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "state": dict(self.state), "schedule": self.schedule.state_dict(),
-                "best": self.best,
-                "sampler": self.sampler.state_dict(), "method_rng": self.method.extra_state(),
-                "aug_rng": self.aug_generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "accum": {k: v.detach().cpu() for k, v in self.accum.items()}, "wandb_id": self.logger.wandb_id,
-                "epoch": self.schedule.epoch, "accuracy": self.schedule.best_acc}
+    @property
+    def accum(self) -> dict[str, Tensor]:
+        return self.state.accum
 
-    def _save_last(self) -> None:
-        self.state["elapsed_s"] = self.elapsed_before + self.clock.elapsed()
-        atomic_save(self._checkpoint(), self.last_path)
-        self.last_saved_at = time.perf_counter()
+    def begin_epoch(self) -> None:
+        self.student.train()
+        self.extras.train()
+        self.method.set_epoch(self.schedule.epoch + 1)
 
-    def _save_best(self) -> None:
-        model = fold_shift(self.best["model"], self.student, self.best["shift"], self.num_classes)
-        atomic_save({"model": model, "extras": self.best["extras"], "epoch": self.schedule.best_epoch,
-                     "accuracy": self.schedule.best_acc, "model_s": self.opt.model_s}, self.best_path)
+    def next_batch(self) -> dict[str, Tensor]:
+        return self.sampler.next_batch()
 
-    def _load_last(self) -> dict[str, Any]:
-        ckpt = safe_load(self.last_path, map_location=self.device)
-        self.student.load_state_dict(ckpt["model"])
-        self.extras.load_state_dict(ckpt["extras"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.state = dict(ckpt["state"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        self.best = ckpt["best"]
-        self.sampler.load_state_dict(ckpt["sampler"])
-        self.method.load_extra_state(ckpt["method_rng"])
-        self.aug_generator.set_state(ckpt["aug_rng"].cpu() if hasattr(ckpt["aug_rng"], "cpu") else ckpt["aug_rng"])
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-        self.accum = {k: v.to(self.device) for k, v in ckpt["accum"].items()}
-        self._set_lr(self.schedule.lr)
-        return ckpt
-
-    # ------------------------------------------------------------------------------ training
-    def _init_stage(self) -> None:
-        """The method's init stage, if it has one (from the cache, no teacher call), then a checkpoint: a resumed run
-        continues after it. Stopped during the stage, the run keeps nothing of it."""
-        stage = self.method.init_stage(self.opt)
-        if stage is not None:
-            if not stage.run(self.device, self.opt.amp, lambda: self.stop.requested):
-                print("stopped during the init stage: nothing saved; the same command starts the run again", flush=True)
-                raise SystemExit(self.stop.exit_code())
-            self.best = self._snapshot()
-        self.state["init_done"] = True
-        if stage is not None:
-            self._save_last()
-
-    def _train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return train_step(self.method, self.optimizer, batch, self.device, self.opt.amp)
 
-    def _check_finite(self, step_terms: dict[str, Tensor]) -> None:
-        if bool(torch.isfinite(step_terms["train_loss"]).item()):
-            return
-        values = ", ".join(f"{k}={v.item():.4g}" for k, v in step_terms.items())
+    def non_finite(self, terms: dict[str, Tensor]) -> Exception:
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
         where = f"the last good checkpoint is {self.last_path}" if self.last_path.is_file() else "no checkpoint was written yet"
-        raise NonFiniteLoss(
-            f"the loss became non-finite at step {self.state['global_step']} (pseudo-epoch {self.schedule.epoch + 1}; "
+        return NonFiniteLoss(
+            f"the loss became non-finite at step {self.loop.global_step} (pseudo-epoch {self.schedule.epoch + 1}; "
             f"{values}); nothing was reported as a result, {where}: lower --learning_rate "
             "or the loss weights and start a new run"
         )
 
-    def _train_epoch(self) -> bool:
-        """Run the rest of the current pseudo-epoch; return False when stopped by a signal."""
-        self.student.train()
-        self.extras.train()
-        self.method.set_epoch(self.schedule.epoch + 1)
-        check_every_step = self.device.type != "cuda"  # on CUDA a per-step check would sync the host every step
-        progress = Progress(self.steps_per_epoch, f"epoch {self.schedule.epoch + 1}", self.state["step_in_epoch"])
-        try:
-            while self.state["step_in_epoch"] < self.steps_per_epoch:
-                step_terms = self._train_step(self.sampler.next_batch())
-                self.state["global_step"] += 1
-                self.state["step_in_epoch"] += 1
-                accumulate(self.accum, step_terms, self.device)
-                if check_every_step:
-                    self._check_finite(step_terms)
-                progress.update()
-                if self.stop.requested:
-                    return False
-        finally:
-            progress.close()
-        if not check_every_step and not bool(torch.isfinite(self.accum["train_loss"]).item()):
-            self._check_finite({k: v / self.steps_per_epoch for k, v in self.accum.items()})
-        return True
-
-    def _end_epoch(self) -> bool:
-        """Validate, log, apply the schedule; return True when training is over."""
+    def end_epoch(self, train_terms: dict[str, float]) -> bool:
+        """Validate, log, apply the schedule, checkpoint; return True when training is over."""
         opt, state, schedule = self.opt, self.state, self.schedule
-        n_steps = max(state["step_in_epoch"], 1)
-        train_terms = {k: v.item() / n_steps for k, v in self.accum.items()}
-        self.accum = {}
-        state["step_in_epoch"] = 0
         lr = schedule.lr
         shift = self._calibration_shift() if opt.calibrate == "train_mean" else None
         with shifted(self.student, shift, self.num_classes):
@@ -349,8 +328,8 @@ class StudentRun:
                            channels_last=opt.channels_last)
         step = schedule.update(val["acc"])
         if step.improved:
-            state.update(best_val_acc_top5=val["acc_top5"], best_val_loss=val["loss"])
-            self.best = self._snapshot(shift)
+            state.best_val_acc_top5, state.best_val_loss = val["acc_top5"], val["loss"]
+            state.best = self._snapshot(shift)
         metrics = {"val_acc": val["acc"], "val_acc_top5": val["acc_top5"], "val_loss": val["loss"], "lr": lr,
                    "teacher_calls": self.teacher_meta["teacher_calls"], "best_val_acc": schedule.best_acc,
                    "pseudo_epoch": schedule.epoch}
@@ -362,15 +341,34 @@ class StudentRun:
               f"val_acc {val['acc']:6.2f} (best {schedule.best_acc:.2f} @ {schedule.best_epoch}) | "
               f"{self.clock.elapsed() + self.elapsed_before:.1f}s", flush=True)
         if step.action == DECAY:
-            self._restore(self.best)
+            self._restore(state.best)
             print(f"no improvement for {opt.patience} pseudo-epochs: back to the best weights (epoch "
                   f"{schedule.best_epoch}), learning rate -> {schedule.lr:.4g} (phase {schedule.phase + 1} of "
                   f"{schedule.phases})", flush=True)
-            self._save_last()
-        return step.action == STOP
+            self.save_last()
+        done = step.action == STOP
+        if done or schedule.epoch == 1 or time.perf_counter() - self.last_saved_at >= CHECKPOINT_EVERY_S:
+            state.loop.finished = done
+            self.save_last()
+            self._save_best()
+        return done
 
     # ------------------------------------------------------------------------------ the run
-    def run(self) -> Path:
+    def _init_stage(self) -> None:
+        """The method's init stage, if it has one (from the cache, no teacher call), then a checkpoint: a resumed run
+        continues after it. Stopped during the stage, the run keeps nothing of it."""
+        stage = self.method.init_stage(self.opt)
+        if stage is not None:
+            if not stage.run(self.device, self.opt.amp, lambda: self.stop.requested):
+                print("stopped during the init stage: nothing saved; the same command starts the run again", flush=True)
+                raise SystemExit(self.stop.exit_code())
+            self.state.best = self._snapshot()
+        self.state.init_done = True
+        if stage is not None:
+            self.save_last()
+
+    def run(self) -> dict[str, Any]:
+        """Train (or resume, or report the finished run) and return the results (also in ``results.json``)."""
         opt = self.opt
         ensure_writable(self.run_dir)
         clean_leftovers(self.run_dir)
@@ -378,63 +376,57 @@ class StudentRun:
             print(f"this configuration already finished; delete {self.run_dir} to run it again", flush=True)
             report_finished_run(self.run_dir, self.results_path, opt)  # a W&B agent's run still gets the results
             print(f"results: {self.results_path}", flush=True)
-            return self.results_path
+            return json.loads(self.results_path.read_text(encoding="utf-8"))
         resuming = self._decide_resume()
         self._prepare_data()
         check_white_box_early(self.opt, self.num_classes, self.input_shape)
         self._prepare_teacher_cache()
         self._prepare_student()
-        self.state, self.accum, self.best = self._fresh_state(), {}, None
-        self.schedule = self._new_schedule()
         wandb_id = None
         if resuming:
-            wandb_id = self._load_last()["wandb_id"]
-            print(f"resumed at pseudo-epoch {self.schedule.epoch} step {self.state['step_in_epoch']} "
-                  f"(global step {self.state['global_step']})", flush=True)
+            ckpt = safe_load(self.last_path, map_location=self.device)
+            self.load_state_dict(ckpt)
+            wandb_id = ckpt["wandb_id"]
+            print(f"resumed at pseudo-epoch {self.schedule.epoch} step {self.loop.step_in_epoch} "
+                  f"(global step {self.loop.global_step})", flush=True)
         else:
-            self.best = self._snapshot()
-        config = {**vars(opt), "n_train": self.pool.n_images, "n_val": int(self.val_labels.shape[0])}
+            self.state.best = self._snapshot()
+        config = {**self._resolved_config(), "n_train": self.pool.n_images, "n_val": int(self.val_labels.shape[0])}
         with open_logger(self.run_dir, config, opt, "student", wandb_id) as self.logger:
-            self.clock, self.elapsed_before = Stopwatch(), float(self.state["elapsed_s"])
+            self.clock, self.elapsed_before = Stopwatch(), float(self.loop.elapsed_s)
             self.last_saved_at = -math.inf
             with self.stop.installed():
-                done = self.state["finished"]
-                if not done and not self.state.get("init_done", False):
+                if not self.loop.finished and not self.state.init_done:
                     self._init_stage()
-                while not done:
-                    if not self._train_epoch():
-                        self._save_last()
-                        print(f"stopped: saved {self.last_path}; resume with the same command (or add --resume)", flush=True)
-                        raise SystemExit(self.stop.exit_code())
-                    done = self._end_epoch()
-                    if done or self.schedule.epoch == 1 or time.perf_counter() - self.last_saved_at >= CHECKPOINT_EVERY_S:
-                        self.state["finished"] = done
-                        self._save_last()
-                        self._save_best()
+                train_epochs(self, self.stop, self.device)
             results = self._finish()
         print(f"results: {self.results_path}", flush=True)
         return results
 
-    def _finish(self) -> Path:
+    def _resolved_config(self) -> dict[str, Any]:
+        """The run's flags with the defaults resolved against the data (what results.json and the logs record)."""
+        return {**self.opt.to_dict(), "subset_size": self.subset_size}
+
+    def _finish(self) -> dict[str, Any]:
         opt, state, schedule = self.opt, self.state, self.schedule
-        self.student.load_state_dict(self.best["model"])
+        self.student.load_state_dict(state.best["model"])
         test_kwargs = {"amp": opt.amp, "channels_last": opt.channels_last}
-        with shifted(self.student, self.best["shift"], self.num_classes):
+        with shifted(self.student, state.best["shift"], self.num_classes):
             test = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize_eval, **test_kwargs)
-        shift = self.best["shift"] if self.best["shift"] is not None else self._calibration_shift()
+        shift = state.best["shift"] if state.best["shift"] is not None else self._calibration_shift()
         with shifted(self.student, shift, self.num_classes):
             test_cal = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize_eval, **test_kwargs)
         results = {
             "test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
             "test_acc_calibrated": test_cal["acc"], "calibration_shift_norm": float(shift.norm()),
-            "best_val_acc": schedule.best_acc, "best_val_acc_top5": state["best_val_acc_top5"],
-            "best_val_loss": state["best_val_loss"], "best_epoch": schedule.best_epoch,
+            "best_val_acc": schedule.best_acc, "best_val_acc_top5": state.best_val_acc_top5,
+            "best_val_loss": state.best_val_loss, "best_epoch": schedule.best_epoch,
             "teacher_acc": self.teacher_meta["teacher_acc"], "teacher_calls": self.teacher_meta["teacher_calls"],
             "teacher_eval_calls": self.teacher_meta["teacher_eval_calls"], "teacher_sha256": self.teacher_meta["teacher_sha256"],
             "n_train": self.pool.n_images, "n_val": int(self.val_labels.shape[0]), "n_test": int(self.test_labels.shape[0]),
-            "pseudo_epochs": schedule.epoch, "steps": state["global_step"], "lr_decays": schedule.decays,
+            "pseudo_epochs": schedule.epoch, "steps": state.loop.global_step, "lr_decays": schedule.decays,
             "cache_bytes": self.pool.nbytes,
-            "wall_time_s": self.elapsed_before + self.clock.elapsed(), "config": dict(vars(opt)),
+            "wall_time_s": self.elapsed_before + self.clock.elapsed(), "config": self._resolved_config(),
             **provenance(self.device),
         }
         atomic_write_json(results, self.results_path)
@@ -445,7 +437,7 @@ class StudentRun:
         print(f"test_acc {results['test_acc']:.2f} (top-5 {results['test_acc_top5']:.2f}) with the best-validation weights "
               f"of pseudo-epoch {schedule.best_epoch}; calibrated {results['test_acc_calibrated']:.2f}; "
               f"teacher calls {results['teacher_calls']}", flush=True)
-        return self.results_path
+        return results
 
 
 def restorable_state(modules: nn.Module) -> dict[str, Tensor]:

@@ -13,24 +13,29 @@ A teacher folder holds one configuration, recorded in ``config.json`` and in eve
 resumes (or, once finished, says so and writes nothing) only when the requested flags are the same;
 otherwise it stops and names the flags that differ. ``--trial k`` (k > 1) trains into
 ``{model}_vanilla_trial{k}/`` beside it.
+
+Training runs in the one loop of :func:`helper.engine.train_epochs`: a stop request is honoured after the step in
+flight, and ``last.pth`` then holds that step (the data order of the epoch, the augmentation generator, the
+optimizer), so the same command resumes mid-epoch, bit for bit.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from core.checkpoint import atomic_save, atomic_write_json, safe_load
-from core.device import autocast, configure_backend, resolve_device
+from core.device import configure_backend, resolve_device
 from core.errors import UserError
 from dataset.augment import DeviceAugment
-from helper.engine import Progress, StopRequest, Stopwatch, evaluate, provenance, set_lr
-from helper.options import parse_decay_epochs, teacher_checkpoint_path, teacher_identity_config
+from helper.config import TeacherConfig
+from helper.engine import LoopState, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_epochs, train_step
+from helper.options import teacher_checkpoint_path, teacher_identity_config
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from models import model_dict
 
@@ -39,21 +44,82 @@ def _flag_value(value: Any) -> str:
     return "None" if value is None else str(value)
 
 
-class TeacherRun:
-    """One ``train_teacher.py`` run (``opt`` comes from :func:`helper.options.parse_teacher_args`)."""
+class EpochShuffle:
+    """The teacher's data order: a fresh ``torch.randperm`` of the training set every epoch, cut into batches of
+    ``batch_size`` (a last batch of a single image is dropped: BatchNorm cannot train on it).
 
-    def __init__(self, opt: argparse.Namespace) -> None:
-        self.decay_epochs = parse_decay_epochs(opt.lr_decay_epochs)
-        self.opt = opt
-        self.device = resolve_device(opt.device)
-        configure_backend(self.device, deterministic=opt.deterministic)
-        self.final_path = teacher_checkpoint_path(opt.save_dir, opt.dataset, opt.model, opt.trial)
+    Resumable mid-epoch: the state is the generator's state before the epoch's permutation and the batches taken.
+    """
+
+    def __init__(self, n_images: int, batch_size: int, seed: int, device: torch.device) -> None:
+        self.n_images, self.batch_size, self.device = int(n_images), int(batch_size), device
+        full, rest = divmod(self.n_images, self.batch_size)
+        self.steps_per_epoch = full + (1 if rest >= 2 else 0)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.position = 0
+        self.epoch_start_state = self.generator.get_state()
+        self.order: Tensor | None = None
+
+    def next_batch(self) -> dict[str, Tensor]:
+        if self.order is None:
+            self.epoch_start_state = self.generator.get_state()
+            self.order = torch.randperm(self.n_images, generator=self.generator).to(self.device)
+        start = self.position * self.batch_size
+        idx = self.order[start:start + self.batch_size]
+        self.position += 1
+        if self.position == self.steps_per_epoch:
+            self.order, self.position = None, 0
+        return {"idx": idx}
+
+    def state_dict(self) -> dict[str, Any]:
+        start = self.epoch_start_state if self.order is not None else self.generator.get_state()
+        return {"epoch_start_rng": start, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["epoch_start_rng"])
+        self.position, self.order = int(state["position"]), None
+        if self.position:
+            self.epoch_start_state = self.generator.get_state()
+            self.order = torch.randperm(self.n_images, generator=self.generator).to(self.device)
+
+
+class Classifier(nn.Module):
+    """The teacher's loss: cross-entropy of the model on augmented crops of the batch ('cls', unweighted)."""
+
+    def __init__(self, model: nn.Module, forward: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
+                 aug_generator: torch.Generator, channels_last: bool) -> None:
+        super().__init__()
+        self.model, self.forward_model = model, forward
+        self.images, self.labels, self.augment = images, labels, augment
+        self.aug_generator, self.channels_last = aug_generator, channels_last
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        idx = batch["idx"]
+        x = self.augment(self.images[idx], self.aug_generator)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return {"cls": F.cross_entropy(self.forward_model(x).float(), self.labels[idx])}
+
+
+class TeacherRun:
+    """One ``train_teacher.py`` run (``cfg`` comes from :func:`helper.config.parse_teacher_args`)."""
+
+    def __init__(self, cfg: TeacherConfig) -> None:
+        self.decay_epochs = cfg.decay_epochs
+        self.opt = cfg
+        self.device = resolve_device(cfg.device)
+        configure_backend(self.device, deterministic=cfg.deterministic)
+        self.final_path = teacher_checkpoint_path(cfg.save_dir, cfg.dataset, cfg.model, cfg.trial)
         self.run_dir = self.final_path.parent
         self.last_path = self.run_dir / "last.pth"
         self.config_path = self.run_dir / "config.json"
         # what the folder is bound to, as JSON would give it back (so a stored and a requested config compare equal)
-        self.config: dict[str, Any] = json.loads(json.dumps(teacher_identity_config(opt)))
+        self.config: dict[str, Any] = json.loads(json.dumps(teacher_identity_config(cfg)))
         self.stop = StopRequest()
+        self.loop = LoopState()
+        self.accum: dict[str, Tensor] = {}
+        self.best_acc = 0.0
+        self.test = {"acc": 0.0, "acc_top5": 0.0, "loss": 0.0}
 
     # ------------------------------------------------------------------ the folder's configuration
     def _next_free_trial(self) -> int:
@@ -123,94 +189,99 @@ class TeacherRun:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> Path:
-        opt, device = self.opt, self.device
+        cfg, device = self.opt, self.device
         if self.check_folder():
             return self._report_finished()
-        refuse_resume_without_checkpoint(opt, self.last_path, "train from scratch")
+        refuse_resume_without_checkpoint(cfg, self.last_path, "train from scratch")
         ensure_writable(self.run_dir)
-        train_set, test_set = load_data(opt)
-        augment = DeviceAugment.for_images(train_set, 2, device)  # crop + flip; Cars: 56x56 crops of 64x64
+        train_set, test_set = load_data(cfg)
+        self.augment = DeviceAugment.for_images(train_set, 2, device)  # crop + flip; Cars: 56x56 crops of 64x64
         images, labels = train_set.images.to(device), train_set.labels.to(device)
-        test_images, test_labels = test_set.images.to(device), test_set.labels.to(device)
-        torch.manual_seed(opt.seed)
-        model = model_dict[opt.model](num_classes=train_set.num_classes).to(device)
-        if opt.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        forward = torch.compile(model) if opt.compile else model
-        optimizer = torch.optim.SGD(model.parameters(), lr=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay)
-        shuffle = torch.Generator().manual_seed(opt.seed)
-        aug_generator = torch.Generator(device=device).manual_seed(opt.seed + 1)
+        self.test_images, self.test_labels = test_set.images.to(device), test_set.labels.to(device)
+        torch.manual_seed(cfg.seed)
+        self.model = model_dict[cfg.model](num_classes=train_set.num_classes).to(device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        forward = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.sampler = EpochShuffle(images.shape[0], cfg.batch_size, cfg.seed, device)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        self.loss = Classifier(self.model, forward, images, labels, self.augment, self.aug_generator, cfg.channels_last)
         self._create_folder()  # only now that the run can start: an early failure leaves no folder behind
         clean_leftovers(self.run_dir)
-        start_epoch, best_acc, wandb_id, elapsed_before = 1, 0.0, None, 0.0
-        test = {"acc": 0.0, "acc_top5": 0.0, "loss": 0.0}
+        wandb_id = None
         if self.last_path.is_file():
             print(f"found {self.last_path}: resuming teacher training (delete it to start over)", flush=True)
-            ckpt = safe_load(self.last_path, map_location=device)
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            shuffle.set_state(ckpt["shuffle_rng"])
-            aug_generator.set_state(ckpt["aug_rng"].cpu())
-            start_epoch, best_acc, wandb_id = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["wandb_id"]
-            elapsed_before = ckpt["elapsed_s"]
-            test["acc"] = float(ckpt["accuracy"])
-        with open_logger(self.run_dir, dict(vars(opt)), opt, "teacher", wandb_id) as logger:
-            clock = Stopwatch()
-            n = images.shape[0]
-            with self.stop.installed():
-                for epoch in range(start_epoch, opt.epochs + 1):
-                    lr = self.lr_at(epoch)
-                    set_lr(optimizer, lr)
-                    model.train()
-                    order = torch.randperm(n, generator=shuffle).to(device)
-                    loss_sum = torch.zeros((), device=device)
-                    n_batches = 0
-                    progress = Progress((n + opt.batch_size - 1) // opt.batch_size, f"epoch {epoch}")
-                    for start in range(0, n, opt.batch_size):
-                        idx = order[start:start + opt.batch_size]
-                        if idx.shape[0] < 2:  # BatchNorm cannot train on a single image
-                            continue
-                        x = augment(images[idx], aug_generator)
-                        if opt.channels_last:
-                            x = x.contiguous(memory_format=torch.channels_last)
-                        with autocast(device, opt.amp):
-                            logits = forward(x)
-                        loss = F.cross_entropy(logits.float(), labels[idx])
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-                        loss_sum += loss.detach()
-                        n_batches += 1
-                        progress.update()
-                    progress.close()
-                    if self.stop.requested:
-                        print(f"stopped during epoch {epoch}: {self.last_path} holds epoch {epoch - 1}; "
-                              "re-run the same command to resume", flush=True)
-                        raise SystemExit(self.stop.exit_code())
-                    train_loss = loss_sum.item() / max(n_batches, 1)
-                    if not torch.isfinite(torch.tensor(train_loss)):
-                        raise UserError(f"the training loss became non-finite in epoch {epoch}; lower --learning_rate "
-                                        f"(the last good checkpoint is {self.last_path})")
-                    test = evaluate(model, test_images, test_labels, augment.normalize_eval, amp=opt.amp,
-                                    channels_last=opt.channels_last)
-                    best_acc = max(best_acc, test["acc"])
-                    logger.log({"train_loss": train_loss, "test_acc": test["acc"], "test_acc_top5": test["acc_top5"],
-                                "test_loss": test["loss"], "lr": lr}, step=epoch)
-                    print(f"epoch {epoch:4d} | lr {lr:.4g} | train_loss {train_loss:.4f} | test_acc {test['acc']:6.2f} | "
-                          f"{elapsed_before + clock.elapsed():.1f}s", flush=True)
-                    state = self._checkpoint(model, optimizer, epoch, test["acc"])
-                    periodic = self.run_dir / f"ckpt_epoch_{epoch}.pth"
-                    if epoch % opt.save_freq == 0 and epoch != opt.epochs and periodic != self.final_path:
-                        atomic_save(state, periodic)
-                    atomic_save({**state, "best_acc": best_acc, "shuffle_rng": shuffle.get_state(),
-                                 "aug_rng": aug_generator.get_state(), "wandb_id": logger.wandb_id,
-                                 "elapsed_s": elapsed_before + clock.elapsed()}, self.last_path)
-            atomic_save(self._checkpoint(model, optimizer, opt.epochs, test["acc"]), self.final_path)
-            logger.summary({"test_acc": test["acc"], "best_test_acc": best_acc})
-        print(f"teacher {opt.model}: test acc {test['acc']:.2f}% after {opt.epochs} epochs", flush=True)
+            wandb_id = self.load_state_dict(safe_load(self.last_path, map_location=device))
+        with open_logger(self.run_dir, cfg.to_dict(), cfg, "teacher", wandb_id) as self.logger:
+            self.clock, self.elapsed_before = Stopwatch(), self.loop.elapsed_s
+            if self.loop.epochs_done < cfg.epochs:
+                with self.stop.installed():
+                    train_epochs(self, self.stop, device)
+            atomic_save(self._checkpoint(cfg.epochs), self.final_path)
+            self.logger.summary({"test_acc": self.test["acc"], "best_test_acc": self.best_acc})
+        print(f"teacher {cfg.model}: test acc {self.test['acc']:.2f}% after {cfg.epochs} epochs", flush=True)
         print(f"checkpoint: {self.final_path}", flush=True)
         return self.final_path
 
-    def _checkpoint(self, model, optimizer, epoch: int, accuracy: float) -> dict[str, Any]:
-        return {"model": model.state_dict(), "epoch": epoch, "accuracy": accuracy, "optimizer": optimizer.state_dict(),
-                "model_name": self.opt.model, "dataset": self.opt.dataset, "config": self.config, **provenance(self.device)}
+    # ------------------------------------------------------------------ the loop's side (helper.engine.EpochRun)
+    def begin_epoch(self) -> None:
+        set_lr(self.optimizer, self.lr_at(self.loop.epochs_done + 1))
+        self.model.train()
+
+    def next_batch(self) -> dict[str, Tensor]:
+        return self.sampler.next_batch()
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return train_step(self.loss, self.optimizer, batch, self.device, self.opt.amp)
+
+    def non_finite(self, terms: dict[str, Tensor]) -> Exception:
+        return UserError(f"the training loss became non-finite in epoch {self.loop.epochs_done + 1}; lower "
+                         f"--learning_rate (the last good checkpoint is {self.last_path})")
+
+    def end_epoch(self, train_terms: dict[str, float]) -> bool:
+        cfg, epoch = self.opt, self.loop.epochs_done
+        lr = self.lr_at(epoch)
+        self.test = evaluate(self.model, self.test_images, self.test_labels, self.augment.normalize_eval, amp=cfg.amp,
+                             channels_last=cfg.channels_last)
+        self.best_acc = max(self.best_acc, self.test["acc"])
+        self.logger.log({"train_loss": train_terms["train_loss"], "test_acc": self.test["acc"],
+                         "test_acc_top5": self.test["acc_top5"], "test_loss": self.test["loss"], "lr": lr}, step=epoch)
+        print(f"epoch {epoch:4d} | lr {lr:.4g} | train_loss {train_terms['train_loss']:.4f} | test_acc "
+              f"{self.test['acc']:6.2f} | {self.elapsed_before + self.clock.elapsed():.1f}s", flush=True)
+        done = epoch >= cfg.epochs
+        self.loop.finished = done
+        periodic = self.run_dir / f"ckpt_epoch_{epoch}.pth"
+        if epoch % cfg.save_freq == 0 and epoch != cfg.epochs and periodic != self.final_path:
+            atomic_save(self._checkpoint(epoch), periodic)
+        self.save_last()
+        return done
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """``last.pth``: the RepDistiller checkpoint of the last finished epoch plus everything the loop resumes from."""
+        self.loop.elapsed_s = self.elapsed_before + self.clock.elapsed()
+        return {**self._checkpoint(self.loop.epochs_done), "best_acc": self.best_acc, "loop": self.loop.state_dict(),
+                "sampler": self.sampler.state_dict(), "aug_rng": self.aug_generator.get_state(),
+                "accum": {k: v.detach().cpu() for k, v in self.accum.items()}, "wandb_id": self.logger.wandb_id}
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> str | None:
+        """Restore a ``last.pth`` (returns the W&B run id to continue)."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.loop.load_state_dict(ckpt["loop"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        self.aug_generator.set_state(ckpt["aug_rng"].cpu())
+        self.accum = {k: v.to(self.device) for k, v in ckpt["accum"].items()}
+        self.best_acc, self.test["acc"] = float(ckpt["best_acc"]), float(ckpt["accuracy"])
+        return ckpt["wandb_id"]
+
+    def save_last(self) -> None:
+        atomic_save(self.state_dict(), self.last_path)
+
+    def _checkpoint(self, epoch: int) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "epoch": epoch, "accuracy": self.test["acc"],
+                "optimizer": self.optimizer.state_dict(), "model_name": self.opt.model, "dataset": self.opt.dataset,
+                "config": self.config, **provenance(self.device)}

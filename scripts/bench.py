@@ -51,7 +51,8 @@ from dataset.stanfordcars import CROP_SIZE as CARS_CROP
 from dataset.stanfordcars import STORED_SIZE as CARS_STORED
 from dataset.teacher_cache import build_train_pool
 from helper.calibration import train_mean_shift
-from helper.engine import train_step
+from helper.config import StudentConfig, student_config_from
+from helper.engine import accumulate, train_step
 from helper.method_table import none_or_str
 from helper.methods import (
     Method,
@@ -60,14 +61,8 @@ from helper.methods import (
     teacher_needs_preact,
     validate_combination,
 )
-from helper.options import (
-    OneLineParser,
-    build_student_parser,
-    check_subset_against_data,
-    finalize_student_args,
-    str2bool,
-)
-from helper.student_trainer import accumulate, build_student, build_training, cache_teacher
+from helper.options import OneLineParser, build_student_parser, check_subset_against_data, str2bool
+from helper.student_trainer import build_student, build_training, cache_teacher
 from models import model_dict
 
 # --dataset -> (classes, stored image size, model input crop, crop padding, mean, std) of the synthetic images
@@ -107,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def student_options(args: argparse.Namespace, extra: list[str]) -> argparse.Namespace:
+def student_options(args: argparse.Namespace, extra: list[str]) -> StudentConfig:
     """A train_student.py option namespace for this benchmark (parsed and finalised by train_student's own functions)."""
     argv = ["--dataset", args.dataset, "--model_s", args.model_s, "--model_t", args.model_t,
             f"--relational={args.relational}", "--distill", args.distill,
@@ -116,10 +111,10 @@ def student_options(args: argparse.Namespace, extra: list[str]) -> argparse.Name
             f"--channels_last={args.channels_last}", f"--compile={args.compile}", "--path_t", "synthetic-teacher.pth"]
     if args.nce_k is not None:
         argv += ["--nce_k", str(args.nce_k)]
-    return finalize_student_args(build_student_parser().parse_args(argv + extra))
+    return student_config_from(build_student_parser().parse_args(argv + extra))
 
 
-def synthetic_training_set(opt: argparse.Namespace) -> ImageSet:
+def synthetic_training_set(opt: StudentConfig) -> ImageSet:
     """Random uint8 images and labels of ``opt.dataset``'s shape: the training part of the run's subset split."""
     if opt.dataset not in SYNTHETIC_SHAPES:
         raise UserError(f"bench.py has no synthetic shape for --dataset {opt.dataset}; use one of "
@@ -164,7 +159,7 @@ def plain_forward(teacher: nn.Module, normalised: Tensor, is_feat: bool, device:
             teacher(normalised[start:start + CACHE_BATCH], **kwargs)
 
 
-def measure_cache(opt: argparse.Namespace, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
+def measure_cache(opt: StudentConfig, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
                   device: torch.device, repeats: int, num_classes: int) -> tuple[TrainPool, list[tuple[int, ...]], float, float]:
     """(pool, teacher feature shapes, best cache-build time, best plain-forward time), interleaved, after one warm-up."""
     images, labels = images.to(device), labels.to(device)
@@ -207,7 +202,7 @@ def calibrate_batchnorm(model: nn.Module, images: Tensor, augment: DeviceAugment
     model.eval()
 
 
-def staged_forwards(method: Method, opt: argparse.Namespace, device: torch.device) -> list[tuple[Tensor, bool]]:
+def staged_forwards(method: Method, opt: StudentConfig, device: torch.device) -> list[tuple[Tensor, bool]]:
     """(images, with feature maps) of each student forward of one real step of ``method``: its own data path
     (:meth:`Method.inputs`) on a batch of a fresh sampler of its own, staged once on the device."""
     with torch.no_grad():
@@ -215,7 +210,7 @@ def staged_forwards(method: Method, opt: argparse.Namespace, device: torch.devic
         return [(x.detach(), want_feats) for x, want_feats in method.student_inputs(inputs)]
 
 
-def make_bound_step(method: Method, staged: list[tuple[Tensor, bool]], opt: argparse.Namespace,
+def make_bound_step(method: Method, staged: list[tuple[Tensor, bool]], opt: StudentConfig,
                     device: torch.device, num_classes: int) -> Callable[[], None]:
     """Forward + backward + SGD of the student alone on the staged inputs, with cross-entropy on fixed labels."""
     g = torch.Generator().manual_seed(opt.seed + 1)

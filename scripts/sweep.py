@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError, run_main
-from helper.options import build_student_parser, finalize_student_args, student_run_dir
+from helper.config import student_config_from
+from helper.options import build_student_parser, student_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,7 +279,7 @@ def build_runs(configs: list[dict[str, Any]], source: str, extra: list[str] | No
     for index, config in enumerate(configs, start=1):
         args = to_args(config) + list(extra or [])
         try:
-            opt = finalize_student_args(parser.parse_args(args))
+            opt = student_config_from(parser.parse_args(args))
             if validate_combination is not None:
                 validate_combination(opt)
         except UserError as err:

@@ -56,7 +56,7 @@ def save_dir(tiny_teacher: Path, tmp_path: Path) -> Path:
 
 def _method(fake_cifar, save_dir, *flags):
     """A built CKD method on the fake CIFAR pool, as the trainer builds it."""
-    from helper.options import parse_student_args
+    from helper.config import parse_student_args
     from helper.student_trainer import StudentRun
 
     run = StudentRun(parse_student_args(base_args(fake_cifar, save_dir, *flags)))

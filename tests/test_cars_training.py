@@ -16,7 +16,8 @@ import torch
 
 import train_student
 import train_teacher
-from helper.options import parse_student_args, parse_teacher_args, teacher_checkpoint_path, teacher_from_path
+from helper.config import parse_student_args, parse_teacher_args
+from helper.options import teacher_checkpoint_path, teacher_from_path
 from tests.cars_fixture import make_fake_cars
 from tests.conftest import ROOT
 

@@ -1,6 +1,5 @@
 """Data sets (CIFAR-100 reader and download, digits) and the subset split."""
 
-import argparse
 import functools
 import http.server
 import os
@@ -23,7 +22,8 @@ from dataset import (
     make_subset_split,
     min_subset_size,
 )
-from helper.options import check_split_against_data, check_subset_against_data, data_not_found_message, parse_student_args
+from helper.config import StudentConfig, parse_student_args
+from helper.options import check_split_against_data, check_subset_against_data, data_not_found_message
 from tests.cifar_fixture import make_fake_cifar100, make_fake_cifar100_archive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,7 +260,7 @@ def test_subset_bad_input_is_a_value_error_without_flag_names():
         assert "--" not in str(info.value) and not isinstance(info.value, UserError)
 
 
-def _opt(**flags: object) -> argparse.Namespace:
+def _opt(**flags: object) -> StudentConfig:
     return parse_student_args([f"--{k}={v}" for k, v in flags.items()])
 
 

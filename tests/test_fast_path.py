@@ -19,8 +19,9 @@ from core.checkpoint import safe_load
 from crd.memory import ContrastMemory, scores_against_bank
 from dataset import CIFAR100_MEAN, CIFAR100_STD
 from dataset.augment import DeviceAugment
+from helper.config import parse_student_args
 from helper.engine import evaluate, train_step
-from helper.options import parse_student_args, teacher_checkpoint_path
+from helper.options import teacher_checkpoint_path
 from helper.student_trainer import TrainingSetup, build_student, build_training, cache_teacher
 from models import model_dict
 

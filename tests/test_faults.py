@@ -144,7 +144,7 @@ def write_wrapper(tmp_path: Path, mode: str) -> tuple[Path, Path]:
 
 def assert_last_is_epoch(run_dir: Path, epoch: int) -> None:
     ckpt = safe_load(run_dir / "last.pth")
-    assert ckpt["schedule"]["epoch"] == ckpt["epoch"] == epoch and ckpt["state"]["step_in_epoch"] == 0
+    assert ckpt["schedule"]["epoch"] == ckpt["epoch"] == epoch and ckpt["loop"]["step_in_epoch"] == 0
 
 
 # ---------------------------------------------------------------- signals
@@ -164,7 +164,7 @@ def test_sigint_saves_last_and_says_how_to_resume(fake_cifar: Path, save_dir: Pa
     assert "Traceback" not in err and "received SIGINT" in err
     run_dir = the_run_dir(save_dir)
     assert f"stopped: saved {run_dir / 'last.pth'}; resume with the same command" in out
-    state = safe_load(run_dir / "last.pth")["state"]
+    state = safe_load(run_dir / "last.pth")["loop"]
     assert state["global_step"] > 0 and not state["finished"]
     assert not (run_dir / "results.json").exists() and temp_files(run_dir) == []
 
@@ -222,15 +222,15 @@ def test_nan_loss_stops_at_once_from_the_command_line(fake_cifar: Path, save_dir
 
 
 def test_nan_loss_names_the_last_good_checkpoint(fake_cifar: Path, save_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_step = StudentRun._train_step
+    real_step = StudentRun.train_step
 
     def poisoned_step(self: StudentRun, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         terms = real_step(self, batch)
-        if self.schedule.epoch >= 1 and self.state["step_in_epoch"] == 2:  # third step of the second pseudo-epoch
+        if self.schedule.epoch >= 1 and self.loop.step_in_epoch == 2:  # third step of the second pseudo-epoch
             terms = {k: v * math.inf if k == "rel" else v * math.nan for k, v in terms.items()}
         return terms
 
-    monkeypatch.setattr(StudentRun, "_train_step", poisoned_step)
+    monkeypatch.setattr(StudentRun, "train_step", poisoned_step)
     with pytest.raises(UserError) as caught:
         train_student.main(student_args(fake_cifar, save_dir))
     message = str(caught.value)

@@ -4,6 +4,7 @@ added by a table row alone is accepted and trained."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import signal
@@ -19,8 +20,9 @@ import train_student
 from core.errors import UserError
 from distiller_zoo import FeatureTerm
 from helper import method_table
+from helper.config import parse_student_args
 from helper.method_table import LOGIT, WHITE_BOX, MethodRow
-from helper.options import build_student_parser, parse_student_args, teacher_checkpoint_path
+from helper.options import build_student_parser, teacher_checkpoint_path
 from helper.student_trainer import StudentRun
 from models import model_dict
 from tests.conftest import ROOT
@@ -114,9 +116,8 @@ def test_combinations_follow_the_table() -> None:
 
 @pytest.mark.parametrize("distill", ["abound", "factor"])
 def test_a_method_that_cannot_use_group_differences_is_rejected_in_one_sentence(distill: str) -> None:
-    opt = parse_student_args(["--relational", "ckd_inter", "--distill", distill])
-    with pytest.raises(UserError) as err:
-        method_table.validate_combination(opt)
+    with pytest.raises(UserError) as err:  # refused when the configuration is built, before any work
+        parse_student_args(["--relational", "ckd_inter", "--distill", distill])
     assert str(err.value) == (f"--distill {distill} cannot be combined with --relational ckd_inter: "
                               f"{method_table.find('distill', distill).not_on_differences}")
 
@@ -144,12 +145,12 @@ def test_no_method_is_special_cased_by_its_loss_type() -> None:
 def test_teacher_layers_are_stated_by_each_term() -> None:
     from helper.methods import teacher_feature_layers, teacher_needs_preact
 
-    opt = parse_student_args([])
+    base = parse_student_args([])
     expected = {"hint": (2,), "vid": (1, 2, 3), "correlation": (4,), "attention": (1, 2, 3), "similarity": (3,),
                 "pkt": (4,), "abound": (1, 2, 3), "factor": (3,), "fsp": (0, 1, 2, 3), "nst": (1, 2, 3),
                 "kdsvd": (1, 2, 3), "kd": ()}
     for distill, layers in expected.items():
-        opt.distill = distill
+        opt = dataclasses.replace(base, distill=distill)
         assert teacher_feature_layers(opt, 5) == layers, distill
         assert teacher_needs_preact(opt) == (distill == "abound")
 
@@ -175,18 +176,18 @@ def test_resume_after_the_init_stage_matches_an_uninterrupted_run(digits_save: P
     train_student.main([*args, "--save_dir", str(tmp_path / "whole")])
     whole, _ = results_of(capsys)
 
-    original = StudentRun._train_epoch
+    original = StudentRun.begin_epoch
 
-    def stop_at_once(self: StudentRun) -> bool:  # as if SIGINT arrived right after the init stage
+    def stop_at_once(self: StudentRun) -> None:  # as if SIGINT arrived right after the init stage (honoured after a step)
+        original(self)
         self.stop.signum = signal.SIGINT
-        return False
 
-    monkeypatch.setattr(StudentRun, "_train_epoch", stop_at_once)
+    monkeypatch.setattr(StudentRun, "begin_epoch", stop_at_once)
     with pytest.raises(SystemExit):
         train_student.main([*args, "--save_dir", str(tmp_path / "split")])
     first = capsys.readouterr().out
     assert "init epoch   2/2" in first and "stopped: saved" in first
-    monkeypatch.setattr(StudentRun, "_train_epoch", original)
+    monkeypatch.setattr(StudentRun, "begin_epoch", original)
     train_student.main([*args, "--save_dir", str(tmp_path / "split")])
     resumed, out = results_of(capsys)
     assert "resumed at pseudo-epoch 0" in out and "init epoch" not in out and "reusing the teacher cache" in out

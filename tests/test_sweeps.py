@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from core.errors import UserError, run_main
-from helper.options import build_student_parser, finalize_student_args
+from helper.options import build_student_parser
 from scripts import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +55,8 @@ def test_every_parameter_value_is_accepted_by_train_student(name: str) -> None:
     for flag, spec in parameters.items():
         assert flag in flags, f"{name}: {flag} is not a flag of train_student.py"
         for value in spec.get("values", [spec.get("value")]):
-            opt = finalize_student_args(parser.parse_args([f"--{flag}={value}"]))
-            parsed = getattr(opt, flag)
+            parsed = getattr(parser.parse_args([f"--{flag}={value}"]), flag)  # the flag alone parses; the config of
+            # every whole run (where combinations are checked) is built below
             expected = None if value in ("None", None) else value
             assert parsed == expected or str(parsed) == str(expected), (flag, value, parsed)
     # and every expanded run as a whole (the student parser + finalize, as sweep.py checks them)
@@ -149,7 +149,8 @@ FAKE_PROGRAM = '''\
 """Stands in for train_student.py: parses the flags, logs the call, writes results.json."""
 import json, os, sys
 sys.path.insert(0, {root!r})
-from helper.options import parse_student_args, student_run_dir
+from helper.options import student_run_dir
+from helper.config import parse_student_args
 
 opt = parse_student_args(sys.argv[1:])
 with open({log!r}, "a") as log:
@@ -160,7 +161,7 @@ if opt.seed == 2 and not os.path.exists(marker):  # fails once, as a crashed run
     sys.exit(3)
 run_dir = student_run_dir(opt)
 run_dir.mkdir(parents=True, exist_ok=True)
-(run_dir / "results.json").write_text(json.dumps({{"test_acc": 1.0, "config": vars(opt)}}))
+(run_dir / "results.json").write_text(json.dumps({{"test_acc": 1.0, "config": opt.to_dict()}}))
 print("results:", run_dir / "results.json")
 '''
 
@@ -287,7 +288,8 @@ def test_dry_run_marks_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_logging_flags_do_not_change_the_run_folder() -> None:
-    from helper.options import parse_student_args, student_run_dir
+    from helper.config import parse_student_args
+    from helper.options import student_run_dir
 
     base = ["--relational", "ckd", "--subset_size", "2000", "--seed", "1"]
     folder = student_run_dir(parse_student_args(base))
@@ -314,7 +316,8 @@ def test_finished_configuration_reports_to_the_wandb_agent(tmp_path: Path) -> No
     import json
     import os
 
-    from helper.options import parse_student_args, student_run_dir
+    from helper.config import parse_student_args
+    from helper.options import student_run_dir
     from helper.wandb_offline import read_offline_run
 
     argv = ["--relational=ckd", "--model_s=resnet8", "--dataset=digits", "--subset_size=400", "--seed=2",
@@ -323,7 +326,7 @@ def test_finished_configuration_reports_to_the_wandb_agent(tmp_path: Path) -> No
     run_dir = student_run_dir(opt)
     run_dir.mkdir(parents=True)
     stored = {"test_acc": 91.5, "best_val_acc": 93.0, "teacher_calls": 320, "n_train": 320, "n_val": 80,
-              "config": {**vars(opt)}}
+              "config": opt.to_dict()}
     (run_dir / "results.json").write_text(json.dumps(stored))
     before = sorted(run_dir.iterdir())
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helper.options import parse_student_args, parse_teacher_args, teacher_checkpoint_path, teacher_from_path
+from helper.config import parse_student_args, parse_teacher_args
+from helper.options import teacher_checkpoint_path, teacher_from_path
 from tests.conftest import ROOT
 
 PY = sys.executable
@@ -125,7 +126,7 @@ def test_interrupted_teacher_resumes_only_with_the_same_flags(save_dir: Path) ->
     folder = save_dir / TEACHER_DIR
     (folder / "ckpt_epoch_240.pth").unlink()
     last = torch.load(folder / "last.pth", weights_only=True)
-    torch.save({**last, "epoch": 1}, folder / "last.pth")
+    torch.save({**last, "epoch": 1, "loop": {**last["loop"], "epochs_done": 1, "finished": False}}, folder / "last.pth")
     before = snapshot(save_dir)
     one_error_line(run(teacher_cmd(save_dir, "--weight_decay", "0.001")))
     assert snapshot(save_dir) == before

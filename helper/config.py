@@ -1,0 +1,254 @@
+"""The typed configuration of a run: parsed once, validated on construction, frozen, handed down.
+
+    cfg = parse_student_args(["--relational", "ckd", "--subset_size", "2000"])   # what train_student.py does
+    results = run_student(dataclasses.replace(cfg, seed=2))                      # a notebook sweep (helper.run)
+
+:class:`StudentConfig` and :class:`TeacherConfig` have one field per flag of ``train_student.py`` /
+``train_teacher.py`` with the parser's default (``tests/test_config.py`` keeps them equal). Construction resolves the
+defaults that depend on other fields (the teacher of a student, its checkpoint path, the learning rate of an
+architecture) and checks every field with the command line's one-line errors (:class:`core.errors.UserError`), so
+``StudentConfig(seed=-1)`` fails exactly as ``--seed -1`` does. The method's table rows are resolved once into
+``cfg.method`` (a :class:`helper.method_table.MethodSpec`); nothing looks them up again from the flag strings.
+
+A resolved default stays resolved: ``dataclasses.replace(cfg, model_s="vgg8")`` keeps ``cfg.model_t``; start from
+``StudentConfig(model_s="vgg8")`` (or ``parse_student_args``) to get vgg8's published teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import UserError
+from helper import method_table
+from helper.method_table import MethodSpec
+from helper.options import (
+    DEFAULT_CIFAR_TEACHER,
+    DEFAULT_DIGITS_TEACHER,
+    DEFAULT_TEACHER,
+    build_student_parser,
+    build_teacher_parser,
+    check_architecture,
+    check_at_least,
+    check_non_negative,
+    check_positive,
+    default_learning_rate,
+    parse_decay_epochs,
+    teacher_checkpoint_path,
+    teacher_from_path,
+)
+
+
+@functools.cache
+def _actions(prog: str) -> dict[str, argparse.Action]:
+    parser = build_student_parser() if prog == "student" else build_teacher_parser()
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+class _Config:
+    """What both configurations share: field coercion and checks against the parser, and the plain-dict view."""
+
+    _PROG = ""
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _check_fields(self) -> None:
+        """Types and choices, as the parser would check them (a Python caller skips the parser)."""
+        for f in dataclasses.fields(self):
+            if not f.init:
+                continue
+            value, kind = getattr(self, f.name), f.type if isinstance(f.type, str) else f.type.__name__
+            optional = "None" in kind
+            if value is None:
+                if not optional:
+                    raise UserError(f"--{f.name} needs a value, got None")
+                continue
+            if kind.startswith("bool"):
+                if not isinstance(value, bool):
+                    raise UserError(f"--{f.name} must be true or false, got {value!r}")
+            elif kind.startswith("int"):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+                        self._set(f.name, int(value))
+                    else:
+                        raise UserError(f"--{f.name} must be a whole number, got {value!r}")
+            elif kind.startswith("float"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise UserError(f"--{f.name} must be a number, got {value!r}")
+                self._set(f.name, float(value))  # 1 and 1.0 name the same run
+            elif kind.startswith("str") and not isinstance(value, str):
+                raise UserError(f"--{f.name} must be a string, got {value!r}")
+            action = _actions(self._PROG).get(f.name) if f.name not in ("relational", "distill") else None  # method_spec
+            if action is not None and action.choices is not None and getattr(self, f.name) not in action.choices:
+                choices = ", ".join(str(c) for c in action.choices)
+                raise UserError(f"--{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flags as a plain dict (what results.json, the logs and the run-folder name record)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+
+@dataclass(frozen=True)
+class StudentConfig(_Config):
+    """The flags of ``train_student.py`` (see ``--help`` or docs/flags.md for each one's meaning)."""
+
+    model_s: str = "resnet32"
+    model_t: str | None = None
+    path_t: str | None = None
+    distill: str = method_table.NO_DISTILL
+    relational: str | None = method_table.NO_RELATIONAL
+    subset_size: int | None = None
+    train_val_frac: float = 0.8
+    use_DA: int = 2
+    learning_rate: float | None = None
+    epochs: int = 1000
+    patience: int = 50
+    lr_decay_rate: float = 0.1
+    lr_decay_times: int = 3
+    w_cls: float = 1.0
+    w_kd: float = 0.0
+    w_rel_scale: float = 1.0
+    w_inter_scale: float = 1.0
+    kd_T: float = 4.0
+    loss_fn: int = 0
+    pos_and_neg: int = 2
+    max_rel_samples: int = 100000
+    feat_dim: int = 128
+    mode: str = "exact"
+    nce_k: int = 16384
+    nce_t: float = 0.07
+    nce_m: float = 0.5
+    hint_layer: int = 2
+    init_epochs: int = 30
+    teacher_views: int = 1
+    teacher_view: str = "augmented"
+    cache_dtype: str = "float16"
+    keep_cache: bool = False
+    calibrate: str = "none"
+    dataset: str = "cifar100"
+    data_folder: str = "./data"
+    device: str = "auto"
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 42
+    trial: int = 1
+    save_dir: str = "./save"
+    resume: bool = False
+    wdb_project: str | None = None
+    wdb_entity: str | None = None
+    _tags: str | None = None
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    method: MethodSpec = field(init=False, repr=False, compare=False)
+
+    _PROG = "student"
+
+    def __post_init__(self) -> None:
+        self._set("relational", method_table.none_or_str(self.relational))
+        self._check_fields()
+        check_architecture(self.model_s, "model_s")
+        check_architecture(self.model_t, "model_t")
+        if self.model_t is None:
+            if self.path_t:
+                model_t = teacher_from_path(self.path_t)
+            elif self.dataset == "digits":
+                model_t = DEFAULT_DIGITS_TEACHER
+            else:
+                model_t = DEFAULT_TEACHER.get(self.model_s)
+            if model_t is None:
+                raise UserError(f"no published teacher for student '{self.model_s}'; pass --model_t (and --path_t)")
+            self._set("model_t", model_t)
+        if self.path_t is None:
+            self._set("path_t", str(teacher_checkpoint_path(self.save_dir, self.dataset, self.model_t)))
+        if self.learning_rate is None:
+            self._set("learning_rate", default_learning_rate(self.model_s))
+        if not 0.0 < self.train_val_frac < 1.0:
+            raise UserError(f"--train_val_frac must be strictly between 0 and 1, got {self.train_val_frac}")
+        if self.subset_size is not None and self.subset_size < 2:
+            raise UserError(f"--subset_size must be at least 2, got {self.subset_size}")
+        if self.pos_and_neg < 2:
+            raise UserError(f"--pos_and_neg must be at least 2 (one positive and one negative image), got {self.pos_and_neg}")
+        check_at_least(self, 1, "nce_k", "teacher_views", "batch_size", "epochs", "max_rel_samples", "feat_dim", "trial",
+                       "lr_decay_times")
+        check_at_least(self, 0, "patience", "init_epochs")
+        check_positive(self, "learning_rate", "lr_decay_rate", "kd_T", "nce_t")
+        check_non_negative(self, "w_cls", "w_kd", "w_rel_scale", "w_inter_scale", "momentum", "weight_decay")
+        self._set("method", method_table.method_spec(self.relational, self.distill))
+
+    @property
+    def uses_teacher_outputs(self) -> bool:
+        """False only for the cross-entropy-only student (no relational method, no white-box loss, w_kd 0), which
+        needs no teacher output at all and therefore makes no teacher call."""
+        return not (self.method.relational is None and self.method.distill is None and self.w_kd == 0.0)
+
+
+@dataclass(frozen=True)
+class TeacherConfig(_Config):
+    """The flags of ``train_teacher.py``."""
+
+    model: str | None = None
+    epochs: int = 240
+    learning_rate: float | None = None
+    lr_decay_epochs: str = "150,180,210"
+    lr_decay_rate: float = 0.1
+    save_freq: int = 40
+    dataset: str = "cifar100"
+    data_folder: str = "./data"
+    device: str = "auto"
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 42
+    trial: int = 1
+    save_dir: str = "./save"
+    resume: bool = False
+    wdb_project: str | None = None
+    wdb_entity: str | None = None
+    _tags: str | None = None
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+
+    _PROG = "teacher"
+
+    def __post_init__(self) -> None:
+        self._check_fields()
+        if self.model is None:
+            self._set("model", DEFAULT_DIGITS_TEACHER if self.dataset == "digits" else DEFAULT_CIFAR_TEACHER)
+        check_architecture(self.model, "model")
+        if self.learning_rate is None:
+            self._set("learning_rate", default_learning_rate(self.model))
+        check_at_least(self, 1, "epochs", "save_freq", "trial")
+        check_at_least(self, 2, "batch_size")  # BatchNorm cannot train on one image
+        check_positive(self, "learning_rate", "lr_decay_rate")
+        check_non_negative(self, "momentum", "weight_decay")
+        parse_decay_epochs(self.lr_decay_epochs)
+
+    @property
+    def decay_epochs(self) -> list[int]:
+        """``lr_decay_epochs`` as a sorted list of epochs."""
+        return parse_decay_epochs(self.lr_decay_epochs)
+
+
+def student_config_from(namespace: argparse.Namespace) -> StudentConfig:
+    """The configuration of parsed ``train_student.py`` flags (raises UserError)."""
+    return StudentConfig(**vars(namespace))
+
+
+def parse_student_args(argv: list[str] | None = None) -> StudentConfig:
+    """Parse and check train_student.py's flags (a bad flag: one line and exit 2; a bad combination: UserError)."""
+    return student_config_from(build_student_parser().parse_args(argv))
+
+
+def parse_teacher_args(argv: list[str] | None = None) -> TeacherConfig:
+    """Parse and check train_teacher.py's flags (a bad flag: one line and exit 2; a bad value: UserError)."""
+    return TeacherConfig(**vars(build_teacher_parser().parse_args(argv)))
