@@ -142,7 +142,7 @@ class StudentRun:
     """One ``train_student.py`` run, from flags to ``results.json``."""
 
     def __init__(self, opt: argparse.Namespace) -> None:
-        validate_combination(opt)
+        validate_combination(opt.relational, opt.distill)
         self.opt = opt
         self.device = resolve_device(opt.device)
         configure_backend(self.device, deterministic=opt.deterministic)

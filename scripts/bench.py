@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     torch.set_num_threads(int(threads))
     opt = student_options(args, extra)
-    validate_combination(opt)
+    validate_combination(opt.relational, opt.distill)
     device = resolve_device(opt.device)
     configure_backend(device, deterministic=opt.deterministic)
     if device.type == "cuda":

@@ -280,7 +280,7 @@ def build_runs(configs: list[dict[str, Any]], source: str, extra: list[str] | No
         try:
             opt = finalize_student_args(parser.parse_args(args))
             if validate_combination is not None:
-                validate_combination(opt)
+                validate_combination(opt.relational, opt.distill)
         except UserError as err:
             raise UserError(f"{source}, run {index} of {len(configs)}: {err}; fix that value in the sweep file") from err
         runs.append(Run(index=index, config=config, args=args, run_dir=student_run_dir(opt)))

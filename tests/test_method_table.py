@@ -19,7 +19,7 @@ import train_student
 from core.errors import UserError
 from distiller_zoo import FeatureTerm
 from helper import method_table
-from helper.method_table import LOGIT, WHITE_BOX, MethodRow
+from helper.method_table import LOGIT, LOGIT_PAIR, WHITE_BOX, MethodRow
 from helper.options import build_student_parser, parse_student_args, teacher_checkpoint_path
 from helper.student_trainer import StudentRun
 from models import model_dict
@@ -93,14 +93,17 @@ def test_flag_choices_and_help_come_from_the_table() -> None:
     assert tuple(actions["relational"].choices) == (None, *(r.name for r in method_table.rows(flag="relational")))
     assert tuple(actions["distill"].choices) == ("kd", *(r.name for r in method_table.rows(kind=WHITE_BOX)))
     for row in method_table.METHODS:
-        assert row.name in actions[row.flag].help
+        if row.kind == LOGIT_PAIR:  # switched on by its weight flag
+            assert row.flag in actions and row.name not in method_table.choices_of("relational")
+        else:
+            assert row.name in actions[row.flag].help
 
 
 def test_readme_methods_table_lists_exactly_the_table() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("\n## Methods\n", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^\| `--(relational|distill) (\w+)`", section, flags=re.MULTILINE))
-    expected = {(r.flag, r.name) for r in method_table.METHODS} | {("relational", "None")}
+    expected = {(r.flag, r.name) for r in method_table.METHODS if r.kind != LOGIT_PAIR} | {("relational", "None")}
     assert listed == expected
 
 
@@ -109,14 +112,15 @@ def test_combinations_follow_the_table() -> None:
     assert len(pairs) == len(set(pairs))
     assert ("ckd_inter", "attention") in pairs and ("ckd_inter", "abound") not in pairs and ("dkd", "kd") in pairs
     for relational, distill in pairs:
-        method_table.validate_combination(parse_student_args(["--relational", str(relational), "--distill", distill]))
+        opt = parse_student_args(["--relational", str(relational), "--distill", distill])
+        method_table.validate_combination(opt.relational, opt.distill)
 
 
 @pytest.mark.parametrize("distill", ["abound", "factor"])
 def test_a_method_that_cannot_use_group_differences_is_rejected_in_one_sentence(distill: str) -> None:
     opt = parse_student_args(["--relational", "ckd_inter", "--distill", distill])
     with pytest.raises(UserError) as err:
-        method_table.validate_combination(opt)
+        method_table.validate_combination(opt.relational, opt.distill)
     assert str(err.value) == (f"--distill {distill} cannot be combined with --relational ckd_inter: "
                               f"{method_table.find('distill', distill).not_on_differences}")
 
