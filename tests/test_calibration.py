@@ -90,6 +90,24 @@ def test_a_ckd_step_gives_the_classifier_bias_zero_gradient(fake_cifar, save_dir
     assert float(weight_grad.abs().max()) > 1e-5  # the loss does train the classifier, only not its offset
 
 
+@pytest.mark.parametrize(("flags", "order"), [
+    (("--relational", "ckd", "--w_kd", "0.5", "--w_cls", "2", "--w_rel_scale", "3"), ["cls", "rel", "kd"]),
+    (("--relational", "mixup", "--w_kd", "0.5", "--w_cls", "2", "--w_rel_scale", "3"), ["cls", "rel", "kd"]),
+    (("--w_kd", "0.5", "--w_cls", "2"), ["cls", "kd"]),
+    (("--relational", "ckd", "--w_cls", "0"), ["rel"]),
+], ids=["ckd", "mixup", "kd", "ckd_no_cls"])
+def test_methods_return_unweighted_terms_and_weigh_them_in_one_place(fake_cifar, save_dir, flags, order):
+    run = _method(fake_cifar, save_dir, *flags)
+    method = run.method
+    raw = method.losses_from(method.inputs(run.sampler.next_batch()))
+    assert list(raw) == order  # a term with weight 0 is not computed
+    weights = {"cls": float(flags[flags.index("--w_cls") + 1]), "kd": 0.5 if "--w_kd" in flags else 0.0,
+               "rel": 3.0 if "--w_rel_scale" in flags else (1.0 if "--relational" in flags else 0.0), "inter": 0.0}
+    assert method.weights == weights
+    weighted = method.weighted(raw)
+    assert list(weighted) == order and all(torch.equal(weighted[k], weights[k] * raw[k]) for k in order)
+
+
 def test_shift_is_folded_into_the_bias_and_restored_exactly():
     torch.manual_seed(0)
     model = model_dict["resnet8"](num_classes=10).eval()
