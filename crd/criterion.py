@@ -85,10 +85,11 @@ class CRDTerm(CRDLoss):
     """``--relational crd``: CRD on the logits (embedding heads of ``--feat_dim``, ``--nce_k`` negatives drawn by the
     CRD sampler into ``batch['contrast_idx']``, one memory slot per cached training item)."""
 
-    def __init__(self, ctx: Any) -> None:
-        opt = ctx.opt
-        super().__init__(SimpleNamespace(s_dim=ctx.num_classes, t_dim=ctx.num_classes, feat_dim=opt.feat_dim,
-                                         nce_k=opt.nce_k, nce_t=opt.nce_t, nce_m=opt.nce_m, n_data=int(ctx.pool.n_items)))
+    ARGS = ("feat_dim", "nce_k", "nce_t", "nce_m")
+
+    def __init__(self, ctx: Any, *, feat_dim: int, nce_k: int, nce_t: float, nce_m: float) -> None:
+        super().__init__(SimpleNamespace(s_dim=ctx.num_classes, t_dim=ctx.num_classes, feat_dim=feat_dim,
+                                         nce_k=nce_k, nce_t=nce_t, nce_m=nce_m, n_data=int(ctx.n_items)))
 
     def forward(self, logits_s: Tensor, logits_t: Tensor, labels: Tensor | None, batch: dict[str, Any]) -> Tensor:
         return super().forward(logits_s, logits_t, batch["idx"], batch["contrast_idx"])

@@ -14,8 +14,8 @@ features (``preact=True``).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -72,7 +72,7 @@ class ABTerm(FeatureTerm):
     preact = True
 
     @classmethod
-    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+    def layers(cls, n_feats: int, **args: Any) -> list[int]:
         return list(range(1, n_feats - 1))
 
     def __init__(self, ctx: TermContext, signed: bool = False) -> None:

@@ -13,8 +13,8 @@ sums them (RepDistiller weight beta = 1000, on feats[1:-1]).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,7 +56,7 @@ class AttentionTerm(FeatureTerm):
     """``--distill attention``: AT on every stage output, feats[1:-1] of student and teacher, summed."""
 
     @classmethod
-    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+    def layers(cls, n_feats: int, **args: Any) -> list[int]:
         return list(range(1, n_feats - 1))
 
     def __init__(self, ctx: TermContext, signed: bool = False) -> None:

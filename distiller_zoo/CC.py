@@ -16,7 +16,7 @@ is trained through this loss. Detach the raw teacher feature before the teacher 
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -43,13 +43,15 @@ class CorrelationTerm(FeatureTerm):
     """``--distill correlation``: CC on ``--feat_dim`` linear embeddings of the last (pooled) feature."""
 
     @classmethod
-    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+    def layers(cls, n_feats: int, **args: Any) -> list[int]:
         return [n_feats - 1]
 
-    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
-        super().__init__(ctx, signed)
-        self.embed_s = LinearEmbed(self.s_shapes[0][1], ctx.opt.feat_dim)
-        self.embed_t = LinearEmbed(self.t_shapes[0][1], ctx.opt.feat_dim)
+    ARGS = ("feat_dim",)
+
+    def __init__(self, ctx: TermContext, signed: bool = False, *, feat_dim: int) -> None:
+        super().__init__(ctx, signed, feat_dim=feat_dim)
+        self.embed_s = LinearEmbed(self.s_shapes[0][1], feat_dim)
+        self.embed_t = LinearEmbed(self.t_shapes[0][1], feat_dim)
         self.criterion = Correlation()
 
     def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:

@@ -8,9 +8,11 @@ a negative group N of g images each (group means of logits, labels as class hist
     Delta_t = combine(mean_{x in P} t(x), mean_{x in N} t(x))      (cached teacher logits)
     Delta_y = combine(hist(P), hist(N))
 
-    L_cls = w_cls * MSE(Delta_s, Delta_y)
-    L_rel = w_rel * MSE(Delta_s, Delta_t)
-    L_kd  = w_kd  * KD_T(Delta_s, Delta_t)     (Hinton KD on the combined logits, optional)
+    L_cls = MSE(Delta_s, Delta_y)
+    L_rel = MSE(Delta_s, Delta_t)
+
+(unweighted: the method weighs them, w_cls and w_rel). (Delta_s, Delta_t) is also the logit pair that the
+method's logit-pair terms see: with --w_kd, Hinton KD on the combined logits, KD_T(Delta_s, Delta_t).
 
 with combine = the difference ('ckd', the comparative loss), the equal-weight average ('ckd_add')
 or a lam-weighted average ('ckd_mixup', lam drawn by the caller) of the two group summaries.
@@ -22,8 +24,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from distiller_zoo.KD import distill_kl
 
 CKD_MODES = ("ckd", "ckd_add", "ckd_mixup")
 
@@ -76,19 +76,54 @@ def label_histogram(labels: Tensor, groups: Tensor, num_classes: int) -> Tensor:
 class CKDLoss(nn.Module):
     """CKD loss of Wilf et al. (2023): MSE of combined student outputs to combined labels and teacher outputs.
 
-    ``forward`` returns the already-weighted terms as a dict; a term whose weight is zero is neither
-    computed nor present.
+    ``forward`` returns the unweighted terms named in ``terms`` (of ``cls``, ``rel``) as a dict, in that order;
+    a term not named is neither computed nor present. :meth:`combined` gives the combined summaries themselves,
+    (Delta_s, Delta_t, Delta_y), and :meth:`terms_of` the terms on them.
     """
 
-    def __init__(self, mode: str = "ckd", w_cls: float = 1.0, w_rel: float = 1.0, w_kd: float = 0.0, T: float = 4.0) -> None:
+    TERMS = ("cls", "rel")
+
+    def __init__(self, mode: str = "ckd", terms: tuple[str, ...] = TERMS) -> None:
         super().__init__()
         if mode not in CKD_MODES:
             raise ValueError(f"unknown CKD mode {mode!r}; expected one of {CKD_MODES}")
+        unknown = [t for t in terms if t not in self.TERMS]
+        if unknown:
+            raise ValueError(f"unknown CKD terms {unknown}; expected some of {self.TERMS}")
         self.mode = mode
-        self.w_cls = w_cls
-        self.w_rel = w_rel
-        self.w_kd = w_kd
-        self.T = T
+        self.terms = tuple(terms)
+
+    def combined(
+        self,
+        s_pos: Tensor,
+        s_neg: Tensor,
+        t_pos: Tensor,
+        t_neg: Tensor,
+        y_pos: Tensor,
+        y_neg: Tensor,
+        lam: Tensor | float | None = None,
+        teacher: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(Delta_s, Delta_t, Delta_y): Delta_t when the 'rel' term is computed or ``teacher`` asks for it (the logit
+        pair (Delta_s, Delta_t) of logit-pair terms), Delta_y when the 'cls' term is computed (else None)."""
+        if self.mode == "ckd_mixup" and lam is None:
+            raise ValueError("CKDLoss(mode='ckd_mixup') needs lam")
+        delta_s = combine(s_pos, s_neg, self.mode, lam)
+        delta_y = delta_t = None
+        if "cls" in self.terms:
+            delta_y = combine(y_pos.to(delta_s.dtype), y_neg.to(delta_s.dtype), self.mode, lam)
+        if "rel" in self.terms or teacher:
+            delta_t = combine(t_pos.detach(), t_neg.detach(), self.mode, lam)
+        return delta_s, delta_t, delta_y
+
+    def terms_of(self, delta_s: Tensor, delta_t: Tensor | None, delta_y: Tensor | None) -> dict[str, Tensor]:
+        """The unweighted terms on the combined summaries."""
+        terms: dict[str, Tensor] = {}
+        if "cls" in self.terms:
+            terms["cls"] = F.mse_loss(delta_s, delta_y)
+        if "rel" in self.terms:
+            terms["rel"] = F.mse_loss(delta_s, delta_t)
+        return terms
 
     def forward(
         self,
@@ -100,17 +135,4 @@ class CKDLoss(nn.Module):
         y_neg: Tensor,
         lam: Tensor | float | None = None,
     ) -> dict[str, Tensor]:
-        if self.mode == "ckd_mixup" and lam is None:
-            raise ValueError("CKDLoss(mode='ckd_mixup') needs lam")
-        delta_s = combine(s_pos, s_neg, self.mode, lam)
-        terms: dict[str, Tensor] = {}
-        if self.w_cls:
-            delta_y = combine(y_pos.to(delta_s.dtype), y_neg.to(delta_s.dtype), self.mode, lam)
-            terms["cls"] = self.w_cls * F.mse_loss(delta_s, delta_y)
-        if self.w_rel or self.w_kd:
-            delta_t = combine(t_pos.detach(), t_neg.detach(), self.mode, lam)
-            if self.w_rel:
-                terms["rel"] = self.w_rel * F.mse_loss(delta_s, delta_t)
-            if self.w_kd:
-                terms["kd"] = self.w_kd * distill_kl(delta_s, delta_t, self.T)
-        return terms
+        return self.terms_of(*self.combined(s_pos, s_neg, t_pos, t_neg, y_pos, y_neg, lam))

@@ -14,8 +14,8 @@ feats[:-1] (every map but the pooled vector).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -62,17 +62,20 @@ class FSPTerm(FeatureTerm):
     keeps the same loss with its table weight.
     """
 
+    ARGS = ("model_s", "model_t")  # named in the message of check
+
     @classmethod
-    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+    def layers(cls, n_feats: int, **args: Any) -> list[int]:
         return list(range(n_feats - 1))
 
     @classmethod
-    def check(cls, opt: argparse.Namespace, s_shapes: Sequence[Sequence[int]], t_shapes: Sequence[Sequence[int]]) -> None:
-        s_idx, t_idx = cls.paired_layers(opt, len(s_shapes), len(t_shapes))
-        check_equal_channels("fsp", opt, [s_shapes[i] for i in s_idx], [t_shapes[j] for j in t_idx])
+    def check(cls, s_shapes: Sequence[Sequence[int]], t_shapes: Sequence[Sequence[int]], *, model_s: str,
+              model_t: str) -> None:
+        s_idx, t_idx = cls.paired_layers(len(s_shapes), len(t_shapes), model_s=model_s, model_t=model_t)
+        check_equal_channels("fsp", model_s, model_t, [s_shapes[i] for i in s_idx], [t_shapes[j] for j in t_idx])
 
-    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
-        super().__init__(ctx, signed)
+    def __init__(self, ctx: TermContext, signed: bool = False, **args: Any) -> None:
+        super().__init__(ctx, signed, **args)
         self.criterion = FSP(self.s_shapes, self.t_shapes)
 
     def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:

@@ -14,7 +14,7 @@ Spatial sizes are matched by adaptive average pooling of the larger factor.
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,12 +60,14 @@ class FactorTerm(FeatureTerm):
     frozen and the main stage trains the translator (and the student) on the FT loss.
     """
 
+    ARGS = ("model_s", "learning_rate")
+
     @classmethod
-    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+    def layers(cls, n_feats: int, **args: Any) -> list[int]:
         return [n_feats - 2]
 
-    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
-        super().__init__(ctx, signed)
+    def __init__(self, ctx: TermContext, signed: bool = False, **args: Any) -> None:
+        super().__init__(ctx, signed, **args)
         self.paraphraser = frozen(Paraphraser(self.t_shapes[0]))
         self.translator = Translator(self.s_shapes[0], self.t_shapes[0])
         self.criterion = FactorTransfer()
@@ -87,5 +89,5 @@ class FactorTerm(FeatureTerm):
         _, reconstruction = self.paraphraser(feats_t[0])
         return F.mse_loss(reconstruction, feats_t[0])
 
-    def init_learning_rate(self, opt: argparse.Namespace) -> float:
-        return SMALL_INIT_LR if opt.model_s in SMALL_INIT_LR_STUDENTS else float(opt.learning_rate)
+    def init_learning_rate(self, *, model_s: str, learning_rate: float, **args: Any) -> float:
+        return SMALL_INIT_LR if model_s in SMALL_INIT_LR_STUDENTS else float(learning_rate)

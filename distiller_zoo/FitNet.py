@@ -7,7 +7,7 @@ L_HT = mean || r(f_s) - f_t ||^2: the caller passes the already-regressed studen
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,19 +34,21 @@ class HintTerm(FeatureTerm):
     ``signed`` (CKD group-mean differences) drops the regressor's final ReLU.
     """
 
-    @classmethod
-    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
-        return [int(opt.hint_layer)]
+    ARGS = ("hint_layer", "model_s", "model_t")
 
     @classmethod
-    def check(cls, opt: argparse.Namespace, s_shapes: list, t_shapes: list) -> None:
+    def layers(cls, n_feats: int, *, hint_layer: int, **args: Any) -> list[int]:
+        return [int(hint_layer)]
+
+    @classmethod
+    def check(cls, s_shapes: list, t_shapes: list, *, hint_layer: int, model_s: str, model_t: str) -> None:
         limit = min(len(s_shapes), len(t_shapes))
-        if not 0 <= opt.hint_layer < limit:
-            raise ValueError(f"--hint_layer {opt.hint_layer} is outside the feature list of {opt.model_s}/{opt.model_t} "
+        if not 0 <= hint_layer < limit:
+            raise ValueError(f"--hint_layer {hint_layer} is outside the feature list of {model_s}/{model_t} "
                              f"(valid: 0 to {limit - 1})")
 
-    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
-        super().__init__(ctx, signed)
+    def __init__(self, ctx: TermContext, signed: bool = False, **args: Any) -> None:
+        super().__init__(ctx, signed, **args)
         self.regress = ConvReg(self.s_shapes[0], self.t_shapes[0], use_relu=not signed)
         self.criterion = HintLoss()
 

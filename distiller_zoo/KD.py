@@ -7,6 +7,8 @@ soft term independent of T (Hinton et al., Sec. 2).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -30,3 +32,13 @@ class DistillKL(nn.Module):
 
     def forward(self, y_s: Tensor, y_t: Tensor) -> Tensor:
         return distill_kl(y_s, y_t, self.T)
+
+
+class KDTerm(DistillKL):
+    """The logit-pair row ``kd`` (on when ``--w_kd`` is non-zero, with every method): KD at ``--kd_T`` on each (student,
+    teacher) logit pair the method exposes (single images, CKD's combined group summaries, mixup's sources)."""
+
+    ARGS = ("kd_T",)
+
+    def __init__(self, ctx: Any, *, kd_T: float) -> None:
+        super().__init__(float(kd_T))

@@ -20,8 +20,8 @@ may differ); this makes the loss a function of the features alone.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,30 +101,33 @@ class KDSVD(nn.Module):
         return losses
 
 
-def check_equal_channels(name: str, opt: argparse.Namespace, s_shapes: Sequence[Sequence[int]],
+def check_equal_channels(name: str, model_s: str, model_t: str, s_shapes: Sequence[Sequence[int]],
                          t_shapes: Sequence[Sequence[int]]) -> None:
     """Raise ValueError when the student and teacher maps differ in channel count anywhere."""
     s_c, t_c = [int(s[0]) for s in s_shapes], [int(t[0]) for t in t_shapes]
     if s_c != t_c:
         raise ValueError(f"--distill {name} needs equal student and teacher channel counts per layer, but "
-                         f"{opt.model_s} has {s_c} and {opt.model_t} has {t_c}; pick a matching pair such as "
+                         f"{model_s} has {s_c} and {model_t} has {t_c}; pick a matching pair such as "
                          "resnet20/resnet56, wrn_16_2/wrn_40_2 or vgg8/vgg13")
 
 
 class KDSVDTerm(FeatureTerm):
     """``--distill kdsvd``: KD-SVD (k = 1) across consecutive stage outputs, feats[1:-1], summed."""
 
+    ARGS = ("model_s", "model_t")  # named in the message of check
+
     @classmethod
-    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+    def layers(cls, n_feats: int, **args: Any) -> list[int]:
         return list(range(1, n_feats - 1))
 
     @classmethod
-    def check(cls, opt: argparse.Namespace, s_shapes: Sequence[Sequence[int]], t_shapes: Sequence[Sequence[int]]) -> None:
-        s_idx, t_idx = cls.paired_layers(opt, len(s_shapes), len(t_shapes))
-        check_equal_channels("kdsvd", opt, [s_shapes[i] for i in s_idx], [t_shapes[j] for j in t_idx])
+    def check(cls, s_shapes: Sequence[Sequence[int]], t_shapes: Sequence[Sequence[int]], *, model_s: str,
+              model_t: str) -> None:
+        s_idx, t_idx = cls.paired_layers(len(s_shapes), len(t_shapes), model_s=model_s, model_t=model_t)
+        check_equal_channels("kdsvd", model_s, model_t, [s_shapes[i] for i in s_idx], [t_shapes[j] for j in t_idx])
 
-    def __init__(self, ctx: TermContext, signed: bool = False) -> None:
-        super().__init__(ctx, signed)
+    def __init__(self, ctx: TermContext, signed: bool = False, **args: Any) -> None:
+        super().__init__(ctx, signed, **args)
         self.criterion = KDSVD()
 
     def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:

@@ -12,7 +12,7 @@ the KL divergence of the student from the teacher conditionals, averaged over al
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +46,7 @@ class PKTTerm(FeatureTerm):
     """``--distill pkt``: PKT on the pooled representation, feats[-1], within the batch."""
 
     @classmethod
-    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+    def layers(cls, n_feats: int, **args: Any) -> list[int]:
         return [n_feats - 1]
 
     def __init__(self, ctx: TermContext, signed: bool = False) -> None:

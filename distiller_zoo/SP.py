@@ -10,8 +10,8 @@ L2-normalised row by row (G~_[i,:] = G_[i,:] / ||G_[i,:]||_2), and the loss of o
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,7 +45,7 @@ class SimilarityTerm(FeatureTerm):
     """``--distill similarity``: SP on the last feature map before pooling, feats[-2], within the batch."""
 
     @classmethod
-    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+    def layers(cls, n_feats: int, **args: Any) -> list[int]:
         return [n_feats - 2]
 
     def __init__(self, ctx: TermContext, signed: bool = False) -> None:

@@ -12,8 +12,8 @@ with alpha initialised so that sigma_c^2 == init_pred_var (5.0 in the RepDistill
 
 from __future__ import annotations
 
-import argparse
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +81,7 @@ class VIDTerm(FeatureTerm):
     """``--distill vid``: one VIDLoss per stage output, feats[1:-1] of student and teacher, summed."""
 
     @classmethod
-    def layers(cls, opt: argparse.Namespace, n_feats: int) -> list[int]:
+    def layers(cls, n_feats: int, **args: Any) -> list[int]:
         return list(range(1, n_feats - 1))
 
     def __init__(self, ctx: TermContext, signed: bool = False) -> None:

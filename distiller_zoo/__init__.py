@@ -9,7 +9,7 @@ from distiller_zoo.DKD import DKD, DKDTerm, dkd_loss
 from distiller_zoo.FitNet import HintLoss, HintTerm, hint_loss
 from distiller_zoo.FSP import FSP, FSPTerm, fsp_matrix
 from distiller_zoo.FT import FactorTerm, FactorTransfer, factor_transfer_loss
-from distiller_zoo.KD import DistillKL, distill_kl
+from distiller_zoo.KD import DistillKL, KDTerm, distill_kl
 from distiller_zoo.KDSVD import KDSVD, KDSVDTerm
 from distiller_zoo.mixup import (
     MixupLoss,
@@ -32,7 +32,7 @@ from distiller_zoo.RKD import (
     triplet_angle_cosines,
 )
 from distiller_zoo.SP import Similarity, SimilarityTerm, similarity_matrix, sp_loss
-from distiller_zoo.terms import FeatureTerm, TermContext
+from distiller_zoo.terms import FeatureTerm, LogitPairs, TermContext, apply_to_pairs
 from distiller_zoo.VID import VIDLoss, VIDTerm, gaussian_nll, inverse_softplus, match_spatial_size
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "FSPTerm",
     "FactorTerm",
     "KDSVDTerm",
+    "KDTerm",
     "NSTTerm",
     "PKTTerm",
     "RKDTerm",
@@ -52,6 +53,8 @@ __all__ = [
     "VIDTerm",
     "FeatureTerm",
     "TermContext",
+    "LogitPairs",
+    "apply_to_pairs",
     "CKD_MODES",
     "ABLoss",
     "Attention",

@@ -112,20 +112,24 @@ def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
 class MixupLoss(nn.Module):
     """Loss for a student on mixed images: each target term is the weight-mixed sum over the image sources.
 
-    cls = w_cls * sum_i w_i CE(s, y_i)
-    rel = w_rel * sum_i w_i softCE(s, softmax(t_i))      (loss_fn == 0)
-          w_rel * sum_i w_i KD_T(s, t_i)                   (loss_fn == 1)
-    kd  = w_kd  * sum_i w_i KD_T(s, t_i)
-    Only terms with a non-zero weight are computed and returned.
+    cls = sum_i w_i CE(s, y_i)
+    rel = sum_i w_i softCE(s, softmax(t_i))      (loss_fn == 0)
+          sum_i w_i KD_T(s, t_i)                 (loss_fn == 1)
+    Unweighted (the method weighs them, w_cls and w_rel); only the terms named in ``terms`` are computed and
+    returned, in that order. The pairs (s, t_i) with weights w_i are also what the method's logit-pair terms see
+    (with --w_kd: kd = sum_i w_i KD_T(s, t_i)).
     """
 
-    def __init__(self, w_cls: float = 1.0, w_rel: float = 1.0, w_kd: float = 0.0, loss_fn: int = 0, T: float = 4.0) -> None:
+    TERMS = ("cls", "rel")
+
+    def __init__(self, terms: tuple[str, ...] = TERMS, loss_fn: int = 0, T: float = 4.0) -> None:
         super().__init__()
         if loss_fn not in (0, 1):
             raise ValueError(f"loss_fn must be 0 (soft cross-entropy) or 1 (KL with temperature), got {loss_fn}")
-        self.w_cls = w_cls
-        self.w_rel = w_rel
-        self.w_kd = w_kd
+        unknown = [t for t in terms if t not in self.TERMS]
+        if unknown:
+            raise ValueError(f"unknown mixup terms {unknown}; expected some of {self.TERMS}")
+        self.terms = tuple(terms)
         self.loss_fn = loss_fn
         self.T = T
 
@@ -144,15 +148,12 @@ class MixupLoss(nn.Module):
         w = weights.to(device=student_logits.device, dtype=student_logits.dtype)
         k = w.numel()
         terms: dict[str, Tensor] = {}
-        if self.w_cls:
+        if "cls" in self.terms:
             if len(labels) != k:
                 raise ValueError(f"{len(labels)} label sets but {k} weights")
-            terms["cls"] = self.w_cls * sum(w[i] * F.cross_entropy(student_logits, labels[i]) for i in range(k))
-        if self.w_rel or self.w_kd:
+            terms["cls"] = sum(w[i] * F.cross_entropy(student_logits, labels[i]) for i in range(k))
+        if "rel" in self.terms:
             if len(teacher_logits) != k:
                 raise ValueError(f"{len(teacher_logits)} teacher logit sets but {k} weights")
-            if self.w_rel:
-                terms["rel"] = self.w_rel * sum(w[i] * self._rel_term(student_logits, teacher_logits[i]) for i in range(k))
-            if self.w_kd:
-                terms["kd"] = self.w_kd * sum(w[i] * distill_kl(student_logits, teacher_logits[i], self.T) for i in range(k))
+            terms["rel"] = sum(w[i] * self._rel_term(student_logits, teacher_logits[i]) for i in range(k))
         return terms

@@ -183,12 +183,6 @@ class StudentConfig(_Config):
         check_non_negative(self, "w_cls", "w_kd", "w_rel_scale", "w_inter_scale", "momentum", "weight_decay")
         self._set("method", method_table.method_spec(self.relational, self.distill))
 
-    @property
-    def uses_teacher_outputs(self) -> bool:
-        """False only for the cross-entropy-only student (no relational method, no white-box loss, w_kd 0), which
-        needs no teacher output at all and therefore makes no teacher call."""
-        return not (self.method.relational is None and self.method.distill is None and self.w_kd == 0.0)
-
 
 @dataclass(frozen=True)
 class TeacherConfig(_Config):

@@ -15,6 +15,13 @@ Kinds:
   white-box   a loss between student and cached teacher feature maps (``--distill``; 'inter' loss term,
               weight scaled by --w_inter_scale); combines with --relational None, or with a relational row
               whose ``with_white_box`` is set (ckd_inter: group-mean feature differences)
+  logit-pair  a term on the (student, teacher) logit pairs that every method exposes, ``term(logits_s, logits_t)``:
+              single images (s, t), CKD the combined group summaries (Δs, Δt), mixup each source's (s, t_i)
+              weighted by its mixing weight. Not chosen by --relational/--distill: it is on when its weight
+              flag (``weight_flag``, KD: --w_kd) is non-zero, with every method; its loss term is its name
+
+A term receives, besides its context (``distiller_zoo.terms.TermContext``), exactly the run settings its class
+lists in ``ARGS``, as keyword arguments (``helper.methods.term_args``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from core.errors import UserError
 LOGIT = "logit"
 RELATIONAL = "relational"
 WHITE_BOX = "white-box"
-KINDS = (LOGIT, RELATIONAL, WHITE_BOX)
+LOGIT_PAIR = "logit-pair"
+KINDS = (LOGIT, RELATIONAL, WHITE_BOX, LOGIT_PAIR)
 # the samplers of dataset/samplers.py a row may name
 SAMPLERS = ("plain", "class_balanced", "crd", "ckd_tuples", "pairs", "triples")
 # distinct images in one item of a tuple sampler (ckd_tuples: --pos_and_neg); the other samplers draw single images
@@ -50,11 +58,12 @@ def none_or_str(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class MethodRow:
-    """One method: a ``--relational`` value (kinds logit and relational) or a ``--distill`` value (white-box)."""
+    """One method: a ``--relational`` value (kinds logit and relational), a ``--distill`` value (white-box), or a
+    logit-pair term switched on by its weight flag (KD: ``--w_kd``)."""
 
     name: str
     kind: str
-    weight: float  # default weight of its term (w_rel or w_inter before the --w_*_scale flags)
+    weight: float  # default weight of its term (w_rel, w_inter or the logit-pair term's, before its weight flag)
     sampler: str  # which sampler feeds a training step
     builder: str  # "module:callable": logit term (ctx) -> module, relational (ctx) -> Method, white-box class
     summary: str  # one line for --help and the README
@@ -63,10 +72,28 @@ class MethodRow:
     init_stage: bool = False  # white-box: trains its init modules for --init_epochs before the main schedule
     with_white_box: bool = False  # relational: needs a white-box --distill, applied to group-mean differences
     not_on_differences: str = ""  # white-box: why it cannot run on group-mean differences (empty: it can)
+    weight_flag: str = ""  # logit-pair: the flag that scales its weight and switches it on (--w_kd)
 
     @property
     def flag(self) -> str:
+        """The flag whose value selects this row (a logit-pair row: its weight flag)."""
+        if self.kind == LOGIT_PAIR:
+            return self.weight_flag
         return "distill" if self.kind == WHITE_BOX else "relational"
+
+    @property
+    def term(self) -> str:
+        """The name of its loss term: 'rel' (logit, relational), 'inter' (white-box), a logit-pair row's own name."""
+        if self.kind == LOGIT_PAIR:
+            return self.name
+        return "inter" if self.kind == WHITE_BOX else "rel"
+
+    @property
+    def scale_flag(self) -> str:
+        """The flag its default weight is multiplied by: --w_rel_scale, --w_inter_scale, or a logit-pair row's own."""
+        if self.kind == LOGIT_PAIR:
+            return self.weight_flag
+        return "w_inter_scale" if self.kind == WHITE_BOX else "w_rel_scale"
 
 
 def _row(name: str, kind: str, weight: float, sampler: str, builder: str, summary: str, **facts: Any) -> MethodRow:
@@ -106,6 +133,9 @@ METHODS: tuple[MethodRow, ...] = (
     _row("fsp", WHITE_BOX, 50.0, "plain", "distiller_zoo:FSPTerm", "FSP, with an init stage", init_stage=True),
     _row("nst", WHITE_BOX, 50.0, "plain", "distiller_zoo:NSTTerm", "NST"),
     _row("kdsvd", WHITE_BOX, 1.0, "plain", "distiller_zoo:KDSVDTerm", "KD-SVD"),
+    # logit-pair terms: on with every method when their weight flag is non-zero
+    _row("kd", LOGIT_PAIR, 1.0, "plain", "distiller_zoo:KDTerm", "Hinton KD at --kd_T on the method's logit pairs",
+         weight_flag="w_kd"),
 )
 
 
@@ -181,9 +211,10 @@ def method_spec(relational: str | None, distill: str) -> MethodSpec:
     return spec
 
 
-def validate_combination(opt: Any) -> None:
-    """Reject incompatible --relational/--distill combinations with one sentence (before any work)."""
-    method_spec(opt.relational, opt.distill)
+def validate_combination(relational_name: str | None, distill_name: str) -> None:
+    """Reject incompatible ``--relational``/``--distill`` values (the two row names) with one sentence (before any
+    work)."""
+    method_spec(relational_name, distill_name)
 
 
 def check_rows(relational: MethodRow | None, distill: MethodRow | None) -> None:
@@ -217,8 +248,8 @@ def combinations() -> list[tuple[str | None, str]]:
 
 
 def method_order() -> tuple[str, ...]:
-    """Row order of the summary tables: ce, kd, then the table's methods."""
-    return ("ce", "kd", *(r.name for r in METHODS))
+    """Row order of the summary tables: ce, kd, then the table's --relational and --distill methods."""
+    return ("ce", "kd", *(r.name for r in METHODS if r.kind != LOGIT_PAIR))
 
 
 def method_label(config: dict[str, Any]) -> str:

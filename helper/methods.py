@@ -1,32 +1,38 @@
 """Methods built from the method table (``helper/method_table.py``): one row per ``--relational``/``--distill`` value.
 
 A method object owns "how this method turns a batch into losses": which sampler feeds it, which extra modules it
-trains (regressors, embeddings, memory banks), and how a batch of sampled indices becomes a dict of named,
-already-weighted loss terms ``{'cls': ..., 'kd': ..., 'rel': ..., 'inter': ...}``. The training loop sums and
-logs that dict and never asks which method it is running. Each step is split in two: :meth:`Method.inputs` (the
-data path: sampled indices -> augmented images, labels and cached teacher outputs, no student) and
-:meth:`Method.losses_from` (the student forwards and the loss terms); ``scripts/bench.py`` times the first alone.
+trains (regressors, embeddings, memory banks), and how a batch of sampled indices becomes a dict of named loss
+terms ``{'cls': ..., 'kd': ..., 'rel': ..., 'inter': ...}``. The training loop sums and logs that dict and never
+asks which method it is running. Each step is split in two: :meth:`Method.inputs` (the data path: sampled indices
+-> augmented images, labels and cached teacher outputs, no student) and :meth:`Method.losses_from` (the student
+forwards and the unweighted loss terms); ``scripts/bench.py`` times the first alone. :meth:`Method.losses` applies
+the weights, in one place (:meth:`Method.weighted`).
 
 Three shapes of method (the table's ``kind``):
 - logit terms (rkd, dist, crd, dkd, ...) and the white-box terms (``--distill``) run inside
   :class:`SingleImageMethod`, which calls every logit term the same way, ``term(logits_s, logits_t, labels, batch)``,
   and every white-box term as ``term(feats_s, feats_t)`` (see ``distiller_zoo/terms.py``);
-- relational methods (CKD, mixup, CutMix) are methods of their own, built by the ``build_*`` functions below.
+- relational methods (CKD, mixup, CutMix) are methods of their own, built by the ``build_*`` functions below;
+- logit-pair terms (KD, ``--w_kd``) run with every method: each method hands the (student, teacher) logit pairs of
+  its step to :meth:`Method.pair_losses` (single images (s, t), CKD (Δs, Δt), mixup (s, t_i) with weights w_i).
+
+A term gets its context (:meth:`MethodContext.term_context`: classes, feature shapes, pool sizes) and exactly the
+run settings its class lists in ``ARGS`` (:func:`term_args`); only this module reads the run's configuration.
 
 Teacher outputs come only from the cache built before training (``dataset.TrainPool``): no method ever calls the
 teacher, the init stage of two-stage methods included.
 
 Weights (as published):  total = w_cls·cls + w_kd·kd + w_rel·rel + w_inter·inter, with
-w_rel = row[relational].weight·w_rel_scale and w_inter = row[distill].weight·w_inter_scale.
+w_rel = row[relational].weight·w_rel_scale, w_inter = row[distill].weight·w_inter_scale and w_kd = row[kd].weight·w_kd
+(each row's ``scale_flag``). A term whose weight is 0 is not computed.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -37,13 +43,17 @@ from core.errors import UserError
 from dataset import TrainPool
 from dataset.augment import DeviceAugment
 from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, TupleSampler, steps_per_epoch
-from distiller_zoo import CKDLoss, DistillKL, FeatureTerm, MixupLoss, ckd_group_sizes, group_mean, label_histogram
+from distiller_zoo import CKDLoss, FeatureTerm, MixupLoss, ckd_group_sizes, group_mean, label_histogram
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights
+from distiller_zoo.terms import LogitPairs, TermContext, apply_to_pairs
 from helper.engine import train_step
-from helper.method_table import MethodRow, find, images_per_item, resolve
+from helper.method_table import LOGIT_PAIR, MethodRow, images_per_item, resolve, rows
 from helper.method_table import method_label as method_label  # noqa: F401  (re-exported for callers of helper.methods)
 from helper.method_table import validate_combination as validate_combination
 from models import model_dict
+
+if TYPE_CHECKING:
+    from helper.config import StudentConfig
 
 # the init stage draws its own shuffles: the seed of its sampler is --seed plus this
 INIT_SAMPLER_SEED_OFFSET = 31337
@@ -51,9 +61,9 @@ INIT_SAMPLER_SEED_OFFSET = 31337
 
 @dataclass
 class MethodContext:
-    """Everything a method (and each of its terms, see ``distiller_zoo.terms.TermContext``) needs to build itself."""
+    """Everything a method needs to build itself; its terms get :meth:`term_context` and their ``ARGS`` only."""
 
-    opt: argparse.Namespace
+    opt: StudentConfig  # the run's configuration: read by the method layer, never handed to a term
     student: nn.Module
     pool: TrainPool
     augment: DeviceAugment
@@ -62,44 +72,62 @@ class MethodContext:
     teacher_feat_shapes: list[tuple[int, ...]]
     device: torch.device
 
+    def term_context(self) -> TermContext:
+        """What a term sees of the run besides its ``ARGS``: classes, feature shapes, the pool's sizes."""
+        return TermContext(num_classes=int(self.num_classes), student_feat_shapes=list(self.student_feat_shapes),
+                           teacher_feat_shapes=list(self.teacher_feat_shapes), n_items=int(self.pool.n_items),
+                           n_images=int(self.pool.n_images))
 
-def uses_teacher_outputs(opt: argparse.Namespace) -> bool:
-    """False only for the cross-entropy-only student (no relational method, no white-box loss, w_kd 0), which
-    needs no teacher output at all and therefore makes no teacher call."""
-    return not (opt.relational is None and find("distill", opt.distill) is None and float(opt.w_kd) == 0.0)
+
+def term_args(term: Any, opt: StudentConfig) -> dict[str, Any]:
+    """The run settings a term class declares in ``ARGS``, by name: all a term is given of the run's configuration."""
+    return {name: getattr(opt, name) for name in getattr(term, "ARGS", ())}
 
 
-def white_box_class(opt: argparse.Namespace) -> type[FeatureTerm] | None:
+def build_term(row: MethodRow, ctx: MethodContext, **extra: Any) -> nn.Module:
+    """The term of a table row: ``Term(ctx.term_context(), **extra, **its ARGS)``."""
+    term = resolve(row.builder)
+    return term(ctx.term_context(), **extra, **term_args(term, ctx.opt))
+
+
+def uses_teacher_outputs(opt: StudentConfig) -> bool:
+    """False only for the cross-entropy-only student (no relational method, no white-box loss, no logit-pair term:
+    w_kd 0), which needs no teacher output at all and therefore makes no teacher call."""
+    pair_terms = any(row.weight * float(getattr(opt, row.scale_flag)) != 0 for row in rows(kind=LOGIT_PAIR))
+    return not (opt.method.relational is None and opt.method.distill is None and not pair_terms)
+
+
+def white_box_class(opt: StudentConfig) -> type[FeatureTerm] | None:
     """The term class of ``--distill`` (None for kd, i.e. no white-box loss)."""
-    row = find("distill", opt.distill)
+    row = opt.method.distill
     return None if row is None else resolve(row.builder)
 
 
-def teacher_feature_layers(opt: argparse.Namespace, n_teacher_feats: int) -> tuple[int, ...]:
+def teacher_feature_layers(opt: StudentConfig, n_teacher_feats: int) -> tuple[int, ...]:
     """Indices of the teacher's feature list that the cache must keep for this method (stated by its term class)."""
     term = white_box_class(opt)
-    return () if term is None else tuple(term.layers(opt, n_teacher_feats))
+    return () if term is None else tuple(term.layers(n_teacher_feats, **term_args(term, opt)))
 
 
-def teacher_needs_preact(opt: argparse.Namespace) -> bool:
+def teacher_needs_preact(opt: StudentConfig) -> bool:
     """Whether the cached teacher feature maps are the pre-activation ones (``model(x, is_feat=True, preact=True)``)."""
     term = white_box_class(opt)
     return bool(term is not None and term.preact)
 
 
-def check_white_box(opt: argparse.Namespace, student_shapes: Sequence[tuple[int, ...]],
+def check_white_box(opt: StudentConfig, student_shapes: Sequence[tuple[int, ...]],
                     teacher_shapes: Sequence[tuple[int, ...]]) -> None:
     """The white-box term's own check of this student/teacher pair (layer indices, channel counts)."""
     term = white_box_class(opt)
     if term is None:
         return
     try:
-        term.check(opt, list(student_shapes), list(teacher_shapes))
+        term.check(list(student_shapes), list(teacher_shapes), **term_args(term, opt))
     except ValueError as err:
         raise UserError(str(err)) from err
 
 
-def check_white_box_early(opt: argparse.Namespace, num_classes: int, image_shape: Sequence[int]) -> None:
+def check_white_box_early(opt: StudentConfig, num_classes: int, image_shape: Sequence[int]) -> None:
     """:func:`check_white_box` on freshly initialised CPU copies of both architectures, before the teacher file is read
     or called (the global RNG is left as it was)."""
     if white_box_class(opt) is None:
@@ -116,7 +144,8 @@ def check_white_box_early(opt: argparse.Namespace, num_classes: int, image_shape
 
 
 class Method(nn.Module):
-    """Base: shared weights, the student forward, the white-box term, and the per-method generator for λ draws."""
+    """Base: the weights (applied in :meth:`weighted`, the one place), the student forward, the white-box term, the
+    logit-pair terms (KD), and the per-method generator for λ draws."""
 
     sampler_kind = "plain"
 
@@ -125,14 +154,18 @@ class Method(nn.Module):
         opt = ctx.opt
         self.ctx = SimpleNamespace(pool=ctx.pool, augment=ctx.augment, num_classes=ctx.num_classes, device=ctx.device)
         self.student = ctx.student
-        self.rel_row: MethodRow | None = find("relational", opt.relational)
-        self.distill_row: MethodRow | None = find("distill", opt.distill)
-        self.w_cls = float(opt.w_cls)
-        self.w_kd = float(opt.w_kd)
-        self.w_rel = (self.rel_row.weight if self.rel_row else 0.0) * float(opt.w_rel_scale)
-        self.w_inter = (self.distill_row.weight if self.distill_row else 0.0) * float(opt.w_inter_scale)
-        self.kd_T = float(opt.kd_T)
-        self.kl = DistillKL(self.kd_T)
+        self.rel_row: MethodRow | None = opt.method.relational
+        self.distill_row: MethodRow | None = opt.method.distill
+        pair_rows = rows(kind=LOGIT_PAIR)
+        # each term's weight: w_cls, then a row's default weight times its scale flag (0 for no row)
+        self.weights: dict[str, float] = {
+            "cls": float(opt.w_cls),
+            "rel": (self.rel_row.weight if self.rel_row else 0.0) * float(opt.w_rel_scale),
+            "inter": (self.distill_row.weight if self.distill_row else 0.0) * float(opt.w_inter_scale),
+            **{row.term: row.weight * float(getattr(opt, row.scale_flag)) for row in pair_rows},
+        }
+        # the logit-pair terms with a non-zero weight (KD with --w_kd), applied by pair_losses
+        self.pair_terms = nn.ModuleDict({row.term: build_term(row, ctx) for row in pair_rows if self.active(row.term)})
         self.channels_last = bool(getattr(opt, "channels_last", False))
         self.white_box: FeatureTerm | None = None
         self.epoch = 1  # the 1-based pseudo-epoch, set by the trainer (set_epoch)
@@ -142,17 +175,30 @@ class Method(nn.Module):
     def _add_white_box(self, ctx: MethodContext, signed: bool) -> None:
         """Build the ``--distill`` term (call it where its parameters were always drawn from the global RNG)."""
         if self.distill_row is not None:
-            self.white_box = resolve(self.distill_row.builder)(ctx, signed=signed)
+            self.white_box = build_term(self.distill_row, ctx, signed=signed)
+
+    def active(self, term: str) -> bool:
+        """Whether the loss term ``term`` has a non-zero weight (a term with weight 0 is not computed)."""
+        return self.weights.get(term, 0.0) != 0
 
     @property
     def wants_feats(self) -> bool:
         """Whether the student forward must return feature maps (a white-box term with a non-zero weight)."""
-        return self.white_box is not None and self.w_inter != 0
+        return self.white_box is not None and self.active("inter")
+
+    def pair_losses(self, pairs: LogitPairs) -> dict[str, Tensor]:
+        """The unweighted logit-pair terms (KD) on this step's logit pairs: the one path by which every method applies
+        them."""
+        return {name: apply_to_pairs(term, pairs) for name, term in self.pair_terms.items()}
+
+    def weighted(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The one place the weights are applied: ``weight * term``, in the order the method computed the terms."""
+        return {name: self.weights[name] * term for name, term in terms.items()}
 
     def trainable_modules(self) -> nn.ModuleDict:
         """The modules besides the student whose parameters the optimiser trains (regressors, embeddings, CRD memory),
         by name: the run saves, restores and optimises them as one ``extras`` dict."""
-        return nn.ModuleDict({name: m for name, m in self.named_children() if name not in ("student", "kl")})
+        return nn.ModuleDict({name: m for name, m in self.named_children() if name not in ("student", "pair_terms")})
 
     def extra_state(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -185,7 +231,7 @@ class Method(nn.Module):
         feats, logits = self.student(x, is_feat=True, preact=self.white_box.preact)
         return [feats[i] for i in self.white_box.student_idx], logits
 
-    def make_sampler(self, opt: argparse.Namespace, device: torch.device):
+    def make_sampler(self, opt: StudentConfig, device: torch.device):
         raise NotImplementedError
 
     def inputs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
@@ -197,16 +243,18 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def losses_from(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
+        """The unweighted loss terms of one step, by name, each computed only when its weight is non-zero."""
         raise NotImplementedError
 
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return self.losses_from(self.inputs(batch))
+        """The weighted loss terms of one step (``train_step`` sums them)."""
+        return self.weighted(self.losses_from(self.inputs(batch)))
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.losses(batch)
 
     # ------------------------------------------------------------------------------ init stage
-    def init_stage(self, opt: argparse.Namespace) -> InitStage | None:
+    def init_stage(self, opt: StudentConfig) -> InitStage | None:
         """The init stage of a two-stage white-box method (its table row says init_stage), or None."""
         if self.white_box is None or self.distill_row is None or not self.distill_row.init_stage or opt.init_epochs < 1:
             return None
@@ -220,15 +268,16 @@ class InitStage:
     mode. Afterwards each parameter's ``requires_grad`` is what it was before (frozen modules stay out of the main
     optimiser)."""
 
-    def __init__(self, method: Method, opt: argparse.Namespace) -> None:
+    def __init__(self, method: Method, opt: StudentConfig) -> None:
         assert method.white_box is not None
         self.method = method
         self.term = method.white_box
         self.epochs = int(opt.init_epochs)
         self.modules = self.term.init_modules(method.student)
         self.params = list(dict.fromkeys(p for m in self.modules for p in m.parameters()))
-        self.optimizer = torch.optim.SGD(self.params, lr=self.term.init_learning_rate(opt), momentum=opt.momentum,
-                                         weight_decay=opt.weight_decay)
+        lr = self.term.init_learning_rate(**term_args(type(self.term), opt))
+        self.optimizer = torch.optim.SGD(self.params, lr=float(opt.learning_rate) if lr is None else lr,
+                                         momentum=opt.momentum, weight_decay=opt.weight_decay)
         pool = method.ctx.pool
         self.sampler = PlainSampler(pool.n_items, opt.batch_size, int(opt.seed) + INIT_SAMPLER_SEED_OFFSET,
                                     method.ctx.device)
@@ -271,7 +320,7 @@ class InitStage:
 class SingleImageMethod(Method):
     """One augmented image per item: CE-only, KD, the logit terms (RKD, DIST, CRD, DKD, ...) and the white-box terms.
 
-    cls = CE(s, y); kd = DistillKL(s, t) (Hinton et al. 2015); rel = the logit term
+    cls = CE(s, y); kd (and any logit-pair term) on the pair (s, t); rel = the logit term
     ``term(logits_s, logits_t, labels, batch)``; inter = the white-box term on features.
     """
 
@@ -279,10 +328,10 @@ class SingleImageMethod(Method):
         super().__init__(ctx)
         row = self.rel_row
         self.sampler_kind = row.sampler if row is not None else "plain"
-        self.rel_loss = resolve(row.builder)(ctx) if row is not None else None
+        self.rel_loss = build_term(row, ctx) if row is not None else None
         self._add_white_box(ctx, signed=False)
 
-    def make_sampler(self, opt: argparse.Namespace, device: torch.device):
+    def make_sampler(self, opt: StudentConfig, device: torch.device):
         pool = self.ctx.pool
         n_items = pool.labels.shape[0]
         if self.sampler_kind == "crd":
@@ -309,19 +358,17 @@ class SingleImageMethod(Method):
         terms: dict[str, Tensor] = {}
         if self.wants_feats:
             feats_s, logits = self.student_feats(inputs["x"])
-            terms["inter"] = self.w_inter * self.white_box(feats_s, inputs["feats_t"])
+            terms["inter"] = self.white_box(feats_s, inputs["feats_t"])
         else:
             logits = self.student(inputs["x"])
         logits = logits.float()
-        if self.w_cls != 0:
-            terms["cls"] = self.w_cls * F.cross_entropy(logits, labels)
-        if self.w_kd != 0:
-            terms["kd"] = self.w_kd * self.kl(logits, t_logits)
-        if self.rel_loss is not None and self.w_rel != 0:
+        if self.active("cls"):
+            terms["cls"] = F.cross_entropy(logits, labels)
+        terms.update(self.pair_losses(LogitPairs([logits], [t_logits])))
+        if self.rel_loss is not None and self.active("rel"):
             row = self.rel_row
             term_batch = {**inputs["batch"], "epoch": self.epoch} if row.needs_epoch else inputs["batch"]
-            rel = self.rel_loss(logits, t_logits, labels if row.needs_labels else None, term_batch)
-            terms["rel"] = self.w_rel * rel
+            terms["rel"] = self.rel_loss(logits, t_logits, labels if row.needs_labels else None, term_batch)
         return terms
 
 
@@ -339,11 +386,11 @@ class CKDMethod(Method):
         super().__init__(ctx)
         self.mode = mode
         self.n_pos, self.n_neg = ckd_group_sizes(ctx.opt.pos_and_neg)
-        self.ckd = CKDLoss(mode=mode, w_cls=self.w_cls, w_rel=self.w_rel, w_kd=self.w_kd, T=self.kd_T)
+        self.ckd = CKDLoss(mode=mode, terms=tuple(t for t in CKDLoss.TERMS if self.active(t)))
         if self.rel_row is not None and self.rel_row.with_white_box:
             self._add_white_box(ctx, signed=True)
 
-    def make_sampler(self, opt: argparse.Namespace, device: torch.device):
+    def make_sampler(self, opt: StudentConfig, device: torch.device):
         return TupleSampler(self.ctx.pool.image_ids, (self.n_pos, self.n_neg), opt.max_rel_samples, opt.batch_size,
                             opt.seed, device)
 
@@ -379,11 +426,14 @@ class CKDMethod(Method):
     def losses_from(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
         s_pos, f_pos = self._group_forward(inputs["x_pos"], inputs["pos"])
         s_neg, f_neg = self._group_forward(inputs["x_neg"], inputs["neg"])
-        terms = dict(self.ckd(s_pos, s_neg, inputs["t_pos"], inputs["t_neg"], inputs["y_pos"], inputs["y_neg"],
-                              lam=inputs["lam"]))
+        delta_s, delta_t, delta_y = self.ckd.combined(s_pos, s_neg, inputs["t_pos"], inputs["t_neg"], inputs["y_pos"],
+                                                      inputs["y_neg"], lam=inputs["lam"], teacher=bool(self.pair_terms))
+        terms = self.ckd.terms_of(delta_s, delta_t, delta_y)
+        if self.pair_terms:
+            terms.update(self.pair_losses(LogitPairs([delta_s], [delta_t])))
         if self.wants_feats:
             d_s = [a - b for a, b in zip(f_pos, f_neg)]
-            terms["inter"] = self.w_inter * self.white_box(d_s, inputs["d_t"])
+            terms["inter"] = self.white_box(d_s, inputs["d_t"])
         return terms
 
 
@@ -400,9 +450,10 @@ class MixMethod(Method):
         super().__init__(ctx)
         self.n_images = n_images
         self.cutmix = cutmix
-        self.mix_loss = MixupLoss(w_cls=self.w_cls, w_rel=self.w_rel, w_kd=self.w_kd, loss_fn=ctx.opt.loss_fn, T=self.kd_T)
+        self.mix_loss = MixupLoss(terms=tuple(t for t in MixupLoss.TERMS if self.active(t)), loss_fn=ctx.opt.loss_fn,
+                                  T=float(ctx.opt.kd_T))
 
-    def make_sampler(self, opt: argparse.Namespace, device: torch.device):
+    def make_sampler(self, opt: StudentConfig, device: torch.device):
         return TupleSampler(self.ctx.pool.image_ids, (1,) * self.n_images, opt.max_rel_samples, opt.batch_size,
                             opt.seed, device)
 
@@ -431,7 +482,13 @@ class MixMethod(Method):
 
     def losses_from(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
         logits = self.student(inputs["mixed"]).float()
-        return dict(self.mix_loss(logits, inputs["t_logits"], inputs["labels"], to_device(inputs["weights"], logits.device)))
+        weights = to_device(inputs["weights"], logits.device)
+        terms = self.mix_loss(logits, inputs["t_logits"], inputs["labels"], weights)
+        if self.pair_terms:  # each source's pair (s, t_i) with its mixing weight
+            pairs = LogitPairs([logits] * self.n_images, list(inputs["t_logits"]),
+                               weights.to(device=logits.device, dtype=logits.dtype))
+            terms.update(self.pair_losses(pairs))
+        return terms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,7 +514,7 @@ def build_ckd_inter(ctx: MethodContext) -> Method:
 
 def _mixed_images(ctx: MethodContext) -> int:
     """Images per mixed input: the tuple size of the row's sampler (pairs or triples)."""
-    return images_per_item(find("relational", ctx.opt.relational).sampler, ctx.opt.pos_and_neg)
+    return images_per_item(ctx.opt.method.sampler, ctx.opt.pos_and_neg)
 
 
 def build_mixup(ctx: MethodContext) -> Method:
@@ -474,8 +531,7 @@ def build_cutmix(ctx: MethodContext) -> Method:
 
 def build_method(ctx: MethodContext, aug_generator: torch.Generator) -> Method:
     """The method of ``ctx.opt.relational`` (with ``ctx.opt.distill``) from its table row, on ``ctx.device``."""
-    validate_combination(ctx.opt)
-    row = find("relational", ctx.opt.relational)
+    row = ctx.opt.method.relational
     method = resolve(row.builder)(ctx) if row is not None and row.kind == "relational" else SingleImageMethod(ctx)
     method.aug_generator = aug_generator
     return method.to(ctx.device)

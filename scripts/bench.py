@@ -59,7 +59,6 @@ from helper.methods import (
     feature_shapes,
     teacher_feature_layers,
     teacher_needs_preact,
-    validate_combination,
 )
 from helper.options import OneLineParser, build_student_parser, check_subset_against_data, str2bool
 from helper.student_trainer import build_student, build_training, cache_teacher
@@ -276,8 +275,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise UserError("--steps, --repeats and --cache_repeats must be at least 1 and --warmup at least 0")
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     torch.set_num_threads(int(threads))
-    opt = student_options(args, extra)
-    validate_combination(opt)
+    opt = student_options(args, extra)  # checked as train_student.py checks its flags
     device = resolve_device(opt.device)
     configure_backend(device, deterministic=opt.deterministic)
     if device.type == "cuda":

@@ -270,18 +270,12 @@ def check_flag_names(parameters: dict[str, Any], source: str) -> None:
 
 def build_runs(configs: list[dict[str, Any]], source: str, extra: list[str] | None = None) -> list[Run]:
     """Parse every run (its flags, then ``extra``) with train_student.py's parser (raises UserError before anything runs)."""
-    try:  # train_student.py's check of --relational/--distill pairs, run before any work
-        from helper.method_table import validate_combination
-    except ImportError:  # pragma: no cover - layouts without it
-        validate_combination = None
     parser = _raising_parser()
     runs = []
     for index, config in enumerate(configs, start=1):
         args = to_args(config) + list(extra or [])
         try:
-            opt = student_config_from(parser.parse_args(args))
-            if validate_combination is not None:
-                validate_combination(opt)
+            opt = student_config_from(parser.parse_args(args))  # every check of train_student.py, pairs included
         except UserError as err:
             raise UserError(f"{source}, run {index} of {len(configs)}: {err}; fix that value in the sweep file") from err
         runs.append(Run(index=index, config=config, args=args, run_dir=student_run_dir(opt)))

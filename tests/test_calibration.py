@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train_student
-from distiller_zoo import CKDLoss
+from distiller_zoo import CKDLoss, DistillKL, LogitPairs, apply_to_pairs
 from helper.calibration import classifier_name, fold_shift, shifted, train_mean_shift
 from models import model_dict
 from tests.test_train_student import base_args
@@ -27,9 +27,17 @@ def _groups(seed: int, b: int = 6, c: int = 10):
 def test_ckd_loss_is_blind_to_a_vector_added_to_every_student_logit(w_kd):
     s_pos, s_neg, t_pos, t_neg, y_pos, y_neg = _groups(0)
     offset = 25.0 * torch.randn(1, s_pos.shape[1], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    loss = CKDLoss("ckd", w_cls=1.0, w_rel=1.0, w_kd=w_kd)
-    plain = loss(s_pos, s_neg, t_pos, t_neg, y_pos, y_neg)
-    moved = loss(s_pos + offset, s_neg + offset, t_pos, t_neg, y_pos, y_neg)
+    loss = CKDLoss("ckd")
+
+    def terms(s_pos: torch.Tensor, s_neg: torch.Tensor) -> dict:
+        delta_s, delta_t, delta_y = loss.combined(s_pos, s_neg, t_pos, t_neg, y_pos, y_neg, teacher=True)
+        out = loss.terms_of(delta_s, delta_t, delta_y)
+        if w_kd:  # KD on the combined pair, as the method applies it
+            out["kd"] = w_kd * apply_to_pairs(DistillKL(4.0), LogitPairs([delta_s], [delta_t]))
+        return out
+
+    plain = terms(s_pos, s_neg)
+    moved = terms(s_pos + offset, s_neg + offset)
     assert plain.keys() == moved.keys()
     for key in plain:
         torch.testing.assert_close(moved[key], plain[key], rtol=1e-12, atol=1e-12)
@@ -39,7 +47,7 @@ def test_ckd_loss_is_blind_to_a_vector_added_to_every_student_logit(w_kd):
 def test_ckd_add_and_ckd_mixup_see_absolute_logits(mode):
     s_pos, s_neg, t_pos, t_neg, y_pos, y_neg = _groups(2)
     offset = torch.randn(1, s_pos.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    loss = CKDLoss(mode, w_cls=1.0, w_rel=1.0)
+    loss = CKDLoss(mode)
     lam = 0.3 if mode == "ckd_mixup" else None
     plain = loss(s_pos, s_neg, t_pos, t_neg, y_pos, y_neg, lam=lam)
     moved = loss(s_pos + offset, s_neg + offset, t_pos, t_neg, y_pos, y_neg, lam=lam)
@@ -80,6 +88,24 @@ def test_a_ckd_step_gives_the_classifier_bias_zero_gradient(fake_cifar, save_dir
     weight_grad = run.student.get_submodule(name).weight.grad
     assert bias_grad is not None and float(bias_grad.abs().max()) < 1e-7
     assert float(weight_grad.abs().max()) > 1e-5  # the loss does train the classifier, only not its offset
+
+
+@pytest.mark.parametrize(("flags", "order"), [
+    (("--relational", "ckd", "--w_kd", "0.5", "--w_cls", "2", "--w_rel_scale", "3"), ["cls", "rel", "kd"]),
+    (("--relational", "mixup", "--w_kd", "0.5", "--w_cls", "2", "--w_rel_scale", "3"), ["cls", "rel", "kd"]),
+    (("--w_kd", "0.5", "--w_cls", "2"), ["cls", "kd"]),
+    (("--relational", "ckd", "--w_cls", "0"), ["rel"]),
+], ids=["ckd", "mixup", "kd", "ckd_no_cls"])
+def test_methods_return_unweighted_terms_and_weigh_them_in_one_place(fake_cifar, save_dir, flags, order):
+    run = _method(fake_cifar, save_dir, *flags)
+    method = run.method
+    raw = method.losses_from(method.inputs(run.sampler.next_batch()))
+    assert list(raw) == order  # a term with weight 0 is not computed
+    weights = {"cls": float(flags[flags.index("--w_cls") + 1]), "kd": 0.5 if "--w_kd" in flags else 0.0,
+               "rel": 3.0 if "--w_rel_scale" in flags else (1.0 if "--relational" in flags else 0.0), "inter": 0.0}
+    assert method.weights == weights
+    weighted = method.weighted(raw)
+    assert list(weighted) == order and all(torch.equal(weighted[k], weights[k] * raw[k]) for k in order)
 
 
 def test_shift_is_folded_into_the_bias_and_restored_exactly():

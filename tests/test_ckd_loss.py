@@ -1,4 +1,4 @@
-"""CKD comparative loss: combine modes, group means, label histograms, weighted terms and invariances."""
+"""CKD comparative loss: combine modes, group means, label histograms, unweighted terms and invariances."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dataset import TupleSampler
-from distiller_zoo import CKDLoss, ckd_group_sizes, combine, group_mean, label_histogram
+from distiller_zoo import CKDLoss, DistillKL, LogitPairs, apply_to_pairs, ckd_group_sizes, combine, group_mean, label_histogram
 
 B, C = 4, 5
 
@@ -45,6 +45,12 @@ def _kd(s: np.ndarray, t: np.ndarray, T: float) -> float:
     return T**2 * total / s.shape[0]
 
 
+def _with_kd(loss: CKDLoss, x: dict[str, torch.Tensor], lam: torch.Tensor | None = None, T: float = 4.0) -> dict:
+    """CKD's terms plus KD on the combined pair (Delta_s, Delta_t), by the path a method takes (apply_to_pairs)."""
+    delta_s, delta_t, delta_y = loss.combined(**x, lam=lam, teacher=True)
+    return {**loss.terms_of(delta_s, delta_t, delta_y), "kd": apply_to_pairs(DistillKL(T), LogitPairs([delta_s], [delta_t]))}
+
+
 def test_combine_modes_golden() -> None:
     a, b = torch.tensor([[1.0, 2.0], [3.0, -4.0]]), torch.tensor([[0.5, -1.0], [2.0, 2.0]])
     assert torch.equal(combine(a, b, "ckd"), torch.tensor([[0.5, 3.0], [1.0, -6.0]]))
@@ -69,20 +75,24 @@ def test_ckd_loss_golden_all_modes(mode: str) -> None:
     else:
         comb = lambda a, b: 0.3 * a + 0.7 * b  # noqa: E731
     ds, dt, dy = comb(n["s_pos"], n["s_neg"]), comb(n["t_pos"], n["t_neg"]), comb(n["y_pos"], n["y_neg"])
-    out = CKDLoss(mode=mode, w_cls=2.0, w_rel=3.0, w_kd=0.5, T=4.0)(**x, lam=lam)
-    assert set(out) == {"cls", "rel", "kd"}
-    assert out["cls"].item() == pytest.approx(2.0 * _mse(ds, dy), rel=1e-12)
-    assert out["rel"].item() == pytest.approx(3.0 * _mse(ds, dt), rel=1e-12)
-    assert out["kd"].item() == pytest.approx(0.5 * _kd(ds, dt, 4.0), rel=1e-10)
+    out = CKDLoss(mode=mode)(**x, lam=lam)
+    assert list(out) == ["cls", "rel"]  # unweighted: the method applies w_cls and w_rel
+    assert out["cls"].item() == pytest.approx(_mse(ds, dy), rel=1e-12)
+    assert out["rel"].item() == pytest.approx(_mse(ds, dt), rel=1e-12)
+    kd = _with_kd(CKDLoss(mode=mode), x, lam)["kd"]
+    assert kd.item() == pytest.approx(_kd(ds, dt, 4.0), rel=1e-10)
 
 
-def test_zero_weight_terms_are_absent() -> None:
+def test_terms_not_asked_for_are_absent() -> None:
     x = _inputs()
-    assert set(CKDLoss()(**x)) == {"cls", "rel"}  # defaults: w_kd = 0
-    assert set(CKDLoss(w_cls=0.0)(**x)) == {"rel"}
-    assert set(CKDLoss(w_rel=0.0)(**x)) == {"cls"}
-    assert set(CKDLoss(w_cls=0.0, w_rel=0.0, w_kd=1.0)(**x)) == {"kd"}
-    assert CKDLoss(w_cls=0.0, w_rel=0.0)(**x) == {}
+    assert list(CKDLoss()(**x)) == ["cls", "rel"]
+    assert set(CKDLoss(terms=("rel",))(**x)) == {"rel"}
+    assert set(CKDLoss(terms=("cls",))(**x)) == {"cls"}
+    assert CKDLoss(terms=())(**x) == {}
+    _, delta_t, delta_y = CKDLoss(terms=()).combined(**x)
+    assert delta_t is None and delta_y is None and CKDLoss(terms=()).combined(**x, teacher=True)[1] is not None
+    with pytest.raises(ValueError):
+        CKDLoss(terms=("kd",))
 
 
 def test_ckd_mixup_requires_lam_and_mode_is_validated() -> None:
@@ -95,9 +105,9 @@ def test_ckd_mixup_requires_lam_and_mode_is_validated() -> None:
 def test_ckd_mode_invariant_to_common_logit_shift() -> None:
     x = _inputs(seed=10)
     shift = _rand(1, C, seed=42) * 5
-    loss = CKDLoss(w_kd=1.0)
-    base = loss(**x)
-    shifted = loss(**{**x, "s_pos": x["s_pos"] + shift, "s_neg": x["s_neg"] + shift})
+    loss = CKDLoss()
+    base = _with_kd(loss, x)
+    shifted = _with_kd(loss, {**x, "s_pos": x["s_pos"] + shift, "s_neg": x["s_neg"] + shift})
     for k in base:
         assert shifted[k].item() == pytest.approx(base[k].item(), rel=1e-12, abs=1e-12)
     # the same shift does change the non-comparative ckd_add variant
@@ -108,7 +118,7 @@ def test_ckd_mode_invariant_to_common_logit_shift() -> None:
 def test_rel_zero_when_student_equals_teacher() -> None:
     x = _inputs()
     for mode, lam in (("ckd", None), ("ckd_add", None), ("ckd_mixup", torch.tensor(0.6))):
-        out = CKDLoss(mode=mode, w_kd=1.0)(**{**x, "s_pos": x["t_pos"].clone(), "s_neg": x["t_neg"].clone()}, lam=lam)
+        out = _with_kd(CKDLoss(mode=mode), {**x, "s_pos": x["t_pos"].clone(), "s_neg": x["t_neg"].clone()}, lam=lam)
         assert out["rel"].item() == 0.0
         assert abs(out["kd"].item()) < 1e-12
 
@@ -117,7 +127,8 @@ def test_gradients_reach_student_not_teacher() -> None:
     x = _inputs()
     s_pos, s_neg = x["s_pos"].clone().requires_grad_(), x["s_neg"].clone().requires_grad_()
     t_pos, t_neg = x["t_pos"].clone().requires_grad_(), x["t_neg"].clone().requires_grad_()
-    out = CKDLoss(w_kd=1.0)(s_pos, s_neg, t_pos, t_neg, x["y_pos"], x["y_neg"])
+    out = _with_kd(CKDLoss(), {"s_pos": s_pos, "s_neg": s_neg, "t_pos": t_pos, "t_neg": t_neg, "y_pos": x["y_pos"],
+                               "y_neg": x["y_neg"]})
     sum(out.values()).backward()
     assert s_pos.grad is not None and s_pos.grad.abs().sum() > 0
     assert s_neg.grad is not None and s_neg.grad.abs().sum() > 0

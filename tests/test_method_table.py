@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 import train_student
 from core.errors import UserError
-from distiller_zoo import FeatureTerm
+from distiller_zoo import FeatureTerm, TermContext
 from helper import method_table
 from helper.config import parse_student_args
-from helper.method_table import LOGIT, WHITE_BOX, MethodRow
+from helper.method_table import LOGIT, LOGIT_PAIR, WHITE_BOX, MethodRow
 from helper.options import build_student_parser, teacher_checkpoint_path
 from helper.student_trainer import StudentRun
 from models import model_dict
@@ -95,14 +95,17 @@ def test_flag_choices_and_help_come_from_the_table() -> None:
     assert tuple(actions["relational"].choices) == (None, *(r.name for r in method_table.rows(flag="relational")))
     assert tuple(actions["distill"].choices) == ("kd", *(r.name for r in method_table.rows(kind=WHITE_BOX)))
     for row in method_table.METHODS:
-        assert row.name in actions[row.flag].help
+        if row.kind == LOGIT_PAIR:  # switched on by its weight flag
+            assert row.flag in actions and row.name not in method_table.choices_of("relational")
+        else:
+            assert row.name in actions[row.flag].help
 
 
 def test_readme_methods_table_lists_exactly_the_table() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("\n## Methods\n", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"^\| `--(relational|distill) (\w+)`", section, flags=re.MULTILINE))
-    expected = {(r.flag, r.name) for r in method_table.METHODS} | {("relational", "None")}
+    expected = {(r.flag, r.name) for r in method_table.METHODS if r.kind != LOGIT_PAIR} | {("relational", "None")}
     assert listed == expected
 
 
@@ -111,7 +114,8 @@ def test_combinations_follow_the_table() -> None:
     assert len(pairs) == len(set(pairs))
     assert ("ckd_inter", "attention") in pairs and ("ckd_inter", "abound") not in pairs and ("dkd", "kd") in pairs
     for relational, distill in pairs:
-        method_table.validate_combination(parse_student_args(["--relational", str(relational), "--distill", distill]))
+        opt = parse_student_args(["--relational", str(relational), "--distill", distill])
+        method_table.validate_combination(opt.relational, opt.distill)
 
 
 @pytest.mark.parametrize("distill", ["abound", "factor"])
@@ -198,10 +202,13 @@ def test_resume_after_the_init_stage_matches_an_uninterrupted_run(digits_save: P
 class L1Term(nn.Module):
     """A throw-away logit term: mean |softmax(s) - softmax(t)|, counting its calls and what it was given."""
 
+    ARGS = ("kd_T",)
     calls = 0
+    built_with: list[tuple[object, dict]] = []
 
-    def __init__(self, ctx: object) -> None:
+    def __init__(self, ctx: object, **args: object) -> None:
         super().__init__()
+        type(self).built_with.append((ctx, args))
 
     def forward(self, logits_s: Tensor, logits_t: Tensor, labels: Tensor | None, batch: dict) -> Tensor:
         assert labels is None and "epoch" not in batch and "idx" in batch  # its row asks for neither
@@ -215,10 +222,59 @@ def test_a_logit_method_added_by_one_table_row_is_accepted_and_trained(digits_sa
                     summary="L1 between softmaxes (test only)")
     monkeypatch.setattr(method_table, "METHODS", (*method_table.METHODS, row))
     assert "l1" in build_student_parser().parse_args(["--relational", "l1"]).relational
-    L1Term.calls = 0
-    train_student.main(digits_args(digits_save, "--relational", "l1", "--save_dir", str(tmp_path)))
+    L1Term.calls, L1Term.built_with = 0, []
+    train_student.main(digits_args(digits_save, "--relational", "l1", "--kd_T", "3", "--save_dir", str(tmp_path)))
     results, out = results_of(capsys)
     assert results["config"]["relational"] == "l1" and results["teacher_calls"] == 64 * VIEWS
     assert L1Term.calls == 2  # ceil(64 / 32) steps of one pseudo-epoch
     assert method_table.method_label(results["config"]) == "l1"
+    [(ctx, args)] = L1Term.built_with
+    assert args == {"kd_T": 3.0}  # exactly its ARGS, by name
+    assert isinstance(ctx, TermContext) and not hasattr(ctx, "opt") and ctx.num_classes == 10 and ctx.n_items == 64 * VIEWS
+
+
+class ArgsTerm(FeatureTerm):
+    """A throw-away white-box term that records what each of its hooks was given: MSE of the last feature map."""
+
+    ARGS = ("hint_layer", "feat_dim")
+    seen: list[tuple[str, dict]] = []
+
+    @classmethod
+    def layers(cls, n_feats: int, **args: object) -> list[int]:
+        cls.seen.append(("layers", args))
+        return [n_feats - 1]
+
+    @classmethod
+    def check(cls, s_shapes: list, t_shapes: list, **args: object) -> None:
+        cls.seen.append(("check", args))
+
+    def __init__(self, ctx: TermContext, signed: bool = False, **args: object) -> None:
+        type(self).seen.append(("init", args))
+        assert isinstance(ctx, TermContext) and not hasattr(ctx, "opt")
+        super().__init__(ctx, signed, **args)
+
+    def forward(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
+        return (feats_s[0] - feats_t[0]).pow(2).mean()
+
+
+def test_a_term_receives_exactly_the_run_settings_it_declares(digits_save: Path, tmp_path: Path, capsys,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    row = MethodRow(name="argsterm", kind=WHITE_BOX, weight=2.0, sampler="plain", builder=f"{__name__}:ArgsTerm",
+                    summary="MSE of the last feature (test only)")
+    monkeypatch.setattr(method_table, "METHODS", (*method_table.METHODS, row))
+    ArgsTerm.seen = []
+    train_student.main(digits_args(digits_save, "--distill", "argsterm", "--hint_layer", "1", "--feat_dim", "16",
+                                   "--save_dir", str(tmp_path)))
+    results, _ = results_of(capsys)
+    assert results["config"]["distill"] == "argsterm"
+    assert {hook for hook, _ in ArgsTerm.seen} == {"layers", "check", "init"}
+    assert all(args == {"hint_layer": 1, "feat_dim": 16} for _, args in ArgsTerm.seen), ArgsTerm.seen
+
+
+def test_kd_is_a_logit_pair_row_of_the_table() -> None:
+    kd = next(r for r in method_table.METHODS if r.name == "kd")
+    assert kd.kind == LOGIT_PAIR and kd.flag == "w_kd" and kd.term == "kd" and kd.weight == 1.0
+    assert method_table.resolve(kd.builder).ARGS == ("kd_T",)
+    assert method_table.find("distill", "kd") is None  # --distill kd still means "no white-box loss"
+    assert method_table.method_order()[:2] == ("ce", "kd") and method_table.method_order().count("kd") == 1
 

@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from distiller_zoo import DistillKL, MixupLoss, apply_cutmix, cutmix_box, mix_images, sample_gamma, sample_mixup_weights
+from distiller_zoo import (
+    DistillKL,
+    LogitPairs,
+    MixupLoss,
+    apply_cutmix,
+    apply_to_pairs,
+    cutmix_box,
+    mix_images,
+    sample_gamma,
+    sample_mixup_weights,
+)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -108,20 +118,21 @@ def test_mixup_loss_golden(k: int) -> None:
     ys = [torch.randint(C, (B,), generator=_gen(30 + i)) for i in range(k)]
     w = sample_mixup_weights(k, _gen(40)).double()
     wn = w.numpy()
-    out = MixupLoss(w_cls=1.5, w_rel=2.0, w_kd=0.5, loss_fn=0, T=4.0)(s, ts, ys, w)
-    assert set(out) == {"cls", "rel", "kd"}
-    assert out["cls"].item() == pytest.approx(1.5 * sum(wn[i] * _ce(s.numpy(), ys[i].numpy()) for i in range(k)), rel=1e-10)
-    assert out["rel"].item() == pytest.approx(2.0 * sum(wn[i] * _soft_ce(s.numpy(), ts[i].numpy()) for i in range(k)), rel=1e-10)
+    out = MixupLoss(loss_fn=0, T=4.0)(s, ts, ys, w)
+    assert list(out) == ["cls", "rel"]  # unweighted: the method applies w_cls and w_rel
+    assert out["cls"].item() == pytest.approx(sum(wn[i] * _ce(s.numpy(), ys[i].numpy()) for i in range(k)), rel=1e-10)
+    assert out["rel"].item() == pytest.approx(sum(wn[i] * _soft_ce(s.numpy(), ts[i].numpy()) for i in range(k)), rel=1e-10)
     kd = sum(wn[i] * DistillKL(4.0)(s, ts[i]).item() for i in range(k))
-    assert out["kd"].item() == pytest.approx(0.5 * kd, rel=1e-10)
-    rel_kl = MixupLoss(w_cls=0.0, w_rel=1.0, loss_fn=1, T=4.0)(s, ts, ys, w)
+    # KD on the per-source pairs with their mixing weights, by the path a method takes
+    assert apply_to_pairs(DistillKL(4.0), LogitPairs([s] * k, ts, w)).item() == pytest.approx(kd, rel=1e-10)
+    rel_kl = MixupLoss(terms=("rel",), loss_fn=1, T=4.0)(s, ts, ys, w)
     assert set(rel_kl) == {"rel"} and rel_kl["rel"].item() == pytest.approx(kd, rel=1e-10)
 
 
 def test_mixup_loss_label_weights_sum_to_one() -> None:
     s, y = _rand(5, 4, seed=50), torch.tensor([0, 1, 2, 3, 0])
     w = sample_mixup_weights(3, _gen(51)).double()
-    out = MixupLoss(w_rel=0.0)(s, [], [y, y, y], w)
+    out = MixupLoss(terms=("cls",))(s, [], [y, y, y], w)
     assert set(out) == {"cls"}
     assert out["cls"].item() == pytest.approx(torch.nn.functional.cross_entropy(s, y).item(), rel=1e-6)
 
@@ -131,9 +142,13 @@ def test_mixup_loss_gradients_reach_student_not_teacher() -> None:
     ts = [_rand(4, 6, seed=61 + i).requires_grad_() for i in range(2)]
     ys = [torch.tensor([0, 1, 2, 3]), torch.tensor([5, 4, 3, 2])]
     for loss_fn in (0, 1):
-        out = MixupLoss(w_kd=1.0, loss_fn=loss_fn)(s, ts, ys, torch.tensor([0.4, 0.6]))
+        w = torch.tensor([0.4, 0.6], dtype=torch.float64)
+        out = MixupLoss(loss_fn=loss_fn)(s, ts, ys, w)
+        out["kd"] = apply_to_pairs(DistillKL(4.0), LogitPairs([s, s], ts, w))
         sum(out.values()).backward()
         assert s.grad is not None and s.grad.abs().sum() > 0
         assert all(t.grad is None for t in ts)
     with pytest.raises(ValueError):
         MixupLoss(loss_fn=2)
+    with pytest.raises(ValueError):
+        MixupLoss(terms=("kd",))
