@@ -2,7 +2,7 @@
 
     python train_student.py --model_s resnet32 --relational ckd --subset_size 2000
 
-Every flag is documented in ``--help`` and in README.md. The run writes results.json, best.pth,
+Every flag is documented in ``--help`` and in docs/flags.md. The run writes results.json, best.pth,
 last.pth and TensorBoard/W&B logs into save/student/<run name>/, and its last printed line is
 ``results: <path to results.json>``. From Python: ``helper.run.run_student(cfg)``.
 """

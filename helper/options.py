@@ -44,7 +44,7 @@ DEFAULT_TEACHER = {
     "ShuffleV2": "resnet32x4",
 }
 
-# the digits teacher the README trains first, and the default --model_t / --model of --dataset digits
+# the digits teacher `make demo` and docs/runs.md train first, and the default --model_t / --model of --dataset digits
 DEFAULT_DIGITS_TEACHER = "resnet14"
 DEFAULT_CIFAR_TEACHER = "resnet110"
 
@@ -113,7 +113,7 @@ def _flag(parser: argparse.ArgumentParser, name: str, help: str, **kwargs: Any) 
 
 COMMON_HELP = {
     "dataset": "data set: cifar100 (downloaded to --data_folder), digits (scikit-learn's bundled real 8x8 digits, "
-               "offline) or stanfordcars (196 classes, never downloaded: put the devkit files in --data_folder, see README)",
+               "offline) or stanfordcars (196 classes, never downloaded: put the devkit files in --data_folder, see docs/data.md)",
     "data_folder": "folder holding cifar-100-python/ (downloaded there when missing), or for stanfordcars "
                    "stanford_cars/ (or the files themselves): devkit/cars_meta.mat, devkit/cars_train_annos.mat, "
                    "cars_test_annos_withlabels.mat, cars_train/, cars_test/",
@@ -227,7 +227,7 @@ def build_student_parser() -> OneLineParser:
           type=str2bool, nargs="?", const=True, default=False)
     _flag(parser, "calibrate", "none (published) or train_mean: fold mean(cached teacher logits) - mean(student logits) "
           "over the training split into the classifier bias of the validated/saved model; meant for ckd and ckd_inter, "
-          "whose loss leaves the per-class logit offset free (see README)", type=str, default="none",
+          "whose loss leaves the per-class logit offset free (see docs/calibration.md)", type=str, default="none",
           choices=("none", "train_mean"))
     add_common_flags(parser, COMMON_HELP)
     return parser
@@ -404,7 +404,7 @@ def student_run_dir(opt: StudentConfig) -> Path:
 
 
 def markdown_flag_table(parser: argparse.ArgumentParser) -> str:
-    """The README's table of a parser's flags (flag, default, meaning), generated so it cannot drift from ``--help``."""
+    """The docs/flags.md table of a parser's flags (flag, default, meaning), generated so it cannot drift from ``--help``."""
     lines = ["| flag | default | meaning |", "|---|---|---|"]
     for action in parser._actions:
         if not action.option_strings or action.dest == "help":

@@ -1,6 +1,6 @@
-"""Every bad input of the README table, run as the real command: exit code 2, exactly one stderr line
-``error: ...`` naming the problem, no traceback, and nothing written (the teacher never called where the
-error can be known before)."""
+"""Every bad input of the "Bad inputs" table in docs/reliability.md, run as the real command: exit code 2, exactly
+one stderr line ``error: ...`` naming the problem, no traceback, and nothing written (the teacher never called
+where the error can be known before)."""
 
 from __future__ import annotations
 
