@@ -45,7 +45,7 @@ TEACHERS = ("wrn_40_2", "resnet56", "resnet110", "resnet32x4", "vgg13", "ResNet5
 PINS = ROOT / "scripts" / "teachers.sha256"
 CHECKPOINT = "ckpt_epoch_240.pth"
 CHUNK = 1 << 20
-BY_HAND = "docs/teachers.md says how to get it by hand"
+BY_HAND = "get the teachers by hand as docs/teachers.md describes"
 
 
 def member_name(name: str) -> str:
