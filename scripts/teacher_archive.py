@@ -273,24 +273,26 @@ def install(names: Iterable[str], save_dir: Path, pins: dict[str, str], required
     names = list(names)
     failed: list[str] = []
     try:
-        tar = tarfile.open(archive, "r:*")
+        tar = tarfile.open(archive, "r:")
     except (tarfile.TarError, OSError, EOFError) as err:
         try:
             archive.unlink()
             gone = "it was deleted, run the script again to download it afresh"
         except OSError:
             gone = "delete it and run the script again"
-        print(f"error: {archive} is not a tar archive ({err}); {gone}", file=sys.stderr, flush=True)
+        print(f"error: {archive} is not a tar archive ({str(err).splitlines()[0]}); {gone}", file=sys.stderr, flush=True)
         return names
     with tar:
+        members: dict[str, tarfile.TarInfo] = {}
+        ends_early = ""
         try:
-            members = {info.name.removeprefix("./"): info for info in tar.getmembers()}
+            while (info := tar.next()) is not None:  # header by header: a truncated archive still gives its first members
+                members.setdefault(info.name.removeprefix("./"), info)
         except (tarfile.TarError, OSError, EOFError) as err:
-            print(f"error: {archive} is damaged ({err}); delete it and run the script again", file=sys.stderr, flush=True)
-            return names
+            ends_early = f" (the archive ends early: {str(err).splitlines()[0]})"
         for name in names:
             try:
-                line = _install_one(tar, members, name, save_dir, pins, required, data_folder, archive)
+                line = _install_one(tar, members, name, save_dir, pins, required, data_folder, archive, ends_early)
             except UserError as err:
                 print(f"{name}: {err}", file=sys.stderr, flush=True)
                 failed.append(name)
@@ -300,11 +302,11 @@ def install(names: Iterable[str], save_dir: Path, pins: dict[str, str], required
 
 
 def _install_one(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], name: str, save_dir: Path, pins: dict[str, str],
-                 required: dict[str, str] | None, data_folder: Path | None, archive: Path) -> str:
+                 required: dict[str, str] | None, data_folder: Path | None, archive: Path, ends_early: str = "") -> str:
     wanted = member_name(name)
     info = members.get(wanted)
     if info is None:
-        raise UserError(f"{archive} has no member {wanted}; delete the archive to download it again, or {BY_HAND}")
+        raise UserError(f"{archive} has no member {wanted}{ends_early}; delete the archive to download it again, or {BY_HAND}")
     if not info.isfile():
         kind = "a link" if info.issym() or info.islnk() else "not a regular file"
         raise UserError(f"member {wanted} of {archive} is {kind} and was refused; {BY_HAND}")
