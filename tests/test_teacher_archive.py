@@ -382,3 +382,13 @@ def test_published_accuracy_table() -> None:
 
     assert PUBLISHED_ACCURACY == {"wrn_40_2": 75.61, "resnet56": 72.34, "resnet110": 74.31, "resnet32x4": 79.42, "vgg13": 74.64,
                                   "ResNet50": 79.34}
+
+
+def test_docs_say_where_teachers_come_from() -> None:
+    manual = (ROOT / "docs" / "teachers.md").read_text(encoding="utf-8")
+    for words in (teacher_archive.ARCHIVE_URL, "tar xvf cifar_teachers.tar", "scripts/teachers.sha256", "--keep_archive",
+                  "22aa12e2b632b19ddde155ccf2388671842ddd304824b3095e0a7fff364beb4f", "save/models/{name}_vanilla/ckpt_epoch_240.pth"):
+        assert words in manual, words
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Teachers\n"):readme.index("## Sweeps\n")]
+    assert "docs/teachers.md" in section and "tar xvf" in section and "fetch_pretrained_teachers.sh" in section
