@@ -6,13 +6,10 @@ proxy variable is removed from the script's environment."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import os
-import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,53 +17,13 @@ import pytest
 import torch
 
 from models import model_dict
+from tests.http_fixture import FileServer, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "fetch_pretrained_teachers.sh"
 NAME = "resnet56"
 REL_PATH = f"{NAME}_vanilla/ckpt_epoch_240.pth"
-
-
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves ``server.files`` (URL path -> bytes), honouring ``Range: bytes=START-[END]``."""
-
-    server: FileServer
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self.server.requests.append((self.path, self.headers.get("Range")))
-        data = self.server.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        wanted = self.headers.get("Range")
-        match = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted or "")
-        if match is None:
-            self._send(200, data, {})
-            return
-        start = int(match[1])
-        end = min(int(match[2]) if match[2] else len(data) - 1, len(data) - 1)
-        if start >= len(data):
-            self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-            return
-        self._send(206, data[start:end + 1], {"Content-Range": f"bytes {start}-{end}/{len(data)}"})
-
-    def _send(self, code: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence the request log
-        pass
-
-
-class FileServer(http.server.ThreadingHTTPServer):
-    files: dict[str, bytes]
-    requests: list[tuple[str, str | None]]
+DEAD_ARCHIVE = "http://127.0.0.1:1/cifar_teachers.tar"  # port 1: connection refused at once
 
 
 def _checkpoint_bytes(obj: object) -> bytes:
@@ -96,31 +53,29 @@ def good_bytes() -> bytes:
 def server(good_bytes: bytes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
     marker = tmp_path_factory.mktemp("evil") / "MARKER"
     wrong = model_dict["resnet20"](num_classes=100).state_dict()
-    httpd = FileServer(("127.0.0.1", 0), RangeHandler)
-    httpd.files = {
+    with serving({
         f"/good/{REL_PATH}": good_bytes,
         f"/truncated/{REL_PATH}": good_bytes[: len(good_bytes) * 3 // 5],
         f"/wrong/{REL_PATH}": _checkpoint_bytes({"model": wrong, "epoch": 240, "accuracy": 70.0}),
         f"/evil/{REL_PATH}": _checkpoint_bytes({"model": CodeCarrying(marker), "epoch": 240}),
-    }
-    httpd.requests = []
-    httpd.marker = marker  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    }) as httpd:
+        httpd.marker = marker  # type: ignore[attr-defined]
+        yield httpd
 
 
 def _base(server: FileServer, folder: str) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}/{folder}"
 
 
-def _fetch(mirrors: list[str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    assert mirrors and all(m.startswith("http://127.0.0.1:") for m in mirrors)  # loopback only, ever
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("TEACHER_MIRROR")}
-    env.update(TEACHER_MIRRORS=" ".join(mirrors), PYTHON=sys.executable, TEACHER_CONNECT_TIMEOUT="5", NO_PROXY="*", no_proxy="*")
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+def _fetch(mirrors: list[str], *args: str, cwd: Path | None = None, archive: str = DEAD_ARCHIVE) -> subprocess.CompletedProcess[str]:
+    """Run the fetch script with only loopback sources: ``mirrors`` per file, then the release archive at ``archive``
+    (refused by default). It runs from scripts/, so no ./data/cifar-100-python of a checkout starts an accuracy check."""
+    assert all(m.startswith("http://127.0.0.1:") for m in [*mirrors, archive])  # loopback only, ever
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("TEACHER_")}
+    env.update(TEACHER_MIRRORS=" ".join(mirrors), TEACHER_ARCHIVE_URL=archive, PYTHON=sys.executable, TEACHER_CONNECT_TIMEOUT="5",
+               NO_PROXY="*", no_proxy="*")
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=cwd or SCRIPT.parent,
+                          timeout=120)
 
 
 def _dest(save_dir: Path) -> Path:
@@ -225,20 +180,25 @@ def test_failed_fetch_keeps_folders_it_did_not_create(server: FileServer, good_b
 
 
 def test_mirror_list_and_usage_errors(tmp_path: Path) -> None:
-    """--dry-run prints the URLs without contacting anything."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_MIRROR")}
+    """--dry-run prints the URLs of both kinds of source (per-file mirrors, then the release archive) without contacting anything."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
     default = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--only", "vgg13"], capture_output=True, text=True,
                              env={**env, "TEACHER_MIRROR": "http://127.0.0.1:9/extra"}, timeout=30)
     assert default.returncode == 0, default.stderr
     assert [line.split()[1] for line in default.stdout.splitlines()] == [
         "http://shape2prog.csail.mit.edu/repo/vgg13_vanilla/ckpt_epoch_240.pth",
         "http://127.0.0.1:9/extra/vgg13_vanilla/ckpt_epoch_240.pth",
+        "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar",
     ]
+    assert "member cifar_teachers/vgg13_vanilla/ckpt_epoch_240.pth" in default.stdout.splitlines()[2]
     replaced = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--save_dir", str(tmp_path)], capture_output=True, text=True,
                               env={**env, "TEACHER_MIRRORS": "http://127.0.0.1:9/a http://127.0.0.1:9/b/"}, timeout=30)
-    lines = replaced.stdout.splitlines()
+    lines = [line for line in replaced.stdout.splitlines() if "cifar_teachers.tar" not in line]
     assert len(lines) == 12 and all(line.split()[1].startswith("http://127.0.0.1:9/") for line in lines)
     assert lines[0].split()[-1] == str(tmp_path / "models" / "wrn_40_2_vanilla" / "ckpt_epoch_240.pth")
+    archive_only = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--source", "archive", "--only", "resnet56"], capture_output=True,
+                                  text=True, env={**env, "TEACHER_ARCHIVE_URL": "http://127.0.0.1:9/t.tar"}, timeout=30)
+    assert archive_only.stdout.split()[:2] == ["resnet56", "http://127.0.0.1:9/t.tar"] and len(archive_only.stdout.splitlines()) == 1
     unknown = subprocess.run(["bash", str(SCRIPT), "--only", "resnet57"], capture_output=True, text=True, env=env, timeout=30)
     assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1 and "resnet57" in unknown.stderr
 
