@@ -10,11 +10,12 @@
 randomly initialised ``--model_t`` teacher in RepDistiller's checkpoint format, with BatchNorm statistics taken from
 the data (as ``scripts/bench.py`` does; without them a deep random ResNet's eval logits overflow the losses).
 
-``timed-run`` runs ``train_student.py`` in this process and times, without changing the trainer, the parts of
-:class:`helper.student_trainer.StudentRun`: the training loop of each pseudo-epoch (``_train_epoch``, which ends with
-a host sync on every device; a device sync is added after it), validation + logging + schedule (``_end_epoch``),
-checkpoints (``_save_last``, ``_save_best``), set-up and the final test evaluation (exclusive times: a method called
-inside another counts only once). A method the trainer no longer has is reported as missing, not fatal.
+``timed-run`` runs ``train_student.py`` in this process and times, without changing the trainer, the parts of a
+student run: the training loop (``helper.engine.train_epochs`` as the trainer calls it; each epoch ends with a host
+sync, and a device sync is added after the loop), validation + logging + schedule (``StudentRun.end_epoch``),
+checkpoints (``save_last``, ``_save_best``), set-up and the final test evaluation (exclusive times: a part called
+inside another counts only once, so the loop's time is its steps alone). A part the trainer no longer has is reported
+as missing, not fatal.
 
 ``report`` reads the steps ``gpu_check.sh`` recorded (``WORK/steps.jsonl``), their logs and run folders, and writes
 ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``.
@@ -41,7 +42,7 @@ if str(ROOT) not in sys.path:
 # StudentRun methods timed by timed-run, and the part of the run each belongs to
 TIMED_METHODS = {
     "_prepare_data": "setup", "_prepare_teacher_cache": "setup", "_prepare_student": "setup",
-    "_train_epoch": "train", "_end_epoch": "validate_log", "_save_last": "checkpoint", "_save_best": "checkpoint",
+    "train_epochs": "train", "end_epoch": "validate_log", "save_last": "checkpoint", "_save_best": "checkpoint",
     "_finish": "finish",
 }
 # results.json metrics compared by the deterministic-resume check (bit-identical expected)
@@ -156,17 +157,19 @@ def cmd_timed_run(args: argparse.Namespace, argv: list[str]) -> int:
     stack: list[list[float]] = []  # [start, time spent in nested timed calls]
 
     def wrap(name: str) -> None:
-        original = getattr(student_trainer.StudentRun, name, None)
+        # the loop is a function of helper.engine that the trainer imported; the other parts are StudentRun methods
+        owner = student_trainer if name == "train_epochs" else student_trainer.StudentRun
+        original = getattr(owner, name, None)
         if original is None:
             timing["missing"].append(name)
             return
 
-        def timed(self: Any, *a: Any, **k: Any) -> Any:
+        def timed(*a: Any, **k: Any) -> Any:
             stack.append([time.perf_counter(), 0.0])
             try:
-                result = original(self, *a, **k)
-                if name == "_train_epoch" and getattr(self, "device", None) is not None and self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
+                result = original(*a, **k)
+                if name == "train_epochs" and torch.cuda.is_available():
+                    torch.cuda.synchronize()
                 return result
             finally:
                 start, nested = stack.pop()
@@ -176,7 +179,7 @@ def cmd_timed_run(args: argparse.Namespace, argv: list[str]) -> int:
                 if stack:
                     stack[-1][1] += total
 
-        setattr(student_trainer.StudentRun, name, timed)
+        setattr(owner, name, timed)
 
     for method in TIMED_METHODS:
         wrap(method)
@@ -285,7 +288,7 @@ def e2e_entry(step: dict[str, Any], work: Path) -> dict[str, Any]:
         entry["timing"] = {"parts_s": parts, "calls": timing.get("calls"), "total_s": timing.get("total_s"),
                            "missing_methods": timing.get("missing")}
         training_phase = parts["train"] + parts["validate_log"] + parts["checkpoint"]
-        epochs = timing.get("calls", {}).get("_end_epoch") or 0
+        epochs = timing.get("calls", {}).get("end_epoch") or 0
         if training_phase > 0 and epochs:
             entry["seconds_per_pseudo_epoch"] = training_phase / epochs
             entry["train_loop_s_per_pseudo_epoch"] = parts["train"] / epochs
