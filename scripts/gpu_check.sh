@@ -14,9 +14,11 @@
 #    uninterrupted one (results.json metrics and best.pth weights must be bit-identical); if that fails, once more
 #    with CUBLAS_WORKSPACE_CONFIG=:4096:8;
 # 5. 4 short CKD runs through scripts/sweep.py, one per GPU (--gpus 0) and four per GPU (--gpus 0,0,0,0);
-# 6. CKD P+N 2 with --compile (last: it may be slow or fail).
+# 6. the digits demo's kd, ckd and mixup students (subset 400, 3 seeds), plain and with --amp --channels_last:
+#    the test accuracies that decide whether the fast path can be the CUDA default;
+# 7. CKD P+N 2 with --compile (last: it may be slow or fail).
 #
-# Every step has its own timeout and the whole script a time budget (GPU_CHECK_BUDGET_S, default 420 s of steps):
+# Every step has its own timeout and the whole script a time budget (GPU_CHECK_BUDGET_S, default 450 s of steps):
 # a failed, timed-out or skipped step is recorded and the script goes on. $OUT receives gpu_check.json,
 # gpu_check.md and gpu_check_logs.tar.gz (every step's log); the bulky work files (data, runs) live in a
 # temporary folder (GPU_CHECK_WORK to choose it, GPU_CHECK_KEEP_WORK=1 to keep it).
@@ -30,7 +32,7 @@ DRY=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "error: unknown argument '$arg'; use --dry-run or --help" >&2; exit 2 ;;
     esac
 done
@@ -48,7 +50,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MO
 if [ "$DRY" = 1 ]; then
     DEVICE=cpu; TINY=1; MODE=dry-run; BUDGET=${GPU_CHECK_BUDGET_S:-240}
 else
-    DEVICE=${GPU_CHECK_DEVICE:-cuda}; TINY=${GPU_CHECK_TINY:-0}; MODE=full; BUDGET=${GPU_CHECK_BUDGET_S:-420}
+    DEVICE=${GPU_CHECK_DEVICE:-cuda}; TINY=${GPU_CHECK_TINY:-0}; MODE=full; BUDGET=${GPU_CHECK_BUDGET_S:-450}
 fi
 if [ "$DEVICE" = cpu ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
 
@@ -264,7 +266,16 @@ for slots in 1 4; do
         "$PY" scripts/sweep.py "$SWEEP_FILE" --gpus "$gpus" --save_dir "$WORK/runs/sweep_$slots" -- "${SWEEP_EXTRA[@]}"
 done
 
-# ---------------------------------------------------------------------------------------------- 6. compile
+# ---------------------------------------------------------------------------------------------- 6. digits accuracy
+if [ "$DRY" = 1 ]; then
+    run_step digits accuracy 120 0 "" -- "$PY" scripts/gpu_report.py digits-accuracy --work "$WORK" --device "$DEVICE" \
+        --result "$WORK/runs/digits_accuracy.json" --seeds 1 --teacher_epochs 1 --student_epochs 1
+else
+    run_step digits accuracy 150 60 "" -- "$PY" scripts/gpu_report.py digits-accuracy --work "$WORK" --device "$DEVICE" \
+        --result "$WORK/runs/digits_accuracy.json"
+fi
+
+# ---------------------------------------------------------------------------------------------- 7. compile
 if [ "$DRY" = 1 ]; then
     skip bench ckd2 "dry-run skips --compile" "\"label\": \"CKD, P+N = 2\", \"variant\": \"compile\", \"flags\": \"--relational ckd --pos_and_neg 2 --amp --channels_last --compile\""
 else
@@ -281,7 +292,7 @@ timeout 120 "$PY" scripts/gpu_report.py report --work "$WORK" --out "$OUT" > "$W
 report_rc=$?
 cat "$WORK/logs/report.log"
 tar -czf "$OUT/gpu_check_logs.tar.gz" -C "$WORK" logs steps.jsonl meta.json $(cd "$WORK" && ls prepare.json gpu_check_sweep.yml 2> /dev/null) \
-    $(cd "$WORK" && ls runs/*.timing.json 2> /dev/null) 2> /dev/null
+    $(cd "$WORK" && ls runs/*.timing.json runs/digits_accuracy.json 2> /dev/null) 2> /dev/null
 say "done in $(( $(date +%s) - START ))s: $OUT/gpu_check.json, $OUT/gpu_check.md, $OUT/gpu_check_logs.tar.gz (report exit $report_rc)"
 if [ "${GPU_CHECK_KEEP_WORK:-0}" != 1 ] && [ -z "${GPU_CHECK_WORK:-}" ]; then rm -rf "$WORK"; fi
 exit "$report_rc"

@@ -17,6 +17,10 @@ checkpoints (``save_last``, ``_save_best``), set-up and the final test evaluatio
 inside another counts only once, so the loop's time is its steps alone). A part the trainer no longer has is reported
 as missing, not fatal.
 
+``digits-accuracy`` trains the demo's digits teacher and its students (kd, ckd, mixup at subset 400, 3 seeds, the
+demo's schedule) on the device, plain and with ``--amp --channels_last``, and records each run's test accuracy: the
+evidence for (or against) making the fast path the CUDA default.
+
 ``report`` reads the steps ``gpu_check.sh`` recorded (``WORK/steps.jsonl``), their logs and run folders, and writes
 ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``.
 """
@@ -202,6 +206,54 @@ def cmd_timed_run(args: argparse.Namespace, argv: list[str]) -> int:
         timing["total_s"] = time.perf_counter() - start
         Path(args.timing).write_text(json.dumps(timing, indent=2))
     return code
+
+
+# digits students of the accuracy check: the demo's methods and schedule (scripts/demo.py), subset 400
+DIGITS_METHODS = {"kd": ["--relational=None", "--w_kd=1"], "ckd": ["--relational=ckd", "--pos_and_neg=2"],
+                  "mixup": ["--relational=mixup", "--w_kd=0"]}
+DIGITS_SCHEDULE = ["--patience", "8", "--lr_decay_times", "2"]  # and --epochs 40
+
+
+def cmd_digits_accuracy(args: argparse.Namespace) -> int:
+    """Digits students plain and with --amp --channels_last on ``--device``; test accuracies to ``--result``."""
+    import contextlib
+    import io
+    import statistics
+
+    import train_student
+    import train_teacher
+
+    save = Path(args.work) / "digits_save"
+    seeds = list(range(1, args.seeds + 1))
+    out: dict[str, Any] = {"device": args.device, "seeds": seeds, "runs": []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_teacher.main(["--model", "resnet14", "--dataset", "digits", "--epochs", str(args.teacher_epochs),
+                            "--lr_decay_epochs", "10", "--save_dir", str(save), "--device", args.device])
+    for variant, flags in (("plain", []), ("amp+channels_last", ["--amp", "--channels_last"])):
+        for method, method_flags in DIGITS_METHODS.items():
+            for seed in seeds:
+                argv = ["--model_s", "resnet8", "--model_t", "resnet14", "--dataset", "digits", "--subset_size", "400",
+                        "--seed", str(seed), "--batch_size", "32", "--use_DA", "1", "--save_dir", str(save),
+                        "--device", args.device, "--epochs", str(args.student_epochs), *DIGITS_SCHEDULE, *method_flags, *flags]
+                start = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()) as log:
+                    train_student.main(argv)
+                results = json.loads(Path(log.getvalue().strip().splitlines()[-1].split("results: ", 1)[1]).read_text())
+                out["runs"].append({"variant": variant, "method": method, "seed": seed, "test_acc": results["test_acc"],
+                                    "seconds": time.perf_counter() - start})
+                Path(args.result).write_text(json.dumps(out, indent=2))
+    summary: dict[str, Any] = {}
+    for run in out["runs"]:
+        summary.setdefault(run["method"], {}).setdefault(run["variant"], []).append(run["test_acc"])
+    out["summary"] = {m: {v: {"mean": statistics.mean(a), "std": statistics.stdev(a) if len(a) > 1 else 0.0, "n": len(a)}
+                          for v, a in by_variant.items()} for m, by_variant in summary.items()}
+    Path(args.result).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def digits_entry(work: Path) -> dict[str, Any] | None:
+    path = work / "runs" / "digits_accuracy.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -431,6 +483,16 @@ def markdown(report: dict[str, Any]) -> str:
                      + (f"; {d['reason']}" if d.get("reason") else ""))
     if not report.get("determinism"):
         lines.append("- not run")
+    lines += ["", "## Digits accuracy, plain vs `--amp --channels_last` (test %, mean ± std over seeds)", ""]
+    digits = report.get("digits_accuracy") or {}
+    if digits.get("summary"):
+        lines += ["| method | plain | amp+channels_last |", "|---|---:|---:|"]
+        for method, by_variant in digits["summary"].items():
+            cells = [f"{v['mean']:.2f} ± {v['std']:.2f} (n={v['n']})" if (v := by_variant.get(name)) else "–"
+                     for name in ("plain", "amp+channels_last")]
+            lines.append(f"| {method} | {cells[0]} | {cells[1]} |")
+    else:
+        lines.append(f"- not run ({len(digits.get('runs', []))} runs recorded)")
     failed = [f"{s.get('step')}:{s.get('name')}" for s in report.get("steps", []) if s.get("status") in ("failed", "timeout")]
     lines += ["", f"failed or timed-out steps: {', '.join(failed) if failed else 'none'}", ""]
     return "\n".join(lines)
@@ -483,6 +545,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             entry = {"variant": variant, "result": "fail", "reason": f"report error {type(err).__name__}: {err}"}
         if entry is not None:
             report["determinism"].append(entry)
+    report["digits_accuracy"] = digits_entry(work)
     report["targets"] = targets(report["bench"], meta.get("fast_variant", "amp+channels_last"))
     for bench_e in report["bench"]:  # fast-path speed-up over the plain row of the same method
         plain = next((b for b in report["bench"] if b.get("name") == bench_e.get("name") and b.get("variant") == "plain"
@@ -513,6 +576,13 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--n_test", type=int, default=10000)
     timed = sub.add_parser("timed-run", help="train_student.py with its parts timed (flags after --)")
     timed.add_argument("--timing", required=True)
+    acc = sub.add_parser("digits-accuracy", help="digits students plain vs --amp --channels_last")
+    acc.add_argument("--work", required=True)
+    acc.add_argument("--device", default="cuda")
+    acc.add_argument("--result", required=True)
+    acc.add_argument("--seeds", type=int, default=3)
+    acc.add_argument("--teacher_epochs", type=int, default=15)
+    acc.add_argument("--student_epochs", type=int, default=40)
     rep = sub.add_parser("report", help="assemble gpu_check.json and gpu_check.md")
     rep.add_argument("--work", required=True)
     rep.add_argument("--out", required=True)
@@ -521,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_prepare(args)
     if args.command == "timed-run":
         return cmd_timed_run(args, rest)
+    if args.command == "digits-accuracy":
+        return cmd_digits_accuracy(args)
     return cmd_report(args)
 
 
