@@ -204,7 +204,7 @@ class Method(nn.Module):
         return {"generator": self.generator.get_state()}
 
     def load_extra_state(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint read onto CUDA holds it there
 
     def set_epoch(self, epoch: int) -> None:
         """The 1-based pseudo-epoch of the coming steps (read by terms whose table row says needs_epoch)."""

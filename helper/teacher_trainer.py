@@ -76,7 +76,7 @@ class EpochShuffle:
         return {"epoch_start_rng": start, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["epoch_start_rng"])
+        self.generator.set_state(state["epoch_start_rng"].cpu())  # read onto CUDA with the checkpoint
         self.position, self.order = int(state["position"]), None
         if self.position:
             self.epoch_start_state = self.generator.get_state()

@@ -25,14 +25,15 @@
 #
 # Environment: OUT (default: ./gpu_check_out), PYTHON (default: .venv/bin/python if present, else python3),
 # GPU_CHECK_DEVICE (default cuda; cpu runs the full sequence on the CPU), GPU_CHECK_TINY=1 (tiny models and
-# sizes, as --dry-run uses), GPU_CHECK_BUDGET_S.
+# sizes, as --dry-run uses), GPU_CHECK_BUDGET_S, GPU_CHECK_ONLY (a subset of "bench e2e determinism sweep digits
+# compile" to rerun part of the measurement), GPU_CHECK_SWEEP_EPOCHS (pseudo-epochs of each concurrent run).
 set -u
 
 DRY=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "error: unknown argument '$arg'; use --dry-run or --help" >&2; exit 2 ;;
     esac
 done
@@ -63,6 +64,9 @@ else
     BENCH_SIZE=(--batch_size 64 --steps 20 --warmup 5 --repeats 3 --cache_repeats 1)
     CRD_K=16384; SWEEP_EPOCHS=20; DET_EPOCHS=12; STEP_TIMEOUT=90
 fi
+[ -n "${GPU_CHECK_SWEEP_EPOCHS:-}" ] && SWEEP_EPOCHS=$GPU_CHECK_SWEEP_EPOCHS
+ONLY=" ${GPU_CHECK_ONLY:-bench e2e determinism sweep digits compile} "
+wanted() { [[ "$ONLY" == *" $1 "* ]]; }
 SWEEP_RUNS=4
 [ "$DRY" = 1 ] && SWEEP_RUNS=1  # dry-run: one run per slot count, the plumbing only
 FAST=(--amp --channels_last)
@@ -153,6 +157,7 @@ METHODS=(
     "fitnet|FitNet (--distill hint)|--relational=None --distill hint"
 )
 for entry in "${METHODS[@]}"; do
+    wanted bench || break
     IFS='|' read -r name label flags <<< "$entry"
     read -r -a flag_array <<< "$flags"
     for variant in plain "$FAST_NAME"; do
@@ -169,6 +174,7 @@ done
 TRAIN_COMMON=(--model_s "$MODEL_S" --model_t "$MODEL_T" --path_t "$TEACHER" --relational ckd --subset_size "$SUBSET"
               --batch_size "$BATCH" --data_folder "$DATA" --device "$DEVICE" --seed 1)
 for variant in plain "$FAST_NAME"; do
+    wanted e2e || break
     if [ "$DRY" = 1 ] && [ "$variant" != plain ]; then
         skip e2e "$variant" "dry-run runs the plain variant only" "\"label\": $(json_str "ckd $variant")"
         continue
@@ -235,8 +241,8 @@ a, b = (json.loads(next(Path(d).glob("student/*/results.json")).read_text()) for
 sys.exit(0 if all(a.get(k) == b.get(k) for k in RESUME_METRICS) else 1)
 EOF
 }
-det_check default
-if [ "$DEVICE" != cpu ] && ! det_identical default; then
+wanted determinism && det_check default
+if wanted determinism && [ "$DEVICE" != cpu ] && ! det_identical default; then
     det_check cublas_workspace CUBLAS_WORKSPACE_CONFIG=:4096:8
 fi
 
@@ -257,6 +263,7 @@ SWEEP_FILE=$WORK/gpu_check_sweep.yml
 SWEEP_EXTRA=(--path_t "$TEACHER" --data_folder "$DATA" --batch_size "$BATCH")
 [ "$DEVICE" = cpu ] && SWEEP_EXTRA+=(--device cpu)
 for slots in 1 4; do
+    wanted sweep || break
     gpus=$(printf '0,%.0s' $(seq 1 "$slots")); gpus=${gpus%,}
     if [ "$DRY" = 1 ] && [ "$slots" = 4 ]; then
         skip sweep "slots$slots" "dry-run runs one slot only" "\"slots\": $slots, \"runs\": $SWEEP_RUNS"
@@ -267,7 +274,9 @@ for slots in 1 4; do
 done
 
 # ---------------------------------------------------------------------------------------------- 6. digits accuracy
-if [ "$DRY" = 1 ]; then
+if ! wanted digits; then
+    :
+elif [ "$DRY" = 1 ]; then
     run_step digits accuracy 120 0 "" -- "$PY" scripts/gpu_report.py digits-accuracy --work "$WORK" --device "$DEVICE" \
         --result "$WORK/runs/digits_accuracy.json" --seeds 1 --teacher_epochs 1 --student_epochs 1
 else
@@ -276,7 +285,9 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------- 7. compile
-if [ "$DRY" = 1 ]; then
+if ! wanted compile; then
+    :
+elif [ "$DRY" = 1 ]; then
     skip bench ckd2 "dry-run skips --compile" "\"label\": \"CKD, P+N = 2\", \"variant\": \"compile\", \"flags\": \"--relational ckd --pos_and_neg 2 --amp --channels_last --compile\""
 else
     bench ckd2 "CKD, P+N = 2" compile 200 --relational ckd --pos_and_neg 2
