@@ -2,13 +2,16 @@
 
 L_KD = T^2 * KL( softmax(z_t / T) || softmax(z_s / T) ), summed over classes and averaged over the
 batch ("batchmean", not the element-wise mean). The T^2 factor keeps the gradient magnitude of the
-soft term independent of T (Hinton et al., Sec. 2).
+soft term independent of T (Hinton et al., Sec. 2). ``DistillKL(T, standardize=True)`` first z-scores both logit
+vectors (logit standardization, ``distiller_zoo/LS.py``; ``--logit_stand``).
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from distiller_zoo.LS import logit_standardize
 
 
 def distill_kl(y_s: Tensor, y_t: Tensor, T: float) -> Tensor:
@@ -22,11 +25,15 @@ def distill_kl(y_s: Tensor, y_t: Tensor, T: float) -> Tensor:
 
 
 class DistillKL(nn.Module):
-    """KD loss of Hinton et al. (2015): T^2-scaled, batch-averaged KL between softened distributions."""
+    """KD loss of Hinton et al. (2015): T^2-scaled, batch-averaged KL between softened distributions, on standardized
+    logits when ``standardize`` (Sun et al., 2024)."""
 
-    def __init__(self, T: float) -> None:
+    def __init__(self, T: float, standardize: bool = False) -> None:
         super().__init__()
         self.T = T
+        self.standardize = standardize
 
     def forward(self, y_s: Tensor, y_t: Tensor) -> Tensor:
+        if self.standardize:
+            y_s, y_t = logit_standardize(y_s), logit_standardize(y_t)
         return distill_kl(y_s, y_t, self.T)

@@ -64,6 +64,8 @@ class MethodRow:
     init_stage: bool = False  # white-box: trains its init modules for --init_epochs before the main schedule
     with_white_box: bool = False  # relational: needs a white-box --distill, applied to group-mean differences
     not_on_differences: str = ""  # white-box: why it cannot run on group-mean differences (empty: it can)
+    logit_stand_ok: bool = False  # logit term: honours --logit_stand itself (logit standardization's scope: DKD, MLKD)
+    image_views: int = 1  # logit term: reads this many views of each sampled image, stacked view-major (MLKD: 2)
 
     @property
     def flag(self) -> str:
@@ -90,7 +92,12 @@ METHODS: tuple[MethodRow, ...] = (
     _row("dist", LOGIT, 2.0, "plain", "distiller_zoo:DISTTerm", "DIST on logits"),
     _row("crd", LOGIT, 0.8, "crd", "crd:CRDTerm", "CRD on logits"),
     _row("dkd", LOGIT, 1.0, "plain", "distiller_zoo:DKDTerm", "DKD on logits and labels, 20-epoch warm-up",
-         needs_labels=True, needs_epoch=True),
+         needs_labels=True, needs_epoch=True, logit_stand_ok=True),
+    _row("ttm", LOGIT, 45.0, "plain", "distiller_zoo:TTMTerm", "TTM: KL to the power-transformed teacher (--ttm_l)"),
+    _row("wttm", LOGIT, 4.0, "plain", "distiller_zoo:WTTMTerm", "WTTM: TTM weighted by the teacher's power sum (--ttm_l)"),
+    _row("mlkd", LOGIT, 0.9, "plain", "distiller_zoo:MLKDTerm",
+         "MLKD: instance, class and batch levels on two cached views of each image (--teacher_views 2)",
+         logit_stand_ok=True, image_views=2),
     # --distill: white-box terms
     _row("hint", WHITE_BOX, 100.0, "plain", "distiller_zoo:HintTerm", "FitNet at --hint_layer"),
     _row("vid", WHITE_BOX, 1.0, "plain", "distiller_zoo:VIDTerm", "VID"),
@@ -175,6 +182,25 @@ def validate_combination(opt: argparse.Namespace) -> None:
         partners = " or ".join(["None", *(r.name for r in rows(flag="relational") if r.with_white_box)])
         raise UserError(f"--distill {distill.name} is a white-box method and only combines with --relational {partners}, "
                         f"not {relational.name}")
+    validate_modifiers(opt)
+
+
+def validate_modifiers(opt: argparse.Namespace) -> None:
+    """Reject --logit_stand where nothing standardizes its logits, and --teacher_views beyond what a multi-view term
+    reads, with one sentence (before any work)."""
+    relational = find("relational", opt.relational)
+    if getattr(opt, "logit_stand", False):
+        scope = " or ".join(r.name for r in rows(flag="relational") if r.logit_stand_ok)
+        if relational is not None and not relational.logit_stand_ok:
+            raise UserError(f"--logit_stand standardizes the logits of KD (--w_kd) and of --relational {scope}, not those "
+                            f"of --relational {relational.name}; drop --logit_stand or choose one of those")
+        if relational is None and float(opt.w_kd) == 0:
+            raise UserError(f"--logit_stand standardizes the logits of KD, but --w_kd is 0; pass --w_kd above 0 (the "
+                            f"official recipe: --w_kd 9 --kd_T 2) or --relational {scope}")
+    if relational is not None and relational.image_views > 1 and int(opt.teacher_views) > relational.image_views:
+        raise UserError(f"--relational {relational.name} reads {relational.image_views} cached teacher views per image, "
+                        f"so --teacher_views {opt.teacher_views} would query the teacher for views it never reads; pass "
+                        f"--teacher_views {relational.image_views} or less")
 
 
 def combinations() -> list[tuple[str | None, str]]:
@@ -215,6 +241,8 @@ def method_label(config: dict[str, Any]) -> str:
                 label += f"+{distill}"
         if w_kd > 0:
             label += "+kd"
+    if str(config.get("logit_stand", False)).lower() in ("true", "1"):
+        label += "+ls"  # logit standardization: its own method variant (kd+ls, dkd+ls, mlkd+ls)
     if none_or_str(config.get("calibrate")) not in (None, "none"):
         label += "+cal"  # --calibrate train_mean: its own method variant in tables and plots
     return label
