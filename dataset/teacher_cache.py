@@ -53,6 +53,11 @@ class TrainPool:
     def n_items(self) -> int:
         return int(self.labels.shape[0])
 
+    def view_items(self, image_idx: torch.Tensor, k: int) -> torch.Tensor:
+        """The pool items of ``k`` views of training images ``image_idx`` [B], view-major [k * B]: view j of image i is
+        item ``i + (j mod views) * n_images`` (with fewer cached views than ``k``, the cached ones repeat)."""
+        return torch.cat([image_idx + (j % self.views) * self.n_images for j in range(k)])
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the cached teacher outputs and the pool's images."""

@@ -10,6 +10,8 @@ b = [p_g, 1 - p_g] and the non-target distribution is p^ = softmax over the clas
 
 each KL summed over its classes and averaged over the batch. ``DKD`` multiplies the loss by
 min(epoch / warmup, 1) (mdistiller's warm-up; defaults alpha 1, beta 8, T 4, warmup 20 for CIFAR-100).
+With ``logit_stand`` both logit vectors are first standardized (``distiller_zoo/LS.py``), and, as in the
+logit-standardization code, the temperature is then the run's base temperature (``--kd_T``, 2 in its recipe).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distiller_zoo.LS import logit_standardize
 from distiller_zoo.terms import TermContext
 
 # subtracted from the ground-truth logit so the non-target softmax puts (numerically) no mass on it
@@ -58,9 +61,11 @@ def dkd_loss(
 
 
 class DKD(nn.Module):
-    """DKD loss of Zhao et al. (2022) with mdistiller's linear warm-up over the first ``warmup`` epochs."""
+    """DKD loss of Zhao et al. (2022) with mdistiller's linear warm-up over the first ``warmup`` epochs, on standardized
+    logits when ``logit_stand``."""
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20) -> None:
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20,
+                 logit_stand: bool = False) -> None:
         super().__init__()
         if warmup <= 0:
             raise ValueError(f"DKD warmup must be a positive number of epochs, got {warmup}")
@@ -68,19 +73,26 @@ class DKD(nn.Module):
         self.beta = beta
         self.temperature = temperature
         self.warmup = warmup
+        self.logit_stand = logit_stand
 
     def forward(self, logits_student: Tensor, logits_teacher: Tensor, target: Tensor, epoch: int) -> Tensor:
         """DKD loss times min(epoch / warmup, 1), epoch counted from 1."""
         ramp = min(epoch / self.warmup, 1.0)
+        if self.logit_stand:
+            logits_student, logits_teacher = logit_standardize(logits_student), logit_standardize(logits_teacher)
         return ramp * dkd_loss(logits_student, logits_teacher, target, self.alpha, self.beta, self.temperature)
 
 
 class DKDTerm(DKD):
     """``--relational dkd``: DKD (alpha 1, beta 8, T 4, 20-epoch warm-up) on the batch's logits, its labels and
-    ``batch['epoch']`` (1-based pseudo-epoch)."""
+    ``batch['epoch']`` (1-based pseudo-epoch); with ``--logit_stand`` on standardized logits at T = ``--kd_T`` (without
+    it, T stays the published 4 whatever ``--kd_T`` says)."""
 
-    def __init__(self, ctx: TermContext) -> None:
-        super().__init__()
+    ARGS = ("kd_T", "logit_stand")
+
+    def __init__(self, ctx: TermContext, *, kd_T: float, logit_stand: bool = False) -> None:
+        stand = bool(logit_stand)
+        super().__init__(temperature=float(kd_T) if stand else 4.0, logit_stand=stand)
 
     def forward(self, logits_s: Tensor, logits_t: Tensor, labels: Tensor | None, batch: dict[str, Any]) -> Tensor:
         if labels is None or "epoch" not in batch:

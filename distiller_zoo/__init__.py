@@ -1,4 +1,5 @@
-"""Distillation losses: KD and the RepDistiller baselines, DIST, DKD, the CKD comparative loss and mixup baselines."""
+"""Distillation losses: KD and the RepDistiller baselines, DIST, DKD, logit standardization, TTM/WTTM, MLKD, the CKD
+comparative loss and mixup baselines."""
 
 from distiller_zoo.AB import ABLoss, ABTerm, activation_boundary_loss
 from distiller_zoo.AT import Attention, AttentionTerm, at_loss, attention_map
@@ -11,6 +12,7 @@ from distiller_zoo.FSP import FSP, FSPTerm, fsp_matrix
 from distiller_zoo.FT import FactorTerm, FactorTransfer, factor_transfer_loss
 from distiller_zoo.KD import DistillKL, KDTerm, distill_kl
 from distiller_zoo.KDSVD import KDSVD, KDSVDTerm
+from distiller_zoo.LS import logit_standardize
 from distiller_zoo.mixup import (
     MixupLoss,
     apply_cutmix,
@@ -20,6 +22,7 @@ from distiller_zoo.mixup import (
     sample_mixup_weights,
     soft_cross_entropy,
 )
+from distiller_zoo.MLKD import MLKD, MLKDTerm, bc_loss, cc_loss, mlkd_loss
 from distiller_zoo.NST import NSTLoss, NSTTerm, nst_loss, poly_kernel
 from distiller_zoo.PKT import PKT, PKTTerm, pkt_loss
 from distiller_zoo.RKD import (
@@ -33,6 +36,7 @@ from distiller_zoo.RKD import (
 )
 from distiller_zoo.SP import Similarity, SimilarityTerm, similarity_matrix, sp_loss
 from distiller_zoo.terms import FeatureTerm, LogitPairs, TermContext, apply_to_pairs
+from distiller_zoo.TTM import TTM, WTTM, TTMTerm, WTTMTerm, ttm_loss, wttm_loss
 from distiller_zoo.VID import VIDLoss, VIDTerm, gaussian_nll, inverse_softplus, match_spatial_size
 
 __all__ = [
@@ -46,10 +50,13 @@ __all__ = [
     "FactorTerm",
     "KDSVDTerm",
     "KDTerm",
+    "MLKDTerm",
     "NSTTerm",
     "PKTTerm",
     "RKDTerm",
     "SimilarityTerm",
+    "TTMTerm",
+    "WTTMTerm",
     "VIDTerm",
     "FeatureTerm",
     "TermContext",
@@ -67,16 +74,21 @@ __all__ = [
     "FactorTransfer",
     "HintLoss",
     "KDSVD",
+    "MLKD",
     "MixupLoss",
     "NSTLoss",
     "PKT",
     "RKDLoss",
     "Similarity",
+    "TTM",
+    "WTTM",
     "VIDLoss",
     "activation_boundary_loss",
     "apply_cutmix",
     "at_loss",
     "attention_map",
+    "bc_loss",
+    "cc_loss",
     "combine",
     "consecutive_discrepancy_correlation",
     "cosine_similarity",
@@ -93,9 +105,11 @@ __all__ = [
     "intra_class_relation",
     "inverse_softplus",
     "label_histogram",
+    "logit_standardize",
     "match_spatial_size",
     "mean_normalised_distances",
     "mix_images",
+    "mlkd_loss",
     "nst_loss",
     "pairwise_distances",
     "pearson_correlation",
@@ -109,4 +123,6 @@ __all__ = [
     "soft_cross_entropy",
     "sp_loss",
     "triplet_angle_cosines",
+    "ttm_loss",
+    "wttm_loss",
 ]

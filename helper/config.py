@@ -115,6 +115,8 @@ class StudentConfig(_Config):
     w_rel_scale: float = 1.0
     w_inter_scale: float = 1.0
     kd_T: float = 4.0
+    logit_stand: bool = False
+    ttm_l: float | None = None
     loss_fn: int = 0
     pos_and_neg: int = 2
     max_rel_samples: int = 100000
@@ -181,7 +183,12 @@ class StudentConfig(_Config):
         check_at_least(self, 0, "patience", "init_epochs")
         check_positive(self, "learning_rate", "lr_decay_rate", "kd_T", "nce_t")
         check_non_negative(self, "w_cls", "w_kd", "w_rel_scale", "w_inter_scale", "momentum", "weight_decay")
+        if self.ttm_l is not None:
+            check_positive(self, "ttm_l")
         self._set("method", method_table.method_spec(self.relational, self.distill))
+        pair_scales = {r.weight_flag: getattr(self, r.weight_flag) for r in method_table.rows(kind=method_table.LOGIT_PAIR)}
+        method_table.check_modifiers(self.method, logit_stand=self.logit_stand, teacher_views=self.teacher_views,
+                                     pair_scales=pair_scales)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ class MethodRow:
     with_white_box: bool = False  # relational: needs a white-box --distill, applied to group-mean differences
     not_on_differences: str = ""  # white-box: why it cannot run on group-mean differences (empty: it can)
     weight_flag: str = ""  # logit-pair: the flag that scales its weight and switches it on (--w_kd)
+    logit_stand_ok: bool = False  # logit or logit-pair term: honours --logit_stand (its ARGS has logit_stand): KD, DKD, MLKD
+    image_views: int = 1  # logit term: reads this many views of each sampled image, stacked view-major (MLKD: 2)
 
     @property
     def flag(self) -> str:
@@ -116,7 +118,12 @@ METHODS: tuple[MethodRow, ...] = (
     _row("dist", LOGIT, 2.0, "plain", "distiller_zoo:DISTTerm", "DIST on logits"),
     _row("crd", LOGIT, 0.8, "crd", "crd:CRDTerm", "CRD on logits"),
     _row("dkd", LOGIT, 1.0, "plain", "distiller_zoo:DKDTerm", "DKD on logits and labels, 20-epoch warm-up",
-         needs_labels=True, needs_epoch=True),
+         needs_labels=True, needs_epoch=True, logit_stand_ok=True),
+    _row("ttm", LOGIT, 45.0, "plain", "distiller_zoo:TTMTerm", "TTM: KL to the power-transformed teacher (--ttm_l)"),
+    _row("wttm", LOGIT, 4.0, "plain", "distiller_zoo:WTTMTerm", "WTTM: TTM weighted by the teacher's power sum (--ttm_l)"),
+    _row("mlkd", LOGIT, 0.9, "plain", "distiller_zoo:MLKDTerm",
+         "MLKD: instance, class and batch levels on two cached views of each image (--teacher_views 2)",
+         logit_stand_ok=True, image_views=2),
     # --distill: white-box terms
     _row("hint", WHITE_BOX, 100.0, "plain", "distiller_zoo:HintTerm", "FitNet at --hint_layer"),
     _row("vid", WHITE_BOX, 1.0, "plain", "distiller_zoo:VIDTerm", "VID"),
@@ -135,7 +142,7 @@ METHODS: tuple[MethodRow, ...] = (
     _row("kdsvd", WHITE_BOX, 1.0, "plain", "distiller_zoo:KDSVDTerm", "KD-SVD"),
     # logit-pair terms: on with every method when their weight flag is non-zero
     _row("kd", LOGIT_PAIR, 1.0, "plain", "distiller_zoo:KDTerm", "Hinton KD at --kd_T on the method's logit pairs",
-         weight_flag="w_kd"),
+         weight_flag="w_kd", logit_stand_ok=True),
 )
 
 
@@ -232,6 +239,29 @@ def check_rows(relational: MethodRow | None, distill: MethodRow | None) -> None:
                         f"not {relational.name}")
 
 
+def check_modifiers(spec: MethodSpec, *, logit_stand: bool, teacher_views: int, pair_scales: dict[str, float]) -> None:
+    """Reject ``--logit_stand`` where no term of the run standardizes its logits (the rows whose ``logit_stand_ok`` is
+    set: KD and the logit terms that honour it), and ``--teacher_views`` beyond what a multi-view term reads, with one
+    sentence (when the configuration is built). ``pair_scales``: each logit-pair row's weight flag and its value."""
+    relational = spec.relational
+    if logit_stand:
+        pairs = [r for r in rows(kind=LOGIT_PAIR) if r.logit_stand_ok]
+        pair_names = " and ".join(f"{r.name.upper()} (--{r.weight_flag})" for r in pairs)
+        scope = " or ".join(r.name for r in rows(flag="relational") if r.logit_stand_ok)
+        if relational is not None and not relational.logit_stand_ok:
+            raise UserError(f"--logit_stand standardizes the logits of {pair_names} and of --relational {scope}, not those "
+                            f"of --relational {relational.name}; drop --logit_stand or choose one of those")
+        if relational is None and all(float(pair_scales.get(r.weight_flag, 0.0)) == 0 for r in pairs):
+            flags = " or ".join(f"--{r.weight_flag}" for r in pairs)
+            raise UserError(f"--logit_stand standardizes the logits of {' and '.join(r.name.upper() for r in pairs)}, but "
+                            f"{flags} is 0; pass {flags} above 0 (the official recipe: --w_kd 9 --kd_T 2) or "
+                            f"--relational {scope}")
+    if relational is not None and relational.image_views > 1 and int(teacher_views) > relational.image_views:
+        raise UserError(f"--relational {relational.name} reads {relational.image_views} cached teacher views per image, "
+                        f"so --teacher_views {teacher_views} would query the teacher for views it never reads; pass "
+                        f"--teacher_views {relational.image_views} or less")
+
+
 def combinations() -> list[tuple[str | None, str]]:
     """Every accepted (--relational, --distill) pair, in table order."""
     pairs: list[tuple[str | None, str]] = [(NO_RELATIONAL, NO_DISTILL)]
@@ -270,6 +300,8 @@ def method_label(config: dict[str, Any]) -> str:
                 label += f"+{distill}"
         if w_kd > 0:
             label += "+kd"
+    if str(config.get("logit_stand", False)).lower() in ("true", "1"):
+        label += "+ls"  # logit standardization: its own method variant (kd+ls, dkd+ls, mlkd+ls)
     if none_or_str(config.get("calibrate")) not in (None, "none"):
         label += "+cal"  # --calibrate train_mean: its own method variant in tables and plots
     return label

@@ -320,14 +320,16 @@ class InitStage:
 class SingleImageMethod(Method):
     """One augmented image per item: CE-only, KD, the logit terms (RKD, DIST, CRD, DKD, ...) and the white-box terms.
 
-    cls = CE(s, y); kd (and any logit-pair term) on the pair (s, t); rel = the logit term
-    ``term(logits_s, logits_t, labels, batch)``; inter = the white-box term on features.
+    cls = CE(s, y); kd (and any logit-pair term, on standardized logits with --logit_stand) on the pair (s, t); rel = the
+    logit term ``term(logits_s, logits_t, labels, batch)``; inter = the white-box term on features. A term whose row
+    sets ``image_views`` V > 1 (MLKD) gets V views of each sampled image, view-major, and cls/kd average over all of them.
     """
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
         row = self.rel_row
         self.sampler_kind = row.sampler if row is not None else "plain"
+        self.image_views = row.image_views if row is not None else 1  # >1: each sampled image in that many views
         self.rel_loss = build_term(row, ctx) if row is not None else None
         self._add_white_box(ctx, signed=False)
 
@@ -340,10 +342,14 @@ class SingleImageMethod(Method):
             return ClassBalancedSampler(pool.labels.cpu(), opt.batch_size, opt.seed, device)
         if self.sampler_kind != "plain":
             raise ValueError(f"a logit term cannot use the '{self.sampler_kind}' sampler; use plain, class_balanced or crd")
+        if self.image_views > 1:  # draw images; inputs() takes image_views pool items (views) of each
+            return PlainSampler(pool.n_images, opt.batch_size, opt.seed, device)
         return PlainSampler(n_items, opt.batch_size, opt.seed, device)
 
     def inputs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         idx = batch["idx"]
+        if self.image_views > 1:  # [B] images -> [image_views * B] items, view-major
+            idx = self.ctx.pool.view_items(idx, self.image_views)
         out: dict[str, Any] = {"batch": batch, "x": self.images(idx), "labels": self.ctx.pool.labels[idx],
                                "t_logits": self.teacher_logits(idx)}
         if self.wants_feats:

@@ -205,6 +205,11 @@ def build_student_parser() -> OneLineParser:
     _flag(parser, "w_rel_scale", "scale of the relational method's default weight", type=float, default=1.0)
     _flag(parser, "w_inter_scale", "scale of the white-box method's default weight", type=float, default=1.0)
     _flag(parser, "kd_T", "distillation temperature", type=float, default=4.0)
+    _flag(parser, "logit_stand", "logit standardization (Sun et al., CVPR 2024): z-score the student and teacher logits "
+          "inside KD (--w_kd), --relational dkd (then at T = --kd_T) and mlkd; official recipe --kd_T 2 with KD weight 9 "
+          "(see docs/logit_methods.md)", type=str2bool, nargs="?", const=True, default=False)
+    _flag(parser, "ttm_l", "exponent l of the teacher power transform of --relational ttm and wttm (default: the official "
+          "0.1 for ttm, 0.2 for wttm)", type=float, default=None)
     _flag(parser, "loss_fn", "mixup teacher term: 0 soft cross-entropy, 1 KL(T)", type=int_like, default=0, choices=(0, 1))
     _flag(parser, "pos_and_neg", "CKD group size P+N (N = pos_and_neg // 2)", type=int_like, default=2)
     _flag(parser, "max_rel_samples", "distinct tuples per sampler pass", type=int_like, default=100000)

@@ -25,6 +25,7 @@ Method labels:
   +kd                 appended to every method but kd itself when w_kd > 0 (a KL term on the
                       teacher's logits is added), e.g. crd+kd, hint+kd, so runs with and
                       without it never share a cell
+  +ls                 appended when --logit_stand is set (logit standardization: kd+ls, dkd+ls, mlkd+ls)
 
 ``--metric test_acc_calibrated`` reports every run's ``test_acc_calibrated`` (the best weights with the
 train-split logit shift of ``--calibrate train_mean``) in place of ``test_acc``; ``+cal`` is appended to the

@@ -274,7 +274,7 @@ def test_a_term_receives_exactly_the_run_settings_it_declares(digits_save: Path,
 def test_kd_is_a_logit_pair_row_of_the_table() -> None:
     kd = next(r for r in method_table.METHODS if r.name == "kd")
     assert kd.kind == LOGIT_PAIR and kd.flag == "w_kd" and kd.term == "kd" and kd.weight == 1.0
-    assert method_table.resolve(kd.builder).ARGS == ("kd_T",)
+    assert method_table.resolve(kd.builder).ARGS == ("kd_T", "logit_stand")
     assert method_table.find("distill", "kd") is None  # --distill kd still means "no white-box loss"
     assert method_table.method_order()[:2] == ("ce", "kd") and method_table.method_order().count("kd") == 1
 

@@ -19,7 +19,8 @@ from scripts import sweep
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "scripts" / "sweep.py"
 EXPECTED_RUNS = {"ckd.yml": 432, "mixup.yml": 432, "relational.yml": 648, "white_box.yml": 405,
-                 "white_box_ckd.yml": 405, "kd.yml": 432, "zoo.yml": 1080, "zoo_dkd.yml": 216, "cars.yml": 648}
+                 "white_box_ckd.yml": 405, "kd.yml": 432, "zoo.yml": 1080, "zoo_dkd.yml": 216, "cars.yml": 648,
+                 "logit.yml": 486, "logit_ls.yml": 162, "logit_mlkd.yml": 81}
 SWEEP_FILES = sorted(p.name for p in ROOT.glob("*.yml"))
 
 

@@ -93,7 +93,8 @@ E = inspect.Parameter.empty
         (Connector.__init__, [("s_shapes", E), ("t_shapes", E)]),
         (Connector.forward, [("g_s", E)]),
         (dkd_loss, [("logits_student", E), ("logits_teacher", E), ("target", E), ("alpha", E), ("beta", E), ("temperature", E)]),
-        (DKD.__init__, [("alpha", 1.0), ("beta", 8.0), ("temperature", 4.0), ("warmup", 20)]),
+        # logit_stand: the logit-standardization fork of mdistiller's DKD (off by default)
+        (DKD.__init__, [("alpha", 1.0), ("beta", 8.0), ("temperature", 4.0), ("warmup", 20), ("logit_stand", False)]),
         (DKD.forward, [("logits_student", E), ("logits_teacher", E), ("target", E), ("epoch", E)]),
     ],
 )
