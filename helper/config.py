@@ -94,7 +94,30 @@ class _Config:
 
 
 @dataclass(frozen=True)
-class StudentConfig(_Config):
+class _CommonFlags(_Config):
+    """The flags both scripts share (helper.options.add_common_flags)."""
+
+    dataset: str = "cifar100"
+    data_folder: str = "./data"
+    device: str = "auto"
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 42
+    trial: int = 1
+    save_dir: str = "./save"
+    resume: bool = False
+    wdb_project: str | None = None
+    wdb_entity: str | None = None
+    _tags: str | None = None
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
+class StudentConfig(_CommonFlags):
     """The flags of ``train_student.py`` (see ``--help`` or docs/flags.md for each one's meaning)."""
 
     model_s: str = "resnet32"
@@ -132,23 +155,6 @@ class StudentConfig(_Config):
     cache_dtype: str = "float16"
     keep_cache: bool = False
     calibrate: str = "none"
-    dataset: str = "cifar100"
-    data_folder: str = "./data"
-    device: str = "auto"
-    batch_size: int = 64
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 42
-    trial: int = 1
-    save_dir: str = "./save"
-    resume: bool = False
-    wdb_project: str | None = None
-    wdb_entity: str | None = None
-    _tags: str | None = None
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    deterministic: bool = False
     method: MethodSpec = field(init=False, repr=False, compare=False)
 
     _PROG = "student"
@@ -192,7 +198,7 @@ class StudentConfig(_Config):
 
 
 @dataclass(frozen=True)
-class TeacherConfig(_Config):
+class TeacherConfig(_CommonFlags):
     """The flags of ``train_teacher.py``."""
 
     model: str | None = None
@@ -201,23 +207,6 @@ class TeacherConfig(_Config):
     lr_decay_epochs: str = "150,180,210"
     lr_decay_rate: float = 0.1
     save_freq: int = 40
-    dataset: str = "cifar100"
-    data_folder: str = "./data"
-    device: str = "auto"
-    batch_size: int = 64
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 42
-    trial: int = 1
-    save_dir: str = "./save"
-    resume: bool = False
-    wdb_project: str | None = None
-    wdb_entity: str | None = None
-    _tags: str | None = None
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    deterministic: bool = False
 
     _PROG = "teacher"
 

@@ -1,6 +1,7 @@
 """Shared test setup: tests run on the CPU, single-threaded where timing does not matter, offline."""
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,4 +44,27 @@ def tiny_teacher(tmp_path_factory) -> Path:
     path = teacher_checkpoint_path(save_dir, "cifar100", "resnet8")
     path.parent.mkdir(parents=True)
     torch.save({"model": model.state_dict(), "epoch": 240, "accuracy": 1.0}, path)
+    return save_dir
+
+
+@pytest.fixture()
+def save_dir(tiny_teacher: Path, tmp_path: Path) -> Path:
+    """A fresh save_dir of this test holding a copy of the tiny CIFAR-100 teacher."""
+    target = tmp_path / "save"
+    shutil.copytree(tiny_teacher, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def digits_save(tmp_path_factory) -> Path:
+    """A save_dir holding a random-init resnet8 digits teacher (10 classes) where train_student.py looks for it (one
+    per test module: the module's runs are written beside it)."""
+    from helper.options import teacher_checkpoint_path
+    from models import model_dict
+
+    save_dir = tmp_path_factory.mktemp("digits_save")
+    torch.manual_seed(0)
+    path = teacher_checkpoint_path(save_dir, "digits", "resnet8")
+    path.parent.mkdir(parents=True)
+    torch.save({"model": model_dict["resnet8"](num_classes=10).state_dict(), "epoch": 240, "accuracy": 1.0}, path)
     return save_dir

@@ -63,13 +63,6 @@ def assert_teacher_never_called(proc: subprocess.CompletedProcess[str], save_dir
     assert student_files(save_dir) == [], student_files(save_dir)
 
 
-@pytest.fixture()
-def save_dir(tiny_teacher: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "save"
-    shutil.copytree(tiny_teacher, target)
-    return target
-
-
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -53,13 +52,6 @@ def test_ckd_add_and_ckd_mixup_see_absolute_logits(mode):
     moved = loss(s_pos + offset, s_neg + offset, t_pos, t_neg, y_pos, y_neg, lam=lam)
     for key in ("cls", "rel"):
         assert abs(float(moved[key] - plain[key])) > 1e-3
-
-
-@pytest.fixture()
-def save_dir(tiny_teacher: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "save"
-    shutil.copytree(tiny_teacher, target)
-    return target
 
 
 def _method(fake_cifar, save_dir, *flags):

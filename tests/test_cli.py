@@ -31,13 +31,6 @@ def student_cmd(fake_cifar: Path, save_dir: Path, *extra: str) -> list[str]:
             "--device", "cpu", "--save_dir", str(save_dir), *extra]
 
 
-@pytest.fixture()
-def save_dir(tiny_teacher: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "save"
-    shutil.copytree(tiny_teacher, target)
-    return target
-
-
 def results_of(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -66,13 +65,6 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     return lines[0]
-
-
-@pytest.fixture()
-def save_dir(tiny_teacher: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "save"
-    shutil.copytree(tiny_teacher, target)
-    return target
 
 
 # A stand-in for `python train_student.py ...` whose second write of last.pth goes wrong: "slow" writes it in

@@ -27,7 +27,6 @@ from helper import method_table
 from helper.config import StudentConfig, parse_student_args
 from helper.methods import term_args
 from helper.options import build_student_parser, teacher_checkpoint_path
-from models import model_dict
 
 REL = 1e-10  # float64 everywhere; the issue's bar against the official code is 1e-4
 
@@ -348,17 +347,6 @@ def test_labels_mark_logit_standardization() -> None:
 
 
 # ------------------------------------------------------------------------------------ end to end on digits
-
-
-@pytest.fixture(scope="module")
-def digits_save(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A save_dir holding a resnet8 digits teacher (10 classes) where train_student.py looks for it."""
-    save_dir = tmp_path_factory.mktemp("digits_logit")
-    torch.manual_seed(0)
-    path = teacher_checkpoint_path(save_dir, "digits", "resnet8")
-    path.parent.mkdir(parents=True)
-    torch.save({"model": model_dict["resnet8"](num_classes=10).state_dict(), "epoch": 240, "accuracy": 1.0}, path)
-    return save_dir
 
 
 def _train(save_dir: Path, out_dir: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict:

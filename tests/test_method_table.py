@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from torch import Tensor, nn
 
 import train_student
@@ -24,24 +23,12 @@ from helper.config import parse_student_args
 from helper.method_table import LOGIT, LOGIT_PAIR, WHITE_BOX, MethodRow
 from helper.options import build_student_parser, teacher_checkpoint_path
 from helper.student_trainer import StudentRun
-from models import model_dict
 from tests.conftest import ROOT
 
 # the methods wired with the table (issue #14), with their published default weights
 NEW_METHODS = {"attention": 1000.0, "similarity": 3000.0, "pkt": 30000.0, "abound": 1.0, "factor": 200.0, "fsp": 50.0,
                "nst": 50.0, "kdsvd": 1.0, "dkd": 1.0}
 VIEWS = 2
-
-
-@pytest.fixture(scope="module")
-def digits_save(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A save_dir holding a resnet8 digits teacher (10 classes) where train_student.py looks for it."""
-    save_dir = tmp_path_factory.mktemp("digits_save")
-    torch.manual_seed(0)
-    path = teacher_checkpoint_path(save_dir, "digits", "resnet8")
-    path.parent.mkdir(parents=True)
-    torch.save({"model": model_dict["resnet8"](num_classes=10).state_dict(), "epoch": 240, "accuracy": 1.0}, path)
-    return save_dir
 
 
 def digits_args(save_dir: Path, *extra: str) -> list[str]:

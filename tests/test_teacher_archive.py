@@ -25,6 +25,7 @@ from core.errors import run_main
 from models import model_dict
 from scripts import teacher_archive
 from tests.http_fixture import FileServer, serving
+from tests.test_fetch_teachers import CodeCarrying
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "fetch_pretrained_teachers.sh"
@@ -62,16 +63,6 @@ def _tar(members: dict[str, bytes | str]) -> bytes:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
-
-
-class CodeCarrying:
-    """Unpickling this would run a shell command (what a malicious checkpoint does)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
 
 
 def member(name: str) -> str:

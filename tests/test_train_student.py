@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ def base_args(fake_cifar: Path, save_dir: Path, *extra: str) -> list[str]:
     return ["--model_s", "resnet8", "--model_t", "resnet8", "--path_t", str(teacher), "--subset_size", "200",
             "--epochs", "2", "--dataset", "cifar100", "--data_folder", str(fake_cifar), "--device", "cpu",
             "--batch_size", "32", "--nce_k", "32", "--init_epochs", "1", "--save_dir", str(save_dir), *extra]
-
-
-@pytest.fixture()
-def save_dir(tiny_teacher: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "save"
-    shutil.copytree(tiny_teacher, target)
-    return target
 
 
 @pytest.mark.parametrize("relational,distill", COMBINATIONS, ids=[f"{r}-{d}" for r, d in COMBINATIONS])
