@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.device import autocast
+from core.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVAL_BATCH_SIZE = 1024
@@ -214,6 +215,16 @@ class EpochRun(Protocol):
 
     @property
     def last_path(self) -> Path: ...
+
+
+def require_resumable(ckpt: Any, path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``ckpt`` if it holds every key a resume reads; otherwise one sentence saying the file cannot be resumed (a
+    ``last.pth`` written by an earlier version of this code, or not by a trainer at all)."""
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{path} cannot be resumed: it lacks {', '.join(missing)} (written by an earlier version of this "
+                        f"code?); delete it to train from the start")
+    return ckpt
 
 
 def accumulate(accum: dict[str, Tensor], step_terms: dict[str, Tensor], device: torch.device) -> None:

@@ -43,7 +43,7 @@ from dataset.samplers import steps_per_epoch
 from dataset.teacher_cache import CountingModule, load_or_build_cache
 from helper.calibration import fold_shift, shifted, train_mean_shift
 from helper.config import StudentConfig
-from helper.engine import LoopState, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_epochs, train_step
+from helper.engine import LoopState, StopRequest, Stopwatch, evaluate, provenance, require_resumable, set_lr, train_epochs, train_step
 from helper.logger import report_finished_run
 from helper.methods import (
     Method,
@@ -248,6 +248,7 @@ class StudentRun:
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         """Restore a ``last.pth`` written by :meth:`state_dict`."""
+        require_resumable(ckpt, self.last_path, ("loop", "best_val", "init_done", "sampler", "method_rng", "accum"))
         self.student.load_state_dict(ckpt["model"])
         self.extras.load_state_dict(ckpt["extras"])
         self.optimizer.load_state_dict(ckpt["optimizer"])

@@ -34,7 +34,7 @@ from core.device import configure_backend, resolve_device
 from core.errors import UserError
 from dataset.augment import DeviceAugment
 from helper.config import TeacherConfig
-from helper.engine import LoopState, StopRequest, Stopwatch, evaluate, provenance, set_lr, train_epochs, train_step
+from helper.engine import LoopState, StopRequest, Stopwatch, evaluate, provenance, require_resumable, set_lr, train_epochs, train_step
 from helper.options import teacher_checkpoint_path, teacher_identity_config
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from models import model_dict
@@ -269,6 +269,7 @@ class TeacherRun:
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> str | None:
         """Restore a ``last.pth`` (returns the W&B run id to continue)."""
+        require_resumable(ckpt, self.last_path, ("loop", "sampler", "aug_rng", "accum", "best_acc"))
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.loop.load_state_dict(ckpt["loop"])

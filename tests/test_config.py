@@ -130,3 +130,16 @@ def test_sigterm_inside_a_long_teacher_epoch_stops_within_a_step_and_resumes_exa
     assert final[0]["accuracy"] == final[1]["accuracy"]
     for key, value in final[0]["model"].items():
         assert torch.equal(value, final[1]["model"][key]), key
+
+
+def test_a_last_checkpoint_of_an_earlier_version_is_refused_in_one_sentence(digits_save: Path) -> None:
+    from helper.options import student_run_dir
+
+    argv = ["--dataset", "digits", "--model_s", "resnet8", "--model_t", "resnet8", "--subset_size", "80",
+            "--batch_size", "32", "--epochs", "1", "--device", "cpu", "--save_dir", str(digits_save)]
+    last = student_run_dir(parse_student_args(argv)) / "last.pth"
+    last.parent.mkdir(parents=True)
+    torch.save({"model": {}, "state": {"global_step": 3}}, last)  # the keys of an earlier version
+    with pytest.raises(UserError, match=r"last.pth cannot be resumed: it lacks loop, best_val, .*delete it to train"):
+        train_student.main(argv)
+    assert last.is_file()  # nothing of the user's is deleted
