@@ -28,6 +28,7 @@ from core.errors import UserError
 from helper import method_table
 from helper.method_table import MethodSpec
 from helper.options import (
+    CONFIG_PATH_KINDS,
     DEFAULT_CIFAR_TEACHER,
     DEFAULT_DIGITS_TEACHER,
     DEFAULT_TEACHER,
@@ -93,8 +94,9 @@ class _Config:
             number = number_type(action) if action is not None else None
             if number is not None:  # the flag's range, as its parser type checks it (helper.options.Number)
                 number.check(f.name, getattr(self, f.name))
-        check_path("--save_dir", self.save_dir, "output")  # type: ignore[attr-defined]
-        check_path("--data_folder", self.data_folder, "folder")  # type: ignore[attr-defined]
+        for name, kind in CONFIG_PATH_KINDS.items():
+            if name != "path_t" and hasattr(self, name):
+                check_path(f"--{name}", getattr(self, name), kind)
 
     def to_dict(self) -> dict[str, Any]:
         """The flags as a plain dict (what results.json, the logs and the run-folder name record)."""

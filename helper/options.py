@@ -126,9 +126,12 @@ def str2bool(value: str | bool) -> bool:
 
 def int_like(value: str) -> int:
     """Accept ``2`` and ``2.0`` (W&B writes grid integers either way) but not ``2.5``."""
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
     if not math.isfinite(number) or number != int(number):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{value}'")
+        raise argparse.ArgumentTypeError(f"must be a whole number, got '{value}'")
     return int(number)
 
 
@@ -233,8 +236,8 @@ def _existing_ancestor(path: Path) -> Path:
 def check_path(flag: str, value: str | Path | None, kind: str) -> None:
     """The kind of a path flag ``flag`` (``--save_dir``, or a positional's metavar) (raises UserError): ``file`` (an
     existing file), ``maybe_file`` (a file when it exists, checked again before it is read), ``folder`` (a folder,
-    existing or not, never a file or below one), ``output`` (a folder this run may create: as ``folder``, and
-    writable)."""
+    existing or not, never a file or below one), ``input_folder`` (an existing folder), ``output`` (a folder this run
+    may create: as ``folder``, and writable)."""
     if value is None or value == "":
         if value == "":
             raise UserError(f"{flag} is empty; pass a path")
@@ -248,12 +251,19 @@ def check_path(flag: str, value: str | Path | None, kind: str) -> None:
         return
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder; pass a folder")
+    if kind == "input_folder" and not path.exists():
+        raise UserError(f"{flag} {path} does not exist; pass an existing folder")
     base = _existing_ancestor(path)
     if not base.is_dir():
         raise UserError(f"cannot write to {path} ({base} is a file: Not a directory); choose a writable {flag}"
                         if kind == "output" else f"{flag} {path} lies below the file {base}, not a folder; pass a folder")
     if kind == "output" and not os.access(base, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to {path} ({base} is read-only: Permission denied); choose a writable {flag}")
+
+
+# the kind of each path flag of train_student.py / train_teacher.py (str fields of the configuration, checked when it
+# is built; --path_t by check_teacher_path, with the teacher's words)
+CONFIG_PATH_KINDS = {"save_dir": "output", "data_folder": "folder", "path_t": "file"}
 
 
 class PathKind:

@@ -308,9 +308,15 @@ def format_report(opt: argparse.Namespace, results: dict[tuple[str, str, int], d
     return "\n".join(header) + format_table(results, opt.methods) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """parity.py's flags, checked before any work (raises UserError; the inputs of a real run: :func:`check_inputs`)."""
     opt = build_parser().parse_args(argv)
     check_args(opt)
+    return opt
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt = parse_args(argv)
     opt.data_folder, opt.path_t, opt.out = opt.data_folder.resolve(), opt.path_t.resolve(), opt.out.resolve()
     opt.project = opt.project.resolve()
     if opt.published is not None:

@@ -471,8 +471,8 @@ def check_python(python: str) -> None:
     """``--python`` names an interpreter that can be started (raises UserError before anything is printed or run)."""
     found = shutil.which(python) if os.sep not in python else (python if os.path.isfile(python) else None)
     if found is None or not os.access(found, os.X_OK):
-        raise UserError(f"--python {python} is not an executable interpreter; pass the path of a python (default: "
-                        f"{sys.executable})")
+        raise UserError(f"--python {python} is not an executable interpreter; pass the path of a python, or leave "
+                        "--python out to use the one running sweep.py")
 
 
 def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
