@@ -161,7 +161,6 @@ def download_cifar100(data_folder: str | Path) -> Path:
     An existing ``cifar-100-python.tar.gz`` with the right md5 is extracted without downloading. A download
     goes to a temporary name first, so an interrupted or corrupt download never leaves a file behind.
     """
-    from torchvision.datasets.utils import download_and_extract_archive
 
     data_folder = Path(data_folder)
     target = data_folder / CIFAR100_FOLDER
@@ -169,10 +168,30 @@ def download_cifar100(data_folder: str | Path) -> Path:
     md5 = os.environ.get("CIFAR100_MD5") or CIFAR100_MD5
     timeout = float(os.environ.get("CIFAR100_TIMEOUT") or DOWNLOAD_TIMEOUT_S)
     how_to = f"download {CIFAR100_ARCHIVE} from {CIFAR100_URL} and extract it into {data_folder}"
+    created = [p for p in (data_folder, *data_folder.parents) if not p.exists()]  # innermost first
     try:
         data_folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        _remove_empty(created)
         raise DataNotFound(f"cannot create the data folder {data_folder} ({err.strerror or err}); {how_to}") from err
+    try:
+        return _download_into(data_folder, target, url, md5, timeout, how_to)
+    except BaseException:
+        _remove_empty(created)  # a failed download leaves no empty data folder behind
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """rmdir ``folders`` (innermost first) that this download created and left empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _download_into(data_folder: Path, target: Path, url: str, md5: str, timeout: float, how_to: str) -> Path:
+    from torchvision.datasets.utils import download_and_extract_archive
 
     archive = data_folder / CIFAR100_ARCHIVE
     if archive.is_file():

@@ -21,22 +21,26 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
 from helper import method_table
 from helper.method_table import MethodSpec
 from helper.options import (
+    CONFIG_PATH_KINDS,
     DEFAULT_CIFAR_TEACHER,
     DEFAULT_DIGITS_TEACHER,
     DEFAULT_TEACHER,
+    PUBLISHED_DECAY_EPOCHS,
     build_student_parser,
     build_teacher_parser,
     check_architecture,
-    check_at_least,
-    check_non_negative,
-    check_positive,
+    check_decay_epochs,
+    check_path,
+    check_teacher_path,
     default_learning_rate,
+    number_type,
     parse_decay_epochs,
     teacher_checkpoint_path,
     teacher_from_path,
@@ -87,6 +91,12 @@ class _Config:
             if action is not None and action.choices is not None and getattr(self, f.name) not in action.choices:
                 choices = ", ".join(str(c) for c in action.choices)
                 raise UserError(f"--{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
+            number = number_type(action) if action is not None else None
+            if number is not None:  # the flag's range, as its parser type checks it (helper.options.Number)
+                number.check(f.name, getattr(self, f.name))
+        for name, kind in CONFIG_PATH_KINDS.items():
+            if name != "path_t" and hasattr(self, name):
+                check_path(f"--{name}", getattr(self, name), kind)
 
     def to_dict(self) -> dict[str, Any]:
         """The flags as a plain dict (what results.json, the logs and the run-folder name record)."""
@@ -164,6 +174,11 @@ class StudentConfig(_CommonFlags):
         self._check_fields()
         check_architecture(self.model_s, "model_s")
         check_architecture(self.model_t, "model_t")
+        # a --path_t given by hand is checked now, a mistyped one named before its folder name is read as an architecture;
+        # the default checkpoint (also when dataclasses.replace re-checks a resolved one) when it is loaded, with how to get it
+        if self.path_t is not None and (self.model_t is None or
+                                        Path(self.path_t) != teacher_checkpoint_path(self.save_dir, self.dataset, self.model_t)):
+            check_teacher_path(self.path_t, self.model_t, self.dataset)
         if self.model_t is None:
             if self.path_t:
                 model_t = teacher_from_path(self.path_t)
@@ -178,23 +193,11 @@ class StudentConfig(_CommonFlags):
             self._set("path_t", str(teacher_checkpoint_path(self.save_dir, self.dataset, self.model_t)))
         if self.learning_rate is None:
             self._set("learning_rate", default_learning_rate(self.model_s))
-        if not 0.0 < self.train_val_frac < 1.0:
-            raise UserError(f"--train_val_frac must be strictly between 0 and 1, got {self.train_val_frac}")
-        if self.subset_size is not None and self.subset_size < 2:
-            raise UserError(f"--subset_size must be at least 2, got {self.subset_size}")
-        if self.pos_and_neg < 2:
-            raise UserError(f"--pos_and_neg must be at least 2 (one positive and one negative image), got {self.pos_and_neg}")
-        check_at_least(self, 1, "nce_k", "teacher_views", "batch_size", "epochs", "max_rel_samples", "feat_dim", "trial",
-                       "lr_decay_times")
-        check_at_least(self, 0, "patience", "init_epochs")
-        check_positive(self, "learning_rate", "lr_decay_rate", "kd_T", "nce_t")
-        check_non_negative(self, "w_cls", "w_kd", "w_rel_scale", "w_inter_scale", "momentum", "weight_decay")
-        if self.ttm_l is not None:
-            check_positive(self, "ttm_l")
         self._set("method", method_table.method_spec(self.relational, self.distill))
         pair_scales = {r.weight_flag: getattr(self, r.weight_flag) for r in method_table.rows(kind=method_table.LOGIT_PAIR)}
         method_table.check_modifiers(self.method, logit_stand=self.logit_stand, teacher_views=self.teacher_views,
                                      pair_scales=pair_scales)
+        method_table.check_weights(self.method, {flag: getattr(self, flag) for flag in method_table.active_weight_flags(self.method)})
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ class TeacherConfig(_CommonFlags):
     model: str | None = None
     epochs: int = 240
     learning_rate: float | None = None
-    lr_decay_epochs: str = "150,180,210"
+    lr_decay_epochs: str = PUBLISHED_DECAY_EPOCHS
     lr_decay_rate: float = 0.1
     save_freq: int = 40
 
@@ -217,11 +220,7 @@ class TeacherConfig(_CommonFlags):
         check_architecture(self.model, "model")
         if self.learning_rate is None:
             self._set("learning_rate", default_learning_rate(self.model))
-        check_at_least(self, 1, "epochs", "save_freq", "trial")
-        check_at_least(self, 2, "batch_size")  # BatchNorm cannot train on one image
-        check_positive(self, "learning_rate", "lr_decay_rate")
-        check_non_negative(self, "momentum", "weight_decay")
-        parse_decay_epochs(self.lr_decay_epochs)
+        check_decay_epochs(self.decay_epochs, self.epochs, self.lr_decay_epochs)
 
     @property
     def decay_epochs(self) -> list[int]:

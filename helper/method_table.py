@@ -262,6 +262,24 @@ def check_modifiers(spec: MethodSpec, *, logit_stand: bool, teacher_views: int, 
                         f"--teacher_views {relational.image_views} or less")
 
 
+def active_weight_flags(spec: MethodSpec) -> tuple[str, ...]:
+    """The weight flags whose terms a run of ``spec`` computes: --w_cls, every logit-pair row's flag (--w_kd), and the
+    scale flag of its relational and white-box rows (--w_rel_scale, --w_inter_scale)."""
+    flags = ["w_cls", *(r.weight_flag for r in rows(kind=LOGIT_PAIR))]
+    flags += [row.scale_flag for row in (spec.relational, spec.distill) if row is not None]
+    return tuple(dict.fromkeys(flags))
+
+
+def check_weights(spec: MethodSpec, weights: dict[str, float]) -> None:
+    """Refuse a run whose every active loss weight (:func:`active_weight_flags`) is 0: it would query the teacher and then
+    train nothing (raises UserError when the configuration is built)."""
+    flags = active_weight_flags(spec)
+    if all(float(weights[f]) == 0 for f in flags):
+        given = ", ".join(f"--{f} 0" for f in flags)
+        raise UserError(f"every loss weight is 0 ({given}): nothing would train; give one of them a value above 0 "
+                        "(the published default is --w_cls 1)")
+
+
 def combinations() -> list[tuple[str | None, str]]:
     """Every accepted (--relational, --distill) pair, in table order."""
     pairs: list[tuple[str | None, str]] = [(NO_RELATIONAL, NO_DISTILL)]

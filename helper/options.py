@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -53,6 +54,7 @@ NON_IDENTITY_FLAGS = ("resume", "save_dir", "keep_cache", "data_folder", "wdb_pr
 # a teacher folder also ignores where it trains and how often it keeps a periodic checkpoint
 TEACHER_NON_IDENTITY_FLAGS = (*NON_IDENTITY_FLAGS, "device", "save_freq")
 
+PUBLISHED_DECAY_EPOCHS = "150,180,210"  # train_teacher.py --lr_decay_epochs, as RepDistiller
 MODEL_NAMES_MARK = "<model names>"  # replaced by the names of models.model_dict when --help is printed
 
 
@@ -65,10 +67,14 @@ class HelpFormatter(argparse.HelpFormatter):
             from models import model_dict
 
             text = text.replace(MODEL_NAMES_MARK, ", ".join(model_dict))
-        if action.option_strings and action.default is not argparse.SUPPRESS and "default" not in text \
+        if action.option_strings and action.default is not argparse.SUPPRESS and "(default" not in text \
                 and action.nargs != 0:
             text += " (default: %(default)s)"
         return text
+
+
+class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """:class:`HelpFormatter` (every default shown) with the description printed as written (a script's docstring)."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -83,8 +89,27 @@ class OneLineParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        print(f"error: {message}; run with --help to see every flag and its values", file=sys.stderr, flush=True)
+        print(f"error: {one_line_message(message)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+
+
+def flag_value_message(message: str) -> str | None:
+    """argparse's message of a value refused by a flag's type (``argument --x: must be ...``) as the configuration's
+    check of it reads (``--x must be ...``); None for other messages."""
+    flag, sep, rest = message.partition(": ")
+    if sep and flag.startswith("argument "):
+        name = flag.removeprefix("argument ").split("/")[0]
+        if name in rest:  # a whole sentence of a path kind (PathKind): it names the flag itself
+            return rest
+        if rest.startswith("must "):
+            return f"{name} {rest}"
+    return None
+
+
+def one_line_message(message: str) -> str:
+    """argparse's message as one sentence: a value refused by a flag's type as :func:`flag_value_message` words it;
+    other mistakes point at --help."""
+    return flag_value_message(message) or f"{message}; run with --help to see every flag and its values"
 
 
 def str2bool(value: str | bool) -> bool:
@@ -101,10 +126,158 @@ def str2bool(value: str | bool) -> bool:
 
 def int_like(value: str) -> int:
     """Accept ``2`` and ``2.0`` (W&B writes grid integers either way) but not ``2.5``."""
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
     if not math.isfinite(number) or number != int(number):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{value}'")
+        raise argparse.ArgumentTypeError(f"must be a whole number, got '{value}'")
     return int(number)
+
+
+INT64_MAX = 2**63 - 1  # the largest seed (and count) torch and numpy take; beyond it they raise OverflowError
+
+
+class Number:
+    """The ``type=`` of a numeric flag, carrying its range: ``Number(int, low=1)`` (a whole number, at least 1),
+    ``Number(float, low=0, low_open=True)`` (a finite positive number). NaN and infinity are never accepted, whole
+    numbers are at most :data:`INT64_MAX` unless ``high`` says otherwise.
+
+    argparse calls it on the flag's text (a bad value: one sentence, exit 2); :meth:`check` applies the same range to a
+    value a Python caller gave :class:`helper.config.StudentConfig` (raises UserError), so both read
+    ``--flag must be ..., got X``.
+    """
+
+    def __init__(self, kind: type, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False, why: str = "") -> None:
+        self.kind, self.low, self.low_open, self.high_open, self.why = kind, low, low_open, high_open, why
+        self.high = INT64_MAX if high is None and kind is int else high
+        self.__name__ = "whole number" if kind is int else "number"  # argparse names the type in some messages
+
+    def __repr__(self) -> str:
+        return f"Number({self.kind.__name__}, {self.describe()})"
+
+    def describe(self) -> str:
+        """The range in words, as the error messages and the tests say it."""
+        low, high = self.low, self.high
+        if self.kind is float and low == 0 and high is None:
+            return "a finite positive number" if self.low_open else "a finite number, 0 or more"
+        if low is not None and high is not None and not (self.kind is int and high == INT64_MAX):
+            if self.low_open and self.high_open:
+                return f"strictly between {low:g} and {high:g}"
+            return f"between {low:g} and {high:g}" if self.kind is float else f"a whole number from {low} to {high}"
+        if low is not None:
+            return f"at least {low}" if self.kind is int else f"a finite number {'above' if self.low_open else 'at least'} {low:g}"
+        return "a whole number" if self.kind is int else "a finite number"
+
+    def problem(self, value: float) -> str | None:
+        """Why ``value`` is refused (``must be ..., got X``), or None."""
+        ok = math.isfinite(value)
+        if ok and self.low is not None:
+            ok = value > self.low if self.low_open else value >= self.low
+        if ok and self.high is not None:
+            ok = value < self.high if self.high_open else value <= self.high
+        if ok:
+            return None
+        if self.kind is int and self.high is not None and value > self.high and self.high == INT64_MAX:
+            return f"must be at most {INT64_MAX} (2**63 - 1){self.why}, got {value}"
+        return f"must be {self.describe()}{self.why}, got {value}"
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            number = float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {'a whole number' if self.kind is int else 'a number'}, "
+                                             f"got '{text}'") from None
+        if self.kind is int:
+            if not math.isfinite(number) or number != int(number):
+                raise argparse.ArgumentTypeError(f"must be a whole number, got '{text}'")
+            try:  # "12345678901234567890" keeps its digits; 2.0 (as W&B writes grid integers) is 2
+                value: int | float = int(text)
+            except ValueError:
+                value = int(number)
+        else:
+            value = number
+        why = self.problem(value)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return value
+
+    def check(self, flag: str, value: Any) -> None:
+        """The parser's check of ``value`` for a Python caller (raises UserError)."""
+        if value is not None:
+            why = self.problem(value)
+            if why:
+                raise UserError(f"--{flag} {why}")
+
+
+def number_type(action: argparse.Action) -> Number | None:
+    """The :class:`Number` of a flag, when it is numeric."""
+    return action.type if isinstance(action.type, Number) else None
+
+
+SEED = Number(int, low=0)  # every seed of every script: torch.manual_seed takes 0 .. 2**63 - 1
+POSITIVE_INT = Number(int, low=1)
+NON_NEGATIVE_INT = Number(int, low=0)
+POSITIVE_FLOAT = Number(float, low=0, low_open=True)
+NON_NEGATIVE_FLOAT = Number(float, low=0)
+FINITE_FLOAT = Number(float)
+FRACTION = Number(float, low=0, high=1, low_open=True, high_open=True)
+PAIR_SIZE = Number(int, low=2, why=" (one positive and one negative image)")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def check_path(flag: str, value: str | Path | None, kind: str) -> None:
+    """The kind of a path flag ``flag`` (``--save_dir``, or a positional's metavar) (raises UserError): ``file`` (an
+    existing file), ``maybe_file`` (a file when it exists, checked again before it is read), ``folder`` (a folder,
+    existing or not, never a file or below one), ``input_folder`` (an existing folder), ``output`` (a folder this run
+    may create: as ``folder``, and writable)."""
+    if value is None or value == "":
+        if value == "":
+            raise UserError(f"{flag} is empty; pass a path")
+        return
+    path = Path(value)
+    if kind in ("file", "maybe_file"):
+        if path.is_dir():
+            raise UserError(f"{flag} {path} is a directory, not a file; pass the file inside it")
+        if not path.exists() and kind == "file":
+            raise UserError(f"{flag} {path} does not exist; check the path")
+        return
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; pass a folder")
+    if kind == "input_folder" and not path.exists():
+        raise UserError(f"{flag} {path} does not exist; pass an existing folder")
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        raise UserError(f"cannot write to {path} ({base} is a file: Not a directory); choose a writable {flag}"
+                        if kind == "output" else f"{flag} {path} lies below the file {base}, not a folder; pass a folder")
+    if kind == "output" and not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {path} ({base} is read-only: Permission denied); choose a writable {flag}")
+
+
+# the kind of each path flag of train_student.py / train_teacher.py (str fields of the configuration, checked when it
+# is built; --path_t by check_teacher_path, with the teacher's words)
+CONFIG_PATH_KINDS = {"save_dir": "output", "data_folder": "folder", "path_t": "file"}
+
+
+class PathKind:
+    """The ``type=`` of a path flag: :func:`check_path` of its kind at parse time; the value becomes a Path."""
+
+    def __init__(self, kind: str, flag: str) -> None:
+        self.kind, self.flag, self.__name__ = kind, flag, "path"
+
+    def __call__(self, text: str) -> Path:
+        try:
+            check_path(self.flag, text, self.kind)
+        except UserError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return Path(text)
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, help: str, **kwargs: Any) -> None:
@@ -149,16 +322,17 @@ TEACHER_HELP = {
 }
 
 
-def add_common_flags(parser: argparse.ArgumentParser, helps: dict[str, str] = COMMON_HELP) -> None:
+def add_common_flags(parser: argparse.ArgumentParser, helps: dict[str, str] = COMMON_HELP,
+                     batch_size_type: Number = POSITIVE_INT) -> None:
     """Flags shared by the teacher and the student scripts; ``helps`` words them for the script at hand."""
     _flag(parser, "dataset", helps["dataset"], type=str, default="cifar100", choices=DATASET_CHOICES)
     _flag(parser, "data_folder", helps["data_folder"], type=str, default="./data")
     _flag(parser, "device", helps["device"], type=str, default="auto")
-    _flag(parser, "batch_size", helps["batch_size"], type=int_like, default=64)
-    _flag(parser, "momentum", helps["momentum"], type=float, default=0.9)
-    _flag(parser, "weight_decay", helps["weight_decay"], type=float, default=5e-4)
-    _flag(parser, "seed", helps["seed"], type=int_like, default=42)
-    _flag(parser, "trial", helps["trial"], type=int_like, default=1)
+    _flag(parser, "batch_size", helps["batch_size"], type=batch_size_type, default=64)
+    _flag(parser, "momentum", helps["momentum"], type=NON_NEGATIVE_FLOAT, default=0.9)
+    _flag(parser, "weight_decay", helps["weight_decay"], type=NON_NEGATIVE_FLOAT, default=5e-4)
+    _flag(parser, "seed", helps["seed"], type=SEED, default=42)
+    _flag(parser, "trial", helps["trial"], type=POSITIVE_INT, default=1)
     _flag(parser, "save_dir", helps["save_dir"], type=str, default="./save")
     _flag(parser, "resume", helps["resume"], type=str2bool, nargs="?", const=True, default=False)
     _flag(parser, "wdb_project", helps["wdb_project"], type=str, default=None)
@@ -188,41 +362,42 @@ def build_student_parser() -> OneLineParser:
     _flag(parser, "relational", method_table.help_of("relational"), type=none_or_str, default=None,
           choices=method_table.choices_of("relational"))
     _flag(parser, "subset_size", "number of training images drawn from the training set, train + validation (default: "
-          "the whole training set: 50000 for cifar100, 1437 for digits, 8144 for stanfordcars)", type=int_like, default=None)
-    _flag(parser, "train_val_frac", "fraction of the subset used for training; the rest validates", type=float, default=0.8)
+          "the whole training set: 50000 for cifar100, 1437 for digits, 8144 for stanfordcars)", type=Number(int, low=2), default=None)
+    _flag(parser, "train_val_frac", "fraction of the subset used for training; the rest validates", type=FRACTION, default=0.8)
     _flag(parser, "use_DA", "data augmentation: 0 none, 1 random crop, 2 random crop + horizontal flip",
           type=int_like, default=2, choices=(0, 1, 2))
     _flag(parser, "learning_rate", "SGD learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleV1/ShuffleV2)",
-          type=float, default=None)
-    _flag(parser, "epochs", "maximum number of pseudo-epochs (ceil(n_train / batch_size) steps each)", type=int_like, default=1000)
+          type=POSITIVE_FLOAT, default=None)
+    _flag(parser, "epochs", "maximum number of pseudo-epochs (ceil(n_train / batch_size) steps each)", type=POSITIVE_INT, default=1000)
     _flag(parser, "patience", "pseudo-epochs without validation improvement before the learning rate decays",
-          type=int_like, default=50)
-    _flag(parser, "lr_decay_rate", "factor applied to the learning rate at each decay", type=float, default=0.1)
+          type=NON_NEGATIVE_INT, default=50)
+    _flag(parser, "lr_decay_rate", "factor applied to the learning rate at each decay", type=POSITIVE_FLOAT, default=0.1)
     _flag(parser, "lr_decay_times", "number of learning-rate phases, as published (3: the initial rate and two decays); "
-          "the plateau that ends the last phase ends the run", type=int_like, default=3)
-    _flag(parser, "w_cls", "weight of the classification (cross-entropy) term", type=float, default=1.0)
-    _flag(parser, "w_kd", "weight of the KL distillation term", type=float, default=0.0)
-    _flag(parser, "w_rel_scale", "scale of the relational method's default weight", type=float, default=1.0)
-    _flag(parser, "w_inter_scale", "scale of the white-box method's default weight", type=float, default=1.0)
-    _flag(parser, "kd_T", "distillation temperature", type=float, default=4.0)
+          "the plateau that ends the last phase ends the run", type=POSITIVE_INT, default=3)
+    _flag(parser, "w_cls", "weight of the classification (cross-entropy) term", type=NON_NEGATIVE_FLOAT, default=1.0)
+    _flag(parser, "w_kd", "weight of the KL distillation term (Hinton KD at --kd_T); 0, as published, leaves it off: with "
+          "--relational None the student then trains on labels only", type=NON_NEGATIVE_FLOAT, default=0.0)
+    _flag(parser, "w_rel_scale", "scale of the relational method's default weight", type=NON_NEGATIVE_FLOAT, default=1.0)
+    _flag(parser, "w_inter_scale", "scale of the white-box method's default weight", type=NON_NEGATIVE_FLOAT, default=1.0)
+    _flag(parser, "kd_T", "distillation temperature", type=POSITIVE_FLOAT, default=4.0)
     _flag(parser, "logit_stand", "logit standardization (Sun et al., CVPR 2024): z-score the student and teacher logits "
           "inside KD (--w_kd), --relational dkd (then at T = --kd_T) and mlkd; official recipe --kd_T 2 with KD weight 9 "
           "(see docs/logit_methods.md)", type=str2bool, nargs="?", const=True, default=False)
     _flag(parser, "ttm_l", "exponent l of the teacher power transform of --relational ttm and wttm (default: the official "
-          "0.1 for ttm, 0.2 for wttm)", type=float, default=None)
+          "0.1 for ttm, 0.2 for wttm)", type=POSITIVE_FLOAT, default=None)
     _flag(parser, "loss_fn", "mixup teacher term: 0 soft cross-entropy, 1 KL(T)", type=int_like, default=0, choices=(0, 1))
-    _flag(parser, "pos_and_neg", "CKD group size P+N (N = pos_and_neg // 2)", type=int_like, default=2)
-    _flag(parser, "max_rel_samples", "distinct tuples per sampler pass", type=int_like, default=100000)
-    _flag(parser, "feat_dim", "embedding size of CRD and CC", type=int_like, default=128)
+    _flag(parser, "pos_and_neg", "CKD group size P+N (N = pos_and_neg // 2)", type=PAIR_SIZE, default=2)
+    _flag(parser, "max_rel_samples", "distinct tuples per sampler pass", type=POSITIVE_INT, default=100000)
+    _flag(parser, "feat_dim", "embedding size of CRD and CC", type=POSITIVE_INT, default=128)
     _flag(parser, "mode", "CRD positive: exact or relax", type=str, default="exact", choices=("exact", "relax"))
-    _flag(parser, "nce_k", "CRD negatives per sample", type=int_like, default=16384)
-    _flag(parser, "nce_t", "CRD temperature", type=float, default=0.07)
-    _flag(parser, "nce_m", "CRD memory momentum", type=float, default=0.5)
-    _flag(parser, "hint_layer", "feature index used by FitNet (hint)", type=int_like, default=2)
+    _flag(parser, "nce_k", "CRD negatives per sample", type=POSITIVE_INT, default=16384)
+    _flag(parser, "nce_t", "CRD temperature", type=POSITIVE_FLOAT, default=0.07)
+    _flag(parser, "nce_m", "CRD memory momentum", type=Number(float, low=0, high=1), default=0.5)
+    _flag(parser, "hint_layer", "feature index used by FitNet (hint)", type=Number(int), default=2)
     _flag(parser, "init_epochs", "pseudo-epochs of the init stage of two-stage white-box methods (abound, factor, fsp), "
-          "trained from the teacher cache before the main schedule", type=int_like, default=30)
+          "trained from the teacher cache before the main schedule", type=NON_NEGATIVE_INT, default=30)
     _flag(parser, "teacher_views", "teacher queries per training image (random views drawn once; teacher calls = "
-          "n_train x this)", type=int_like, default=1)
+          "n_train x this)", type=POSITIVE_INT, default=1)
     _flag(parser, "teacher_view", "what the teacher sees: augmented (as published: one random crop/flip view per image "
           "and --teacher_views, drawn with --seed) or clean (the clean image, plus --teacher_views - 1 random views)",
           type=str, default="augmented", choices=("augmented", "clean"))
@@ -243,13 +418,14 @@ def build_teacher_parser() -> OneLineParser:
     parser = OneLineParser(prog="train_teacher.py", description="Train a teacher from scratch (RepDistiller recipe).")
     _flag(parser, "model", f"architecture, one of: {MODEL_NAMES_MARK} (default: {DEFAULT_CIFAR_TEACHER} for cifar100, "
           f"{DEFAULT_DIGITS_TEACHER} for digits)", type=str, default=None)
-    _flag(parser, "epochs", "training epochs", type=int_like, default=240)
+    _flag(parser, "epochs", "training epochs", type=POSITIVE_INT, default=240)
     _flag(parser, "learning_rate", "SGD learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleV1/ShuffleV2)",
-          type=float, default=None)
-    _flag(parser, "lr_decay_epochs", "comma-separated epochs where the learning rate decays", type=str, default="150,180,210")
-    _flag(parser, "lr_decay_rate", "factor applied at each decay epoch", type=float, default=0.1)
-    _flag(parser, "save_freq", "save a periodic checkpoint ckpt_epoch_N.pth every this many epochs", type=int_like, default=40)
-    add_common_flags(parser, TEACHER_HELP)
+          type=POSITIVE_FLOAT, default=None)
+    _flag(parser, "lr_decay_epochs", "comma-separated epochs after which the learning rate decays, each below --epochs "
+          "(the published default is kept with a shorter --epochs: it then never decays)", type=str, default=PUBLISHED_DECAY_EPOCHS)
+    _flag(parser, "lr_decay_rate", "factor applied at each decay epoch", type=POSITIVE_FLOAT, default=0.1)
+    _flag(parser, "save_freq", "save a periodic checkpoint ckpt_epoch_N.pth every this many epochs", type=POSITIVE_INT, default=40)
+    add_common_flags(parser, TEACHER_HELP, Number(int, low=2, why=" (BatchNorm cannot train on one image)"))
     return parser
 
 
@@ -263,26 +439,6 @@ def check_architecture(name: str | None, flag: str) -> None:
 
     if name is not None and name not in model_dict:
         raise UserError(f"unknown architecture '{name}' for --{flag}; choose one of {', '.join(model_dict)}")
-
-
-def check_positive(opt: StudentConfig | TeacherConfig, *flags: str) -> None:
-    for flag in flags:
-        value = getattr(opt, flag)
-        if not math.isfinite(value) or value <= 0:
-            raise UserError(f"--{flag} must be a finite positive number, got {value}")
-
-
-def check_non_negative(opt: StudentConfig | TeacherConfig, *flags: str) -> None:
-    for flag in flags:
-        value = getattr(opt, flag)
-        if not math.isfinite(value) or value < 0:
-            raise UserError(f"--{flag} must be a finite number, 0 or more, got {value}")
-
-
-def check_at_least(opt: StudentConfig | TeacherConfig, minimum: int, *flags: str) -> None:
-    for flag in flags:
-        if getattr(opt, flag) < minimum:
-            raise UserError(f"--{flag} must be at least {minimum}, got {getattr(opt, flag)}")
 
 
 def check_subset_against_data(opt: StudentConfig, n_total: int, subset_size: int | None = None) -> None:
@@ -339,6 +495,42 @@ def parse_decay_epochs(text: str) -> list[int]:
     if any(e < 1 for e in epochs):
         raise UserError(f"--lr_decay_epochs must hold epochs of 1 or more, got '{text}'")
     return epochs
+
+
+def check_decay_epochs(decay_epochs: list[int], epochs: int, text: str) -> None:
+    """Refuse ``--lr_decay_epochs`` that ``--epochs`` never reaches (the learning rate decays after epoch e, so a decay
+    epoch of --epochs or more does nothing). The published default is kept for any --epochs: a short run with it is a
+    smoke test of the published schedule, not a schedule of its own."""
+    if text == PUBLISHED_DECAY_EPOCHS:
+        return
+    past = [e for e in decay_epochs if e >= epochs]
+    if past:
+        listed = ",".join(str(e) for e in past)
+        raise UserError(f"--lr_decay_epochs {text} decays after epoch{'s' if len(past) > 1 else ''} {listed}, which "
+                        f"--epochs {epochs} never {'reach' if len(past) > 1 else 'reaches'}; pass decay epochs below "
+                        f"{epochs} or raise --epochs")
+
+
+def check_teacher_path(path_t: str, model_t: str | None, dataset: str) -> None:
+    """``--path_t`` given by hand is an existing checkpoint file (raises UserError). Checked when the configuration is
+    built, before the folder name is read as an architecture: a mistyped path is named as missing, not as a folder
+    whose name is no architecture."""
+    path = Path(path_t)
+    if path.is_dir():
+        raise UserError(f"--path_t {path} is a directory, not a checkpoint; pass the checkpoint file inside it "
+                        f"(e.g. {path / 'ckpt_epoch_240.pth'})")
+    if path.exists():
+        return
+    if model_t is None:
+        try:
+            model_t = teacher_from_path(path_t)
+        except UserError:
+            model_t = None
+    where = "check --path_t" + ("" if path.parent.is_dir() else f" (there is no folder {path.parent} either)")
+    if model_t is None:
+        raise UserError(f"teacher checkpoint {path} does not exist; {where}")
+    raise UserError(f"teacher checkpoint {path} does not exist; {where}, or train it with "
+                    f"`python train_teacher.py --model {model_t} --dataset {dataset}`")
 
 
 def identity_config(cfg: StudentConfig | TeacherConfig, ignored: tuple[str, ...] = NON_IDENTITY_FLAGS) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from dataset.samplers import steps_per_epoch
 from dataset.stanfordcars import CROP_SIZE as CARS_CROP
 from dataset.stanfordcars import STORED_SIZE as CARS_STORED
 from dataset.teacher_cache import build_train_pool
+from helper import method_table
 from helper.calibration import train_mean_shift
 from helper.config import StudentConfig, student_config_from
 from helper.engine import accumulate, train_step
@@ -60,7 +61,18 @@ from helper.methods import (
     teacher_feature_layers,
     teacher_needs_preact,
 )
-from helper.options import OneLineParser, build_student_parser, check_subset_against_data, str2bool
+from helper.options import (
+    NON_NEGATIVE_INT,
+    PAIR_SIZE,
+    POSITIVE_INT,
+    SEED,
+    Number,
+    OneLineParser,
+    RawDescriptionHelpFormatter,
+    build_student_parser,
+    check_subset_against_data,
+    str2bool,
+)
 from helper.student_trainer import build_student, build_training, cache_teacher
 from models import model_dict
 
@@ -75,30 +87,37 @@ CACHE_BATCH = int(inspect.signature(build_train_pool).parameters["batch_size"].d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="bench.py", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     flag = parser.add_argument
     flag("--model_s", type=str, default="resnet32", help="student architecture")
     flag("--model_t", type=str, default="resnet110", help="teacher architecture (randomly initialised)")
-    flag("--relational", type=none_or_str, default=None, help="None, ckd, ckd_add, ckd_mixup, ckd_inter, mixup, mixup3, cutmix, "
-         "rkd, dist, crd (as train_student.py)")
-    flag("--distill", type=str, default="kd", help="kd, hint, vid, correlation")
+    flag("--relational", type=none_or_str, default=None, choices=method_table.choices_of("relational"),
+         help="relational or logit method, as train_student.py's --relational")
+    flag("--distill", type=str, default="kd", choices=method_table.choices_of("distill"),
+         help="white-box method, as train_student.py's --distill")
     flag("--dataset", type=str, default="cifar100", choices=tuple(SYNTHETIC_SHAPES),
          help="shape of the synthetic images: cifar100 (32x32) or stanfordcars (64x64 stored, 56x56 crops)")
-    flag("--pos_and_neg", type=int, default=2, help="CKD group size P+N")
-    flag("--batch_size", type=int, default=64, help="batch size (CKD: tuples per batch)")
+    flag("--pos_and_neg", type=PAIR_SIZE, default=2, help="CKD group size P+N")
+    flag("--batch_size", type=POSITIVE_INT, default=64, help="batch size (CKD: tuples per batch)")
     flag("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    flag("--steps", type=int, default=30, help="timed steps per measurement block")
-    flag("--warmup", type=int, default=5, help="untimed steps before the measurements (bound, step and data path each)")
-    flag("--repeats", type=int, default=3, help="interleaved measurement blocks; the best one counts")
-    flag("--cache_repeats", type=int, default=2, help="interleaved cache builds / plain forwards; the best one counts")
-    flag("--subset_size", type=int, default=2000, help="synthetic images (train + validation)")
-    flag("--nce_k", type=int, default=None, help="CRD negatives (default: train_student.py's)")
+    flag("--steps", type=POSITIVE_INT, default=30, help="timed steps per measurement block")
+    flag("--warmup", type=NON_NEGATIVE_INT, default=5, help="untimed steps before the measurements (bound, step and data path each)")
+    flag("--repeats", type=POSITIVE_INT, default=3, help="interleaved measurement blocks; the best one counts")
+    flag("--cache_repeats", type=POSITIVE_INT, default=2, help="interleaved cache builds / plain forwards; the best one counts")
+    flag("--subset_size", type=Number(int, low=2), default=2000, help="synthetic images (train + validation)")
+    flag("--nce_k", type=POSITIVE_INT, default=None, help="CRD negatives (default: train_student.py's)")
     flag("--amp", type=str2bool, nargs="?", const=True, default=False, help="bf16 autocast")
     flag("--channels_last", type=str2bool, nargs="?", const=True, default=False, help="channels-last student and inputs")
     flag("--compile", type=str2bool, nargs="?", const=True, default=False, help="torch.compile the student")
-    flag("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores this process may use)")
-    flag("--seed", type=int, default=0, help="seed of the synthetic data, the models and the samplers")
+    flag("--threads", type=POSITIVE_INT, default=None, help="torch.set_num_threads (default: all cores this process may use)")
+    flag("--seed", type=SEED, default=0, help="seed of the synthetic data, the models and the samplers")
     return parser
+
+
+def check_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, StudentConfig]:
+    """bench.py's flags and the train_student.py configuration they make, every check done (before any work)."""
+    args, extra = build_parser().parse_known_args(argv)
+    return args, student_options(args, extra)  # checked as train_student.py checks its flags
 
 
 def student_options(args: argparse.Namespace, extra: list[str]) -> StudentConfig:
@@ -107,7 +126,7 @@ def student_options(args: argparse.Namespace, extra: list[str]) -> StudentConfig
             f"--relational={args.relational}", "--distill", args.distill,
             "--pos_and_neg", str(args.pos_and_neg), "--batch_size", str(args.batch_size), "--device", args.device,
             "--subset_size", str(args.subset_size), "--seed", str(args.seed), f"--amp={args.amp}",
-            f"--channels_last={args.channels_last}", f"--compile={args.compile}", "--path_t", "synthetic-teacher.pth"]
+            f"--channels_last={args.channels_last}", f"--compile={args.compile}"]  # no --path_t: the teacher is random
     if args.nce_k is not None:
         argv += ["--nce_k", str(args.nce_k)]
     return student_config_from(build_student_parser().parse_args(argv + extra))
@@ -270,12 +289,9 @@ def best_rate(fns: dict[str, Callable[[], None]], steps: int, repeats: int, devi
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args, extra = build_parser().parse_known_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.cache_repeats < 1:
-        raise UserError("--steps, --repeats and --cache_repeats must be at least 1 and --warmup at least 0")
+    args, opt = check_args(argv)
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     torch.set_num_threads(int(threads))
-    opt = student_options(args, extra)  # checked as train_student.py checks its flags
     device = resolve_device(opt.device)
     configure_backend(device, deterministic=opt.deterministic)
     if device.type == "cuda":

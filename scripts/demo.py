@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[teacher] reusing {teacher_path}", flush=True)
         else:
             print(f"[teacher] training {TEACHER} on the digits training split ({teacher_epochs} epochs) ...", flush=True)
+            decay = [] if args.quick else ["--lr_decay_epochs", "10"]  # 2 quick epochs never reach a decay
             _quiet_call(train_teacher.main, ["--model", TEACHER, "--dataset", "digits", "--epochs", teacher_epochs,
-                                             "--lr_decay_epochs", "10", "--save_dir", str(save_dir), "--device", "cpu"],
+                                             *decay, "--save_dir", str(save_dir), "--device", "cpu"],
                         logs / "teacher.log")
             print(f"[teacher] done in {time.perf_counter() - start:.0f}s: {teacher_path}", flush=True)
         runs = [(m, n, s) for n in sizes for m in methods for s in seeds]

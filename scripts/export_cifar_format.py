@@ -41,7 +41,7 @@ import torch
 
 from core.errors import UserError, run_main
 from dataset import DATASETS, ImageSet, load_dataset
-from helper.options import OneLineParser
+from helper.options import OneLineParser, PathKind
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,8 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="export_cifar_format.py",
                            description="Write a data set of this project as a cifar-100-python folder.")
     parser.add_argument("--dataset", choices=DATASETS, default="digits", help="data set to export (as --dataset feeds the models)")
-    parser.add_argument("--data_folder", default="./data", help="where --dataset cifar100 is read from")
-    parser.add_argument("--out", required=True, help="folder that receives cifar-100-python/ (pass it as --data_folder later)")
+    parser.add_argument("--data_folder", type=PathKind("folder", "--data_folder"), default="./data",
+                        help="where --dataset cifar100 is read from")
+    parser.add_argument("--out", type=PathKind("output", "--out"), required=True,
+                        help="folder that receives cifar-100-python/ (pass it as --data_folder later)")
     parser.add_argument("--force", action="store_true", help="replace an existing OUT/cifar-100-python")
     return parser
 

@@ -140,9 +140,29 @@ case "$source" in
     auto | mirrors | archive) ;;
     *) die "--source '$source' is not one of: auto, mirrors, archive" ;;
 esac
+if [ -n "$sha_file" ] && [ -d "$sha_file" ]; then
+    die "the --sha256 file '$sha_file' is a directory, not a file; pass a list written by sha256sum"
+fi
 if [ -n "$sha_file" ] && [ ! -f "$sha_file" ]; then
     die "the --sha256 file '$sha_file' does not exist; pass a list written by sha256sum"
 fi
+existing_above() { # path -> the path itself or its nearest ancestor that exists
+    local probe="$1"
+    while [ ! -e "$probe" ] && [ "$probe" != "$(dirname "$probe")" ]; do probe="$(dirname "$probe")"; done
+    echo "$probe"
+}
+check_folder_flag() { # flag path [output]: a folder (existing or not), never a file or below one; output: writable
+    local base
+    [ -n "$2" ] || die "$1 is empty; pass a folder"
+    [ ! -e "$2" ] || [ -d "$2" ] || die "$1 '$2' is a file, not a folder; pass a folder"
+    base="$(existing_above "$2")"
+    [ -d "$base" ] || die "$1 '$2' lies below the file '$base', not a folder; pass a folder"
+    if [ -n "${3:-}" ] && { [ ! -w "$base" ] || [ ! -x "$base" ]; }; then
+        die "cannot write to '$2' ('$base' is read-only); choose a writable $1"
+    fi
+}
+check_folder_flag --save_dir "$save_dir" output
+check_folder_flag --data_folder "$data_folder"
 
 if [ -n "${TEACHER_MIRRORS+x}" ]; then
     read -r -a mirrors <<<"$TEACHER_MIRRORS"

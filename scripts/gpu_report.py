@@ -227,8 +227,9 @@ def cmd_digits_accuracy(args: argparse.Namespace) -> int:
     seeds = list(range(1, args.seeds + 1))
     out: dict[str, Any] = {"device": args.device, "seeds": seeds, "runs": []}
     with contextlib.redirect_stdout(io.StringIO()):
+        decay = ["--lr_decay_epochs", "10"] if args.teacher_epochs > 10 else []  # a decay --epochs never reaches is refused
         train_teacher.main(["--model", "resnet14", "--dataset", "digits", "--epochs", str(args.teacher_epochs),
-                            "--lr_decay_epochs", "10", "--save_dir", str(save), "--device", args.device])
+                            *decay, "--save_dir", str(save), "--device", args.device])
     for variant, flags in (("plain", []), ("amp+channels_last", ["--amp", "--channels_last"])):
         for method, method_flags in DIGITS_METHODS.items():
             for seed in seeds:

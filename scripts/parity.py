@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError, run_main
-from helper.options import OneLineParser
+from helper.options import NON_NEGATIVE_INT, POSITIVE_INT, SEED, Number, OneLineParser, PathKind
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,21 +98,24 @@ def teacher_arch(path_t: Path) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="parity.py", description="Published CKD code vs this project, same data/teacher/schedule.")
-    parser.add_argument("--published", type=Path, default=None, help="a plain checkout of alextxu/ckd (needed for the published side)")
-    parser.add_argument("--data_folder", type=Path, required=True, help="folder holding cifar-100-python/")
-    parser.add_argument("--path_t", type=Path, required=True, help="teacher checkpoint in ARCH_vanilla/ (RepDistiller format)")
+    parser.add_argument("--published", type=PathKind("folder", "--published"), default=None,
+                        help="a plain checkout of alextxu/ckd (needed for the published side)")
+    parser.add_argument("--data_folder", type=PathKind("folder", "--data_folder"), required=True, help="folder holding cifar-100-python/")
+    parser.add_argument("--path_t", type=PathKind("maybe_file", "--path_t"), required=True,
+                        help="teacher checkpoint in ARCH_vanilla/ (RepDistiller format)")
     parser.add_argument("--model_s", default="resnet8", help="student architecture")
     parser.add_argument("--methods", type=comma_list, default=["kd", "ce", "mixup", "ckd"],
                         help=f"comma list of {', '.join(METHODS)}")
-    parser.add_argument("--seeds", default="1,2,3", help="comma list of seeds")
-    parser.add_argument("--subset_size", type=int, default=1000, help="training images drawn (train + validation)")
+    parser.add_argument("--seeds", default="1,2,3", help="comma list of seeds (each 0 to 2**63 - 1)")
+    parser.add_argument("--subset_size", type=Number(int, low=2), default=1000, help="training images drawn (train + validation)")
     parser.add_argument("--sides", type=comma_list, default=list(SIDES), help="comma list of published, project")
-    parser.add_argument("--patience", type=int, default=10, help="pseudo-epochs without improvement before a decay")
-    parser.add_argument("--lr_decay_times", type=int, default=3, help="passed as --lr_decay_times to both sides")
-    parser.add_argument("--epochs", type=int, default=200, help="maximum pseudo-epochs")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the per-run JSONs, logs and parity.md")
-    parser.add_argument("--project", type=Path, default=ROOT, help="checkout of this project whose train_student.py runs")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
+    parser.add_argument("--patience", type=NON_NEGATIVE_INT, default=10, help="pseudo-epochs without improvement before a decay")
+    parser.add_argument("--lr_decay_times", type=POSITIVE_INT, default=3, help="passed as --lr_decay_times to both sides")
+    parser.add_argument("--epochs", type=POSITIVE_INT, default=200, help="maximum pseudo-epochs")
+    parser.add_argument("--out", type=PathKind("output", "--out"), required=True, help="folder for the per-run JSONs, logs and parity.md")
+    parser.add_argument("--project", type=PathKind("folder", "--project"), default=ROOT,
+                        help="checkout of this project whose train_student.py runs")
+    parser.add_argument("--jobs", type=POSITIVE_INT, default=1, help="runs at the same time")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--table_only", action="store_true",
                         help="print and write the table from the per-run JSONs already in --out, run nothing")
@@ -132,8 +135,8 @@ def check_args(opt: argparse.Namespace) -> None:
         raise UserError(f"--seeds must be comma-separated whole numbers such as 1,2,3, got '{opt.seeds}'") from err
     if not opt.seeds:
         raise UserError("--seeds is empty; pass e.g. --seeds 1,2,3")
-    if opt.jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {opt.jobs}")
+    for seed in opt.seeds:
+        SEED.check("seeds", seed)
     opt.model_t = teacher_arch(opt.path_t)
 
 
@@ -305,9 +308,15 @@ def format_report(opt: argparse.Namespace, results: dict[tuple[str, str, int], d
     return "\n".join(header) + format_table(results, opt.methods) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """parity.py's flags, checked before any work (raises UserError; the inputs of a real run: :func:`check_inputs`)."""
     opt = build_parser().parse_args(argv)
     check_args(opt)
+    return opt
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt = parse_args(argv)
     opt.data_folder, opt.path_t, opt.out = opt.data_folder.resolve(), opt.path_t.resolve(), opt.out.resolve()
     opt.project = opt.project.resolve()
     if opt.published is not None:

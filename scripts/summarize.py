@@ -53,7 +53,7 @@ from typing import Any
 
 from core.errors import UserError, run_main
 from helper.method_table import method_label, method_order
-from helper.options import OneLineParser
+from helper.options import OneLineParser, PathKind
 
 METHOD_ORDER = method_order()  # ce, kd, then the method table's order
 # flags that do not change what a run computes: two runs differing only here are the same run
@@ -445,19 +445,26 @@ def plot(cells: dict[Pair, list[Cell]], path: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="summarize.py", description="Tables (Markdown, CSV) and a plot of finished student runs.")
     parser.add_argument("runs_dirs", nargs="+", type=Path, metavar="RUNS_DIR", help="folders searched for results.json (e.g. save/student)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first RUNS_DIR)")
-    parser.add_argument("--wandb", type=Path, default=None, help="also read W&B run folders (offline-run-*) below this folder")
+    parser.add_argument("--out", type=PathKind("output", "--out"), default=None, help="output folder (default: the first RUNS_DIR)")
+    parser.add_argument("--wandb", type=PathKind("input_folder", "--wandb"), default=None,
+                        help="also read W&B run folders (offline-run-*) below this folder")
     parser.add_argument("--metric", choices=("test_acc", "test_acc_calibrated"), default="test_acc",
                         help="the accuracy in the tables and plot: test_acc (as the run reported it) or test_acc_calibrated "
                              "(the best weights with the train-split logit shift of --calibrate train_mean)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """summarize.py's flags, every one checked before anything is read or written (raises UserError)."""
     opt = build_parser().parse_args(argv)
     for folder in [*opt.runs_dirs, *([opt.wandb] if opt.wandb else [])]:
         if not folder.is_dir():
             raise UserError(f"{folder} is not a folder; pass the folder holding your runs (e.g. save/student)")
+    return opt
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt = parse_args(argv)
     records, skipped = collect(opt.runs_dirs, opt.wandb)
     if opt.metric == "test_acc_calibrated":
         skipped += [f"{r.source}: it has no test_acc_calibrated (made before calibration was reported); left out"

@@ -30,6 +30,7 @@ import os
 import queue
 import random
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +42,7 @@ from typing import Any
 
 from core.errors import UserError, run_main
 from helper.config import student_config_from
-from helper.options import build_student_parser, student_run_dir
+from helper.options import build_student_parser, flag_value_message, student_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,10 +80,16 @@ def load_sweep(path: Path) -> dict[str, Any]:
     """Read a sweep file and check its overall shape (raises UserError)."""
     import yaml
 
+    if path.is_dir():
+        raise UserError(f"sweep file {path} is a directory, not a file; pass one of the *.yml files at the repository root")
     if not path.is_file():
         raise UserError(f"sweep file {path} does not exist; pass one of the *.yml files at the repository root")
     try:
         sweep = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8 YAML") from err
+    except OSError as err:
+        raise UserError(f"cannot read {path} ({err.strerror or err}); pass a readable sweep file") from err
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"{path} is not valid YAML ({first}); fix the file") from err
@@ -253,7 +260,7 @@ def _raising_parser() -> argparse.ArgumentParser:
     parser = build_student_parser()
 
     def error(message: str) -> Any:
-        raise UserError(message)
+        raise UserError(flag_value_message(message) or message)
 
     parser.error = error  # type: ignore[method-assign]
     return parser
@@ -417,20 +424,21 @@ def _terminate_on_sigterm(progress: Progress) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from helper.options import OneLineParser
+    from helper.options import POSITIVE_INT, SEED, OneLineParser, PathKind
 
     parser = OneLineParser(prog="sweep.py", usage="%(prog)s SWEEP_FILE [options] [-- EXTRA FLAGS FOR EVERY RUN]",
                            description="Run a W&B sweep file (grid or random) locally, without a W&B server. Flags after "
                                        "-- are appended to every run, e.g. -- --epochs 5 --wdb_project test.")
     parser.add_argument("sweep_file", type=Path, help="sweep configuration, e.g. ckd.yml")
     parser.add_argument("--dry-run", action="store_true", help="print one command per run and launch nothing")
-    parser.add_argument("--count", type=int, default=None,
+    parser.add_argument("--count", type=POSITIVE_INT, default=None,
                         help="random: number of runs to draw (required); grid: launch at most this many runs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random search draws (default 0)")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the random search draws")
     parser.add_argument("--gpus", type=str, default=None,
                         help="comma-separated GPU ids, one slot each: 0,1 runs one run per GPU in parallel, 0,0,1,1 two per "
                              "GPU (each child sees only its GPU)")
-    parser.add_argument("--save_dir", type=str, default=None, help="passed to every run as --save_dir (default: the program's)")
+    parser.add_argument("--save_dir", type=PathKind("output", "--save_dir"), default=None,
+                        help="passed to every run as --save_dir (default: the program's)")
     parser.add_argument("--python", type=str, default=sys.executable, help="interpreter of the runs (default: this one)")
     parser.add_argument("--program", type=str, default=None,
                         help="training script (default: the sweep file's 'program', found at the repository root)")
@@ -459,6 +467,14 @@ def _parse_gpus(text: str | None) -> list[str]:
     return gpus
 
 
+def check_python(python: str) -> None:
+    """``--python`` names an interpreter that can be started (raises UserError before anything is printed or run)."""
+    found = shutil.which(python) if os.sep not in python else (python if os.path.isfile(python) else None)
+    if found is None or not os.access(found, os.X_OK):
+        raise UserError(f"--python {python} is not an executable interpreter; pass the path of a python, or leave "
+                        "--python out to use the one running sweep.py")
+
+
 def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
     """(sweep.py's own arguments, the flags after ``--`` that go to every run)."""
     if "--" in argv:
@@ -470,12 +486,13 @@ def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     own_argv, extra = split_extra(list(sys.argv[1:] if argv is None else argv))
     opt = build_parser().parse_args(own_argv)
+    check_python(opt.python)
+    if opt.save_dir is not None:
+        opt.save_dir = str(opt.save_dir)
     source = opt.sweep_file.name
     sweep = load_sweep(opt.sweep_file)
     parameters: dict[str, Any] = dict(sweep["parameters"])
     gpus = _parse_gpus(opt.gpus)
-    if opt.count is not None and opt.count < 1:
-        raise UserError(f"--count must be at least 1, got {opt.count}")
     check_flag_names(parameters, source)
     if extra:
         try:

@@ -359,18 +359,24 @@ def _install_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, dest
             f"scripts/teachers.sha256)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from helper.options import OneLineParser
+def build_parser() -> argparse.ArgumentParser:
+    from helper.options import OneLineParser, PathKind
 
     parser: argparse.ArgumentParser = OneLineParser(
         prog="teacher_archive.py", description="Install published teachers from mdistiller's cifar_teachers.tar.")
     parser.add_argument("names", nargs="+", metavar="NAME", choices=TEACHERS, help=f"teacher, one of {', '.join(TEACHERS)}")
-    parser.add_argument("--save_dir", type=Path, default=Path("save"), help="root folder of the checkpoints (default: save)")
-    parser.add_argument("--sha256", type=Path, default=None, help="sha256sum-format list that must name every teacher")
+    parser.add_argument("--save_dir", type=PathKind("output", "--save_dir"), default="save",
+                        help="root folder of the checkpoints (default: save)")
+    parser.add_argument("--sha256", type=PathKind("file", "--sha256"), default=None,
+                        help="sha256sum-format list that must name every teacher")
     parser.add_argument("--keep_archive", action="store_true", help="keep the archive even once all six teachers are in place")
-    parser.add_argument("--data_folder", type=Path, default=None,
+    parser.add_argument("--data_folder", type=PathKind("folder", "--data_folder"), default=None,
                         help="folder holding cifar-100-python/: report each teacher's test accuracy")
-    opt = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt = build_parser().parse_args(argv)
     pins = read_sha256_list(PINS) if PINS.is_file() else {}
     required = read_sha256_list(opt.sha256) if opt.sha256 is not None else None
     save_dir: Path = opt.save_dir

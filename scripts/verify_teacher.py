@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from core.errors import UserError, run_main
-from helper.options import OneLineParser
+from helper.options import OneLineParser, PathKind
 
 NUM_CLASSES = 100
 # CIFAR-100 top-1 test accuracy (%) of the published teachers, RepDistiller's table (Tian et al., ICLR 2020)
@@ -95,15 +95,19 @@ def accuracy_report(name: str, path: Path, data_folder: Path, device: str = "aut
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = OneLineParser(
         prog="verify_teacher.py", description="Check that FILE is a safe, loadable NAME teacher checkpoint (100 classes).")
     parser.add_argument("name", help="architecture, one of models.model_dict (e.g. resnet56)")
-    parser.add_argument("file", type=Path, help="checkpoint to check")
-    parser.add_argument("--data_folder", type=Path, default=None,
+    parser.add_argument("file", type=PathKind("file", "FILE"), metavar="FILE", help="checkpoint to check")
+    parser.add_argument("--data_folder", type=PathKind("folder", "--data_folder"), default=None,
                         help="folder holding cifar-100-python/: also report the CIFAR-100 test accuracy next to the published one")
     parser.add_argument("--device", default="auto", help="device of the accuracy check: auto, cpu, cuda, cuda:N or mps")
-    opt = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt = build_parser().parse_args(argv)
     print(verify(opt.name, opt.file), flush=True)
     if opt.data_folder is not None:
         for line in accuracy_report(opt.name, opt.file, opt.data_folder, opt.device):

@@ -185,7 +185,7 @@ def test_missing_data_offline(save_dir: Path, tmp_path: Path) -> None:
     assert_one_line_error(proc, f"CIFAR-100 is not in {data / 'cifar-100-python'}", "could not be downloaded", url,
                           "--data_folder")
     assert_teacher_never_called(proc, save_dir)
-    assert not data.exists() or list(data.iterdir()) == []  # no partial download, no extraction folder
+    assert not data.exists()  # no partial download, no extraction folder, not even the empty data folder
 
 
 def test_corrupt_cifar_pickle(fake_cifar: Path, save_dir: Path, tmp_path: Path) -> None:

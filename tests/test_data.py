@@ -175,8 +175,7 @@ def test_wrong_md5_is_a_user_error(tmp_path, archive_server, monkeypatch):
     data = tmp_path / "data"
     with pytest.raises(UserError, match="md5"):
         load_dataset("cifar100", data)
-    assert not (data / "cifar-100-python").exists()
-    assert list(data.iterdir()) == [], "a download that failed its md5 check must not leave files behind"
+    assert not data.exists(), "a download that failed its md5 check must not leave files (or the folder it made) behind"
 
 
 def test_unreachable_url_is_a_user_error_naming_the_folder(tmp_path, monkeypatch):
@@ -189,7 +188,12 @@ def test_unreachable_url_is_a_user_error_naming_the_folder(tmp_path, monkeypatch
     assert str(data / "cifar-100-python") in message
     assert "could not be downloaded" in message and "--data_folder" in message
     assert "\n" not in message
-    assert list(data.iterdir()) == []
+    assert not data.exists()  # the failed download removed the folder it created
+    mine = tmp_path / "mine"  # a folder the user made is theirs: kept, and left as it was
+    mine.mkdir()
+    with pytest.raises(DataNotFound):
+        load_dataset("cifar100", mine / "a" / "b")
+    assert mine.is_dir() and list(mine.iterdir()) == []
 
 
 # ---------------------------------------------------------------- digits

@@ -37,7 +37,7 @@ STEPS = 3
 
 
 def make_setup(method: str, *flags: str) -> tuple[TrainingSetup, bool]:
-    opt = parse_student_args(["--model_s", "resnet8", "--model_t", "resnet8", "--path_t", "unused.pth", "--subset_size", "200",
+    opt = parse_student_args(["--model_s", "resnet8", "--model_t", "resnet8", "--subset_size", "200",
                               "--batch_size", "16", "--device", "cpu", "--nce_k", "32", "--seed", "3", *METHODS[method], *flags])
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (160, 3, 32, 32), dtype=torch.uint8, generator=g)

@@ -118,7 +118,7 @@ def test_fsp_and_kdsvd_reject_unmatched_channels_before_the_teacher_is_read(tmp_
 
     for distill in ("fsp", "kdsvd"):
         opt = parse_student_args(["--model_s", "resnet8", "--model_t", "wrn_16_2", "--distill", distill,
-                                  "--path_t", str(tmp_path / "missing.pth")])
+                                  "--save_dir", str(tmp_path / "no_teacher_there")])
         with pytest.raises(UserError, match=f"--distill {distill} needs equal student and teacher channel counts"):
             check_white_box_early(opt, 10, (3, 32, 32))
 

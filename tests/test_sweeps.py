@@ -120,12 +120,15 @@ def test_dry_run_writes_wandb_style_flags(tmp_path: Path, capsys: pytest.Capture
           w_kd: {values: [0, 1]}
           seed: {value: 3}
         """))
+    python = tmp_path / "PY"  # --python must name an interpreter that exists, even for a dry run
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
     code = sweep.main([str(tmp_path / "s.yml"), "--dry-run", "--save_dir", str(tmp_path / "save"), "--gpus", "0,1",
-                       "--python", "PY", "--program", "prog.py"])
+                       "--python", str(python), "--program", "prog.py"])
     assert code == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"PY prog.py --relational=None --seed=3 --w_kd=0 --save_dir={tmp_path / 'save'}",
-        f"PY prog.py --relational=None --seed=3 --w_kd=1 --save_dir={tmp_path / 'save'}",
+        f"{python} prog.py --relational=None --seed=3 --w_kd=0 --save_dir={tmp_path / 'save'}",
+        f"{python} prog.py --relational=None --seed=3 --w_kd=1 --save_dir={tmp_path / 'save'}",
     ]
 
 

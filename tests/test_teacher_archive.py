@@ -325,7 +325,8 @@ def test_read_only_save_folder(server: FileServer, monkeypatch: pytest.MonkeyPat
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder\n")
     result = _shell("--source", "archive", "--only", "resnet56", "--save_dir", str(blocker / "save"), archive=server.url(f"/good/{TAR}"))
-    assert result.returncode == 1 and "cannot create" in result.stderr, result.stdout + result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stdout + result.stderr  # refused up front
+    assert "--save_dir" in result.stderr and f"lies below the file '{blocker}'" in result.stderr
     assert blocker.read_text() == "not a folder\n"
 
     def read_only(*args: object, **kwargs: object) -> tuple[int, str]:
