@@ -382,5 +382,5 @@ def test_docs_say_where_teachers_come_from() -> None:
                   "22aa12e2b632b19ddde155ccf2388671842ddd304824b3095e0a7fff364beb4f", "save/models/{name}_vanilla/ckpt_epoch_240.pth"):
         assert words in manual, words
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Teachers\n"):readme.index("## Sweeps\n")]
+    section = readme[readme.index("## Teachers\n"):readme.index("## Reproduce the paper\n")]
     assert "docs/teachers.md" in section and "tar xvf" in section and "fetch_pretrained_teachers.sh" in section
