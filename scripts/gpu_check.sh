@@ -278,7 +278,7 @@ if ! wanted digits; then
     :
 elif [ "$DRY" = 1 ]; then
     run_step digits accuracy 120 0 "" -- "$PY" scripts/gpu_report.py digits-accuracy --work "$WORK" --device "$DEVICE" \
-        --result "$WORK/runs/digits_accuracy.json" --seeds 1 --teacher_epochs 1 --student_epochs 1
+        --result "$WORK/runs/digits_accuracy.json" --seeds 1 --teacher_epochs 1 --student_epochs 1 --methods ckd
 else
     run_step digits accuracy 150 60 "" -- "$PY" scripts/gpu_report.py digits-accuracy --work "$WORK" --device "$DEVICE" \
         --result "$WORK/runs/digits_accuracy.json"

@@ -231,7 +231,8 @@ def cmd_digits_accuracy(args: argparse.Namespace) -> int:
         train_teacher.main(["--model", "resnet14", "--dataset", "digits", "--epochs", str(args.teacher_epochs),
                             *decay, "--save_dir", str(save), "--device", args.device])
     for variant, flags in (("plain", []), ("amp+channels_last", ["--amp", "--channels_last"])):
-        for method, method_flags in DIGITS_METHODS.items():
+        for method in args.methods.split(","):
+            method_flags = DIGITS_METHODS[method]
             for seed in seeds:
                 argv = ["--model_s", "resnet8", "--model_t", "resnet14", "--dataset", "digits", "--subset_size", "400",
                         "--seed", str(seed), "--batch_size", "32", "--use_DA", "1", "--save_dir", str(save),
@@ -584,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--seeds", type=int, default=3)
     acc.add_argument("--teacher_epochs", type=int, default=15)
     acc.add_argument("--student_epochs", type=int, default=40)
+    acc.add_argument("--methods", default=",".join(DIGITS_METHODS), help="comma-separated subset of kd, ckd, mixup")
     rep = sub.add_parser("report", help="assemble gpu_check.json and gpu_check.md")
     rep.add_argument("--work", required=True)
     rep.add_argument("--out", required=True)
