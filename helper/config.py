@@ -142,6 +142,7 @@ class StudentConfig(_Config):
     trial: int = 1
     save_dir: str = "./save"
     resume: bool = False
+    keep_last: bool = False
     wdb_project: str | None = None
     wdb_entity: str | None = None
     _tags: str | None = None
@@ -211,6 +212,7 @@ class TeacherConfig(_Config):
     trial: int = 1
     save_dir: str = "./save"
     resume: bool = False
+    keep_last: bool = False
     wdb_project: str | None = None
     wdb_entity: str | None = None
     _tags: str | None = None

@@ -221,6 +221,8 @@ class TeacherRun:
                 with self.stop.installed():
                     train_epochs(self, self.stop, device)
             atomic_save(self._checkpoint(cfg.epochs), self.final_path)
+            if not cfg.keep_last:  # the final checkpoint says the teacher finished (check_folder); nothing resumes
+                self.last_path.unlink(missing_ok=True)
             self.logger.summary({"test_acc": self.test["acc"], "best_test_acc": self.best_acc})
         print(f"teacher {cfg.model}: test acc {self.test['acc']:.2f}% after {cfg.epochs} epochs", flush=True)
         print(f"checkpoint: {self.final_path}", flush=True)

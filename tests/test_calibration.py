@@ -145,7 +145,7 @@ def _results(capsys) -> dict:
 
 
 def test_calibrated_run_saves_a_plain_model_that_reproduces_test_acc(fake_cifar, save_dir, capsys):
-    common = ("--relational", "ckd", "--epochs", "3", "--patience", "50", "--deterministic")
+    common = ("--relational", "ckd", "--epochs", "3", "--patience", "50", "--deterministic", "--keep_last")
     train_student.main(base_args(fake_cifar, save_dir, *common))
     plain = _results(capsys)
     train_student.main(base_args(fake_cifar, save_dir, *common, "--calibrate", "train_mean"))
