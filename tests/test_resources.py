@@ -117,3 +117,13 @@ def test_a_finished_run_keeps_last_pth_only_with_keep_last(keep: bool, digits_sa
     out = capsys.readouterr().out
     assert "this configuration already finished" in out and (run_dir / "last.pth").is_file() == keep
     assert json.loads(results_path.read_text())["steps"] == 2  # ceil(64 / 32) steps of one pseudo-epoch
+
+
+def test_a_teacher_that_cannot_fit_on_disk_is_refused_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import train_teacher
+
+    monkeypatch.setattr(resources.shutil, "disk_usage", lambda path: type("usage", (), {"free": 1024})())
+    with pytest.raises(UserError, match=r"of disk under .* but only 1\.0 KiB is free; change"):
+        train_teacher.main(["--model", "resnet8", "--dataset", "digits", "--epochs", "1", "--device", "cpu",
+                            "--save_dir", str(tmp_path / "save")])
+    assert not (tmp_path / "save").exists()
