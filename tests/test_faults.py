@@ -190,7 +190,7 @@ def test_a_second_signal_exits_at_once_with_one_line(fake_cifar: Path, save_dir:
 
 def test_sigkill_inside_a_checkpoint_write_is_recovered(fake_cifar: Path, save_dir: Path, tmp_path: Path) -> None:
     script, flag = write_wrapper(tmp_path, "slow")
-    args = student_args(fake_cifar, save_dir)
+    args = student_args(fake_cifar, save_dir, "--keep_last")  # the finished run's last.pth is checked below
     proc = subprocess.Popen([PY, str(script), *args], cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 120
