@@ -117,6 +117,7 @@ class _CommonFlags(_Config):
     trial: int = 1
     save_dir: str = "./save"
     resume: bool = False
+    keep_last: bool = False
     wdb_project: str | None = None
     wdb_entity: str | None = None
     _tags: str | None = None

@@ -27,7 +27,18 @@ from core.device import autocast
 from core.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Evaluation sums the cross-entropy of chunks of EVAL_BATCH_SIZE images (the order of the float sums, whatever the
+# forward batch); the forward batch is eval_batch_size(device): the whole chunk on accelerators, CPU_EVAL_BATCH_SIZE
+# on the CPU, where convolutions run 2-3x faster on small batches (scripts/bench.py measures it, see
+# docs/performance.md). 128, not the slightly faster 64: below 128 images the CPU's matrix products of the linear
+# heads (vgg8, MobileNetV2, ShuffleV2) change the logits in the last bit, at 128 they are those of a 1024 batch.
 EVAL_BATCH_SIZE = 1024
+CPU_EVAL_BATCH_SIZE = 128
+
+
+def eval_batch_size(device: torch.device | str) -> int:
+    """The forward batch of no-grad evaluation passes on ``device``."""
+    return CPU_EVAL_BATCH_SIZE if torch.device(device).type == "cpu" else EVAL_BATCH_SIZE
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -53,26 +64,31 @@ def train_step(method: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, normalize: Callable[[Tensor], Tensor],
-             batch_size: int = EVAL_BATCH_SIZE, amp: bool = False, channels_last: bool = False) -> dict[str, float]:
+             batch_size: int | None = None, amp: bool = False, channels_last: bool = False) -> dict[str, float]:
     """Top-1/top-5 accuracy (%) and mean cross-entropy of ``model`` in eval mode.
 
-    ``images`` are uint8 on the model's device; evaluation runs in large batches under no-grad and
-    synchronises with the host once, at the end.
+    ``images`` are uint8 on the model's device; evaluation runs under no-grad in forward batches of ``batch_size``
+    (default :func:`eval_batch_size` of the device), sums the loss per chunk of ``EVAL_BATCH_SIZE`` images whatever
+    the forward batch, and synchronises with the host once, at the end.
     """
     was_training = model.training
     model.eval()
     device = images.device
+    forward_batch = min(int(batch_size or eval_batch_size(device)), EVAL_BATCH_SIZE)
     correct1 = torch.zeros((), device=device)
     correct5 = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
-    for start in range(0, images.shape[0], batch_size):
-        x = normalize(images[start:start + batch_size])
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = labels[start:start + batch_size]
-        with autocast(device, amp):
-            logits = model(x)
-        logits = logits.float()
+    for start in range(0, images.shape[0], EVAL_BATCH_SIZE):
+        chunk = images[start:start + EVAL_BATCH_SIZE]
+        parts = []
+        for sub in range(0, chunk.shape[0], forward_batch):
+            x = normalize(chunk[sub:sub + forward_batch])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                parts.append(model(x).float())
+        logits = parts[0] if len(parts) == 1 else torch.cat(parts)
+        y = labels[start:start + EVAL_BATCH_SIZE]
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top.eq(y[:, None])
@@ -85,15 +101,20 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, normalize: Callab
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so no write is ever cut in half."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so no write is ever cut in half.
+
+    A second signal while stopping ends the process at once with one line on stderr and exit code 128 + its number
+    (a ``SystemExit``, so no traceback; a checkpoint write in flight leaves only a temporary file, removed next time)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # a second signal: give up waiting for the step to finish
-            raise KeyboardInterrupt
+        if self.signum is not None:  # a second signal: give up waiting for the step to finish, in one line
+            print(f"received {signal.Signals(signum).name} again: stopping now without saving; the same command resumes "
+                  "from the last checkpoint written", file=sys.stderr, flush=True)
+            raise SystemExit(128 + int(signum))
         self.signum = signum
         print(f"\nreceived {signal.Signals(signum).name}: finishing this step, then saving a checkpoint", file=sys.stderr,
               flush=True)

@@ -50,7 +50,7 @@ DEFAULT_DIGITS_TEACHER = "resnet14"
 DEFAULT_CIFAR_TEACHER = "resnet110"
 
 # flags that never change what a run computes (paths, resume, logging), so they do not enter the run-folder name
-NON_IDENTITY_FLAGS = ("resume", "save_dir", "keep_cache", "data_folder", "wdb_project", "wdb_entity", "_tags")
+NON_IDENTITY_FLAGS = ("resume", "save_dir", "keep_cache", "keep_last", "data_folder", "wdb_project", "wdb_entity", "_tags")
 # a teacher folder also ignores where it trains and how often it keeps a periodic checkpoint
 TEACHER_NON_IDENTITY_FLAGS = (*NON_IDENTITY_FLAGS, "device", "save_freq")
 
@@ -298,6 +298,8 @@ COMMON_HELP = {
     "trial": "trial number, only to tell repeated runs apart (it is part of the run-folder name)",
     "save_dir": "root folder: runs go to SAVE_DIR/student/, teachers are read from SAVE_DIR/models*/",
     "resume": "continue the run from its last.pth (re-running the same command resumes too)",
+    "keep_last": "keep last.pth (the resumable checkpoint, about 3x best.pth) after the run finishes (deleted by default; "
+                 "results.json and best.pth stay)",
     "wdb_project": "W&B project (default: $WANDB_PROJECT, else W&B's default project)",
     "wdb_entity": "W&B entity (default: $WANDB_ENTITY)",
     "_tags": "comma-separated W&B tags",
@@ -317,6 +319,8 @@ TEACHER_HELP = {
                 "digits, SAVE_DIR/models/{model}_stanfordcars_vanilla/ for stanfordcars)",
     "resume": "continue the teacher from its last.pth (re-running the same command resumes too; a finished teacher "
               "is not trained again)",
+    "keep_last": "keep last.pth (the resumable checkpoint) after the teacher finishes (deleted by default; the final "
+                 "ckpt_epoch_240.pth stays)",
     "compile": "torch.compile the model being trained",
     "channels_last": "channels-last memory format for the model and inputs",
 }
@@ -335,6 +339,7 @@ def add_common_flags(parser: argparse.ArgumentParser, helps: dict[str, str] = CO
     _flag(parser, "trial", helps["trial"], type=POSITIVE_INT, default=1)
     _flag(parser, "save_dir", helps["save_dir"], type=str, default="./save")
     _flag(parser, "resume", helps["resume"], type=str2bool, nargs="?", const=True, default=False)
+    _flag(parser, "keep_last", helps["keep_last"], type=str2bool, nargs="?", const=True, default=False)
     _flag(parser, "wdb_project", helps["wdb_project"], type=str, default=None)
     _flag(parser, "wdb_entity", helps["wdb_entity"], type=str, default=None)
     _flag(parser, "_tags", helps["_tags"], type=str, default=None)

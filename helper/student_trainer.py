@@ -41,9 +41,20 @@ from dataset import TrainPool, build_train_pool, make_subset_split
 from dataset.augment import DeviceAugment
 from dataset.samplers import steps_per_epoch
 from dataset.teacher_cache import CountingModule, load_or_build_cache
-from helper.calibration import fold_shift, shifted, train_mean_shift
+from helper.calibration import fold_shift, shifted, train_mean_shift, validation_sample
 from helper.config import StudentConfig
-from helper.engine import LoopState, StopRequest, Stopwatch, evaluate, provenance, require_resumable, set_lr, train_epochs, train_step
+from helper.engine import (
+    LoopState,
+    StopRequest,
+    Stopwatch,
+    eval_batch_size,
+    evaluate,
+    provenance,
+    require_resumable,
+    set_lr,
+    train_epochs,
+    train_step,
+)
 from helper.logger import report_finished_run
 from helper.methods import (
     Method,
@@ -55,8 +66,10 @@ from helper.methods import (
     teacher_feature_layers,
     teacher_needs_preact,
     uses_teacher_outputs,
+    white_box_class,
 )
 from helper.options import check_split_against_data, check_subset_against_data, missing_teacher_message, student_run_dir
+from helper.resources import LOG_BYTES, Estimate, check_fits, model_footprint
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from helper.schedule import DECAY, STOP, PlateauSchedule
 from models import model_dict
@@ -101,6 +114,56 @@ def build_student(opt: StudentConfig, num_classes: int, device: torch.device) ->
     if opt.channels_last:
         student = student.to(memory_format=torch.channels_last)
     return student
+
+
+def estimate_student_run(opt: StudentConfig, n_train: int, n_val: int, n_test: int, stored_size: int,
+                         input_shape: Sequence[int], num_classes: int, device: torch.device) -> Estimate:
+    """What a student run will hold, before its teacher is queried (see :mod:`helper.resources`): the teacher cache
+    (``n_train x --teacher_views`` items: images, logits, feature maps of the white-box term at ``--cache_dtype``), the
+    images on the device, the largest batch's activations, CRD's memory banks and negatives, and the files it writes
+    (the cache file, last.pth and best.pth, each beside its temporary copy while it is written)."""
+    with torch.random.fork_rng(devices=[]):  # fresh CPU copies of both architectures; the run's RNG is untouched
+        student = model_dict[opt.model_s](num_classes=num_classes)
+        teacher = model_dict[opt.model_t](num_classes=num_classes)
+        s_fp, t_fp = model_footprint(student, input_shape), model_footprint(teacher, input_shape)
+        t_shapes: list[tuple[int, ...]] = []
+        feat_layers: tuple[int, ...] = ()
+        if uses_teacher_outputs(opt) and white_box_class(opt) is not None:
+            t_shapes = feature_shapes(teacher, torch.device("cpu"), tuple(input_shape))
+            feat_layers = tuple(teacher_feature_layers(opt, len(t_shapes)))
+    del student, teacher
+    items = n_train * opt.teacher_views
+    image_bytes = 3 * stored_size * stored_size
+    feat_bytes = 2 if opt.cache_dtype == "float16" else 4
+    per_item_feats = sum(math.prod(t_shapes[i]) for i in feat_layers) * feat_bytes
+    views_flag = "--teacher_views (or --subset_size)"
+    cache_parts = [("teacher-cache images", items * (2 * image_bytes + 16), views_flag),  # pool + teacher views, labels
+                   ("teacher logits", items * num_classes * 4, views_flag)]
+    if per_item_feats:
+        cache_parts.append(("cached feature maps", items * per_item_feats,
+                            "--teacher_views or --subset_size" if opt.cache_dtype == "float16" else "--cache_dtype float16"))
+    images_per_step = opt.batch_size * max(opt.pos_and_neg, 2)
+    eval_batch = eval_batch_size(device)
+    activations = max(2 * images_per_step * s_fp.activations,  # kept for the backward, and their gradients
+                      4 * eval_batch * max(s_fp.largest, t_fp.largest),  # no-grad evaluation (teacher and student)
+                      4 * 512 * t_fp.largest)  # the teacher's cache batches
+    device_parts = [*cache_parts,
+                    ("validation and test images", (n_val + n_test) * image_bytes, "--subset_size"),
+                    ("activations", activations, "--batch_size"),
+                    ("weights", 6 * s_fp.parameters + t_fp.parameters, "--model_s")]
+    bank = 0
+    if opt.method.relational is not None and opt.method.relational.name == "crd":
+        bank = 2 * items * opt.feat_dim * 4
+        candidates = opt.batch_size * (opt.nce_k + 1)
+        rows = candidates * opt.feat_dim * 4 * 2 if items > candidates else 2 * (opt.batch_size * items * 4) + bank
+        device_parts += [("CRD memory banks", bank, "--feat_dim (or --subset_size)"),
+                         ("CRD negatives", candidates * (6 * 8 + 8 * 4) + rows, "--nce_k")]
+    cache_file = Estimate.total(cache_parts) - items * image_bytes  # the file holds the pool, not the teacher views
+    last = 6 * s_fp.parameters + bank  # student, momentum, best snapshot, with room for the method's modules
+    disk = [("teacher cache file", cache_file, views_flag), ("last.pth and best.pth", 2 * (last + 2 * s_fp.parameters),
+                                                             "--model_s"), ("logs", LOG_BYTES, "--save_dir")]
+    host = [("teacher cache file", cache_file, views_flag)] if device.type == "cuda" else []  # saved from a CPU copy
+    return Estimate(device=device_parts, host=host, disk=disk)
 
 
 @dataclass
@@ -192,6 +255,15 @@ class StudentRun:
         self.test_images = test_set.images.to(device)
         self.test_labels = test_set.labels.to(device)
 
+    def _check_fits(self) -> None:
+        """Refuse, before the teacher is read or queried and before anything is written, a run that cannot fit."""
+        estimate = estimate_student_run(self.opt, self.split.n_train, int(self.val_labels.shape[0]),
+                                        int(self.test_labels.shape[0]), int(self.train_images.shape[-1]), self.input_shape,
+                                        self.num_classes, self.device)
+        if self.cache_path.is_file():  # reused: no new cache file
+            estimate.disk = [part for part in estimate.disk if part[0] != "teacher cache file"]
+        check_fits(estimate, self.device, self.run_dir)
+
     def _prepare_teacher_cache(self) -> None:
         """Query the teacher once per training image (and view), or reload the cache of this run."""
         opt, device = self.opt, self.device
@@ -231,6 +303,7 @@ class StudentRun:
         self.optimizer, self.aug_generator = setup.optimizer, setup.aug_generator
         self.steps_per_epoch = steps_per_epoch(self.pool.n_images, opt.batch_size)
         self.schedule = PlateauSchedule(opt.learning_rate, opt.patience, opt.lr_decay_rate, opt.lr_decay_times, opt.epochs)
+        self.calibration_sample = validation_sample(self.pool.n_images, opt.seed)  # --calibrate's per-validation sample
 
     # ------------------------------------------------------------------------------ the resumable state
     def state_dict(self) -> dict[str, Any]:
@@ -284,11 +357,12 @@ class StudentRun:
         self.extras.load_state_dict(snapshot["extras"], strict=False)
         set_lr(self.optimizer, self.schedule.lr)
 
-    def _calibration_shift(self) -> Tensor:
-        """The train-split shift of the current student weights (no teacher call: cached logits only)."""
+    def _calibration_shift(self, sample: Tensor | None = None) -> Tensor:
+        """The train-split shift of the current student weights (no teacher call: cached logits only), measured on the
+        clean training images ``sample`` (None: all of them)."""
         clean = self.pool.images[: self.pool.n_images]  # the first n_images items are the clean images in every mode
         return train_mean_shift(self.student, clean, self.pool.teacher_logits, self.augment.normalize_eval, amp=self.opt.amp,
-                                channels_last=self.opt.channels_last)
+                                channels_last=self.opt.channels_last, sample=sample)
 
     # ------------------------------------------------------------------------------ the loop's side (engine.EpochRun)
     @property
@@ -323,7 +397,7 @@ class StudentRun:
         """Validate, log, apply the schedule, checkpoint; return True when training is over."""
         opt, state, schedule = self.opt, self.state, self.schedule
         lr = schedule.lr
-        shift = self._calibration_shift() if opt.calibrate == "train_mean" else None
+        shift = self._calibration_shift(self.calibration_sample) if opt.calibrate == "train_mean" else None
         with shifted(self.student, shift, self.num_classes):
             val = evaluate(self.student, self.val_images, self.val_labels, self.augment.normalize_eval, amp=opt.amp,
                            channels_last=opt.channels_last)
@@ -381,6 +455,7 @@ class StudentRun:
         resuming = self._decide_resume()
         self._prepare_data()
         check_white_box_early(self.opt, self.num_classes, self.input_shape)
+        self._check_fits()
         self._prepare_teacher_cache()
         self._prepare_student()
         wandb_id = None
@@ -433,6 +508,8 @@ class StudentRun:
         atomic_write_json(results, self.results_path)
         if not opt.keep_cache:
             self.cache_path.unlink(missing_ok=True)
+        if not opt.keep_last:  # a finished run is reported from results.json and best.pth; nothing resumes from last.pth
+            self.last_path.unlink(missing_ok=True)
         summary = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.logger.summary(summary)
         print(f"test_acc {results['test_acc']:.2f} (top-5 {results['test_acc_top5']:.2f}) with the best-validation weights "

@@ -34,8 +34,20 @@ from core.device import configure_backend, resolve_device
 from core.errors import UserError
 from dataset.augment import DeviceAugment
 from helper.config import TeacherConfig
-from helper.engine import LoopState, StopRequest, Stopwatch, evaluate, provenance, require_resumable, set_lr, train_epochs, train_step
+from helper.engine import (
+    LoopState,
+    StopRequest,
+    Stopwatch,
+    eval_batch_size,
+    evaluate,
+    provenance,
+    require_resumable,
+    set_lr,
+    train_epochs,
+    train_step,
+)
 from helper.options import teacher_checkpoint_path, teacher_identity_config
+from helper.resources import LOG_BYTES, Estimate, check_fits, model_footprint
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from models import model_dict
 
@@ -182,6 +194,22 @@ class TeacherRun:
         if not self.config_path.is_file():
             atomic_write_json(self.config, self.config_path)
 
+    def estimate(self, n_train: int, n_test: int, stored_size: int, num_classes: int) -> Estimate:
+        """Memory and disk of this run (see :mod:`helper.resources`): the images on the device, the largest batch's
+        activations, the weights; the periodic, final and last checkpoints (model and momentum each) and the logs."""
+        cfg = self.opt
+        with torch.random.fork_rng(devices=[]):  # a fresh CPU copy; the run's RNG is untouched
+            footprint = model_footprint(model_dict[cfg.model](num_classes=num_classes), (3, self.augment.crop,
+                                                                                          self.augment.crop))
+        activations = max(2 * cfg.batch_size * footprint.activations, 4 * eval_batch_size(self.device) * footprint.largest)
+        device_parts = [("images", (n_train + n_test) * 3 * stored_size * stored_size, "--dataset"),
+                        ("activations", activations, "--batch_size"), ("weights", 4 * footprint.parameters, "--model")]
+        periodic = len(range(cfg.save_freq, cfg.epochs, cfg.save_freq))
+        checkpoint = 2 * footprint.parameters  # the weights and the SGD momentum
+        disk = [("periodic checkpoints", periodic * checkpoint, "--save_freq"),
+                ("last and final checkpoints", 3 * checkpoint, "--save_dir"), ("logs", LOG_BYTES, "--save_dir")]
+        return Estimate(device=device_parts, disk=disk)
+
     def lr_at(self, epoch: int) -> float:
         """Learning rate of (1-based) ``epoch``: decayed once per passed decay epoch."""
         passed = sum(1 for e in self.decay_epochs if epoch > e)
@@ -196,6 +224,8 @@ class TeacherRun:
         ensure_writable(self.run_dir)
         train_set, test_set = load_data(cfg)
         self.augment = DeviceAugment.for_images(train_set, 2, device)  # crop + flip; Cars: 56x56 crops of 64x64
+        check_fits(self.estimate(len(train_set.labels), len(test_set.labels), int(train_set.images.shape[-1]),
+                                 train_set.num_classes), device, self.run_dir)
         images, labels = train_set.images.to(device), train_set.labels.to(device)
         self.test_images, self.test_labels = test_set.images.to(device), test_set.labels.to(device)
         torch.manual_seed(cfg.seed)
@@ -221,6 +251,8 @@ class TeacherRun:
                 with self.stop.installed():
                     train_epochs(self, self.stop, device)
             atomic_save(self._checkpoint(cfg.epochs), self.final_path)
+            if not cfg.keep_last:  # the final checkpoint says the teacher finished (check_folder); nothing resumes
+                self.last_path.unlink(missing_ok=True)
             self.logger.summary({"test_acc": self.test["acc"], "best_test_acc": self.best_acc})
         print(f"teacher {cfg.model}: test acc {self.test['acc']:.2f}% after {cfg.epochs} epochs", flush=True)
         print(f"checkpoint: {self.final_path}", flush=True)

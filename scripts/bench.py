@@ -18,7 +18,10 @@ randomly initialised ``--model_t`` teacher. After a warm-up it measures, in one 
 * ``cache`` vs ``forward``: building the teacher cache over the training split against a plain batched no-grad
   teacher forward over the same, already normalised, tensors (interleaved, best of ``--cache_repeats``);
 * ``calibrate_overhead``: the extra time of ``--calibrate train_mean`` per pseudo-epoch (one eval-mode pass over the
-  clean training images) as a fraction of the pseudo-epoch's training steps;
+  trainer's fixed sample of the clean training images, ``helper.calibration.validation_sample``) as a fraction of the
+  pseudo-epoch's training steps;
+* ``eval_images_per_s``: ``evaluate`` over the clean training images at forward batches of 32 to 1024, and
+  ``eval_batch``, the one ``helper.engine.eval_batch_size`` uses on this device;
 * the peak memory (CPU: the RSS high-water mark; CUDA: ``torch.cuda.max_memory_allocated``).
 
 Throughputs are student input images per second (CKD: batch * pos_and_neg per step), best of ``--repeats``
@@ -51,9 +54,9 @@ from dataset.stanfordcars import CROP_SIZE as CARS_CROP
 from dataset.stanfordcars import STORED_SIZE as CARS_STORED
 from dataset.teacher_cache import build_train_pool
 from helper import method_table
-from helper.calibration import train_mean_shift
+from helper.calibration import train_mean_shift, validation_sample
 from helper.config import StudentConfig, student_config_from
-from helper.engine import accumulate, train_step
+from helper.engine import EVAL_BATCH_SIZE, accumulate, eval_batch_size, evaluate, train_step
 from helper.method_table import none_or_str
 from helper.methods import (
     Method,
@@ -81,6 +84,7 @@ SYNTHETIC_SHAPES = {
     "cifar100": (100, 32, 32, 4, CIFAR100_MEAN, CIFAR100_STD),
     "stanfordcars": (CARS_CLASSES, CARS_STORED, CARS_CROP, 0, CARS_MEAN, CARS_STD),  # as dataset/stanfordcars.py
 }
+EVAL_BATCH_SIZES = (32, 64, 128, 256, EVAL_BATCH_SIZE)  # the forward batches of evaluate that are measured
 CALIBRATION_IMAGES = 128  # images of the BatchNorm calibration of the random teacher
 # the teacher batch of build_train_pool; the plain forward uses the same one
 CACHE_BATCH = int(inspect.signature(build_train_pool).parameters["batch_size"].default)
@@ -328,15 +332,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # --calibrate train_mean: one eval-mode pass over the clean training images before each validation, against the
     # pseudo-epoch of training steps it is added to
     clean = pool.images[: pool.n_images]
+    sample = validation_sample(pool.n_images, opt.seed)  # the trainer's per-validation sample
     shift_s = min(timed(lambda: train_mean_shift(student, clean, pool.teacher_logits, augment.normalize_eval, amp=opt.amp,
-                                                 channels_last=opt.channels_last), device)
+                                                 channels_last=opt.channels_last, sample=sample), device)
                   for _ in range(args.repeats))
     epoch_s = steps_per_epoch(pool.n_images, opt.batch_size) * per_step["step"]
+    eval_rates = measure_eval(student, clean, pool.labels[: pool.n_images], augment, opt, device, args.repeats)
 
     result: dict[str, Any] = {
         "step_vs_bound": rates["step"] / rates["bound"],
         "cache_vs_forward": t_forward / t_cache,
         "calibrate_overhead": shift_s / epoch_s,
+        "eval_batch": eval_batch_size(device),
+        "eval_images_per_s": eval_rates,
         "images_per_s": rates["step"],
         "bound_images_per_s": rates["bound"],
         "data_images_per_s": rates["data"],
@@ -364,6 +372,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def measure_eval(model: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment, opt: StudentConfig,
+                 device: torch.device, repeats: int) -> dict[str, float]:
+    """Images per second of ``evaluate`` (validation / test) at forward batches EVAL_BATCH_SIZES, interleaved, best of
+    ``repeats`` (the evidence for ``helper.engine.eval_batch_size``)."""
+    best = dict.fromkeys(EVAL_BATCH_SIZES, float("inf"))
+    for _ in range(repeats):
+        for size in EVAL_BATCH_SIZES:
+            best[size] = min(best[size], timed(lambda size=size: evaluate(model, images, labels, augment.normalize_eval,
+                                                                          batch_size=size, amp=opt.amp,
+                                                                          channels_last=opt.channels_last), device))
+    return {str(size): images.shape[0] / t for size, t in best.items()}
+
+
 def print_table(r: dict[str, Any]) -> None:
     method = r["relational"] or "none"
     print(f"bench: student {r['model_s']}, teacher {r['model_t']}, relational {method}, distill {r['distill']}, "
@@ -382,6 +403,9 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"{'step_vs_bound':<30} {r['step_vs_bound']:>12.3f}")
     print(f"{'cache_vs_forward':<30} {r['cache_vs_forward']:>12.3f}")
     print(f"{'calibrate_overhead':<30} {r['calibrate_overhead']:>12.3f}  (train-split shift / pseudo-epoch)")
+    for size, rate in r["eval_images_per_s"].items():
+        chosen = "  <- eval_batch_size of this device" if int(size) == r["eval_batch"] else ""
+        print(f"{'evaluate, forward batch ' + size:<30} {rate:>12,.0f}{chosen}")
     print(f"{'peak memory (MB)':<30} {r['peak_mem_mb']:>12,.0f}")
 
 

@@ -10,7 +10,7 @@ import torch
 
 import train_student
 from distiller_zoo import CKDLoss, DistillKL, LogitPairs, apply_to_pairs
-from helper.calibration import classifier_name, fold_shift, shifted, train_mean_shift
+from helper.calibration import classifier_name, fold_shift, shifted, train_mean_shift, validation_sample
 from models import model_dict
 from tests.test_train_student import base_args
 
@@ -137,7 +137,7 @@ def _results(capsys) -> dict:
 
 
 def test_calibrated_run_saves_a_plain_model_that_reproduces_test_acc(fake_cifar, save_dir, capsys):
-    common = ("--relational", "ckd", "--epochs", "3", "--patience", "50", "--deterministic")
+    common = ("--relational", "ckd", "--epochs", "3", "--patience", "50", "--deterministic", "--keep_last")
     train_student.main(base_args(fake_cifar, save_dir, *common))
     plain = _results(capsys)
     train_student.main(base_args(fake_cifar, save_dir, *common, "--calibrate", "train_mean"))
@@ -166,3 +166,32 @@ def test_calibrated_run_saves_a_plain_model_that_reproduces_test_acc(fake_cifar,
     model.load_state_dict(torch.load(cal_dir / "best.pth", weights_only=True)["model"])
     acc = evaluate(model, test.images, test.labels, DeviceAugment(test.mean, test.std, 0, "cpu").normalize)["acc"]
     assert acc == calibrated["test_acc"]
+
+
+def test_the_validation_sample_is_fixed_and_small_runs_use_the_whole_split():
+    assert validation_sample(160, seed=1) is None and validation_sample(256, seed=1) is None  # the whole split
+    sample = validation_sample(1600, seed=1)
+    assert sample is not None and sample.shape == (320,) and torch.equal(sample, validation_sample(1600, seed=1))
+    assert torch.equal(sample, sample.sort().values) and sample.unique().numel() == 320 and int(sample.max()) < 1600
+    assert not torch.equal(sample, validation_sample(1600, seed=2))
+    assert validation_sample(40000, seed=1).shape == (8000,)
+
+
+def test_the_sampled_shift_is_the_paired_mean_over_the_sample():
+    """On a sample: mean over the sampled images of (teacher logits averaged over the views - student logits); on every
+    image (views 2) it is the full-split shift."""
+    torch.manual_seed(0)
+    model = model_dict["resnet8"](num_classes=10).eval()
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    teacher_logits = torch.randn(80, 10)  # 2 views, view-major
+
+    def norm(x):
+        return x.float() / 255
+
+    sample = torch.tensor([1, 5, 7, 30])
+    with torch.no_grad():
+        student = model(norm(images[sample]))
+    expected = ((teacher_logits[sample] + teacher_logits[40 + sample]) / 2 - student).mean(0)
+    torch.testing.assert_close(train_mean_shift(model, images, teacher_logits, norm, sample=sample), expected)
+    everything = train_mean_shift(model, images, teacher_logits, norm, sample=torch.arange(40))
+    torch.testing.assert_close(everything, train_mean_shift(model, images, teacher_logits, norm), rtol=1e-5, atol=1e-5)

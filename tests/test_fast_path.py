@@ -111,7 +111,7 @@ def test_compile_matches_the_default_path_and_keeps_checkpoint_keys(default_loss
     train_student.main(["--model_s", "resnet8", "--model_t", "resnet8", "--path_t", str(teacher), "--subset_size", "200",
                         "--epochs", "1", "--dataset", "cifar100", "--data_folder", str(fake_cifar), "--device", "cpu",
                         "--batch_size", "32", "--relational", "ckd", "--save_dir", str(save_dir), "--compile",
-                        "--channels_last", "--amp"])
+                        "--channels_last", "--amp", "--keep_last"])
     run_dir = next((save_dir / "student").iterdir())
     plain_keys = set(model_dict["resnet8"](num_classes=100).state_dict())
     for name in ("best.pth", "last.pth"):

@@ -161,9 +161,28 @@ def test_sigint_saves_last_and_says_how_to_resume(fake_cifar: Path, save_dir: Pa
     assert not (run_dir / "results.json").exists() and temp_files(run_dir) == []
 
 
+def test_a_second_signal_exits_at_once_with_one_line(fake_cifar: Path, save_dir: Path) -> None:
+    """SIGINT then SIGTERM while the first is still being honoured: exit 128 + SIGTERM, one line, no traceback."""
+    proc = subprocess.Popen([PY, "train_student.py", *student_args(fake_cifar, save_dir, "--epochs", "200")], cwd=ROOT,
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((save_dir / "student").glob("*/last.pth")):
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    time.sleep(0.3)  # inside a later pseudo-epoch
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)  # before the step in flight ends (a different signal: two handler calls)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    lines = err.strip().splitlines()
+    assert lines[-2].startswith("received SIGINT") and lines[-1].startswith("received SIGTERM again: stopping now"), err
+    assert "stopped: saved" not in out
+
+
 def test_sigkill_inside_a_checkpoint_write_is_recovered(fake_cifar: Path, save_dir: Path, tmp_path: Path) -> None:
     script, flag = write_wrapper(tmp_path, "slow")
-    args = student_args(fake_cifar, save_dir)
+    args = student_args(fake_cifar, save_dir, "--keep_last")  # the finished run's last.pth is checked below
     proc = subprocess.Popen([PY, str(script), *args], cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 120

@@ -49,7 +49,7 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 2-epoch resnet8 digits teacher; returns its save_dir (copied by each test that changes it)."""
     save_dir = tmp_path_factory.mktemp("teacher") / "save"
-    proc = run(teacher_cmd(save_dir))
+    proc = run(teacher_cmd(save_dir, "--keep_last"))  # the tests below read and rewrite last.pth
     assert proc.returncode == 0, proc.stderr[-2000:]
     return save_dir
 
@@ -146,3 +146,16 @@ def test_digits_defaults_use_the_readme_teacher() -> None:
     assert parse_teacher_args([]).model == "resnet110"
     assert parse_student_args(["--model_s", "resnet8"]).model_t == "resnet56"  # CIFAR-100 keeps the published pairs
     assert parse_student_args([]).subset_size is None  # the whole training set, resolved when the data is loaded
+
+
+def test_finished_teacher_deletes_last_pth_unless_keep_last(tmp_path: Path) -> None:
+    """By default a finished teacher keeps its final checkpoint and drops last.pth; a rerun still says it finished."""
+    save_dir = tmp_path / "save"
+    proc = run(teacher_cmd(save_dir, "--epochs", "1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = save_dir / TEACHER_DIR
+    assert (folder / "ckpt_epoch_240.pth").is_file() and not (folder / "last.pth").exists()
+    before = snapshot(save_dir)
+    proc = run(teacher_cmd(save_dir, "--epochs", "1"))
+    assert proc.returncode == 0 and "already trained with these flags" in proc.stdout
+    assert snapshot(save_dir) == before
