@@ -75,6 +75,8 @@ def test_cars_teacher_and_student_paths_and_defaults(tmp_path: Path) -> None:
         opt = parse_student_args(["--dataset", "stanfordcars", "--model_s", student, "--save_dir", str(tmp_path)])
         assert opt.model_t == teacher
         assert Path(opt.path_t) == teacher_checkpoint_path(tmp_path, "stanfordcars", teacher)
+    trial.parent.mkdir(parents=True)
+    trial.write_bytes(b"")  # --path_t must name an existing file; the architecture comes from its folder
     opt = parse_student_args(["--dataset", "stanfordcars", "--path_t", str(trial)])
     assert opt.model_t == "wrn_40_2"
     assert parse_teacher_args(["--dataset", "stanfordcars"]).epochs == 240  # the published recipe, unchanged

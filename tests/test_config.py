@@ -65,7 +65,7 @@ def test_a_bad_field_raises_the_sentence_of_the_flag(field: str, value: object, 
     with pytest.raises(UserError) as from_python:
         StudentConfig(**{field: value})
     proc = subprocess.run([PY, "train_student.py", f"--{field}={flag_value}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {from_python.value}"
 
 
