@@ -200,6 +200,43 @@ def build_training(opt: StudentConfig, student: nn.Module, pool: TrainPool, augm
     return TrainingSetup(method=method, extras=extras, sampler=sampler, optimizer=optimizer, aug_generator=aug_generator)
 
 
+@dataclass(frozen=True)
+class StudentData:
+    """A student run's data, built once: the subset split of the training set (train part on the host, where the
+    teacher cache is built from it; validation on the device) and the test set on the device."""
+
+    subset_size: int  # --subset_size, the default resolved to the whole training set
+    num_classes: int
+    split: Any  # dataset.SubsetSplit
+    augment: DeviceAugment
+    input_shape: tuple[int, int, int]  # what the models see (Cars: 56x56 crops of the stored 64x64 images)
+    train_images: Tensor
+    train_labels: Tensor
+    val_images: Tensor
+    val_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+
+
+def load_student_data(opt: StudentConfig, device: torch.device) -> StudentData:
+    """The data of a student run (raises UserError when the data or the split cannot serve ``opt``), before any
+    teacher call."""
+    train_set, test_set = load_data(opt)
+    subset_size = len(train_set.labels) if opt.subset_size is None else opt.subset_size
+    check_subset_against_data(opt, len(train_set.labels), subset_size)
+    split = make_subset_split(len(train_set.labels), subset_size, opt.train_val_frac, opt.seed, opt.batch_size)
+    augment = DeviceAugment.for_images(train_set, opt.use_DA, device)
+    train_idx = torch.as_tensor(split.train_idx, dtype=torch.long)
+    val_idx = torch.as_tensor(split.val_idx, dtype=torch.long)
+    train_labels = train_set.labels[train_idx]
+    check_split_against_data(opt, split.n_train, int(train_labels.unique().numel()))
+    return StudentData(subset_size=subset_size, num_classes=train_set.num_classes, split=split, augment=augment,
+                       input_shape=(3, augment.crop, augment.crop), train_images=train_set.images[train_idx],
+                       train_labels=train_labels, val_images=train_set.images[val_idx].to(device),
+                       val_labels=train_set.labels[val_idx].to(device), test_images=test_set.images.to(device),
+                       test_labels=test_set.labels.to(device))
+
+
 @dataclass
 class StudentState:
     """What a student run resumes from besides its modules: the loop counters, the best weights and their validation
@@ -236,30 +273,13 @@ class StudentRun:
         return self.last_path.is_file()
 
     def _prepare_data(self) -> None:
-        opt, device = self.opt, self.device
-        train_set, test_set = load_data(opt)
-        # the default --subset_size is the whole training set
-        self.subset_size = len(train_set.labels) if opt.subset_size is None else opt.subset_size
-        check_subset_against_data(opt, len(train_set.labels), self.subset_size)
-        self.num_classes = train_set.num_classes
-        self.split = make_subset_split(len(train_set.labels), self.subset_size, opt.train_val_frac, opt.seed, opt.batch_size)
-        self.augment = DeviceAugment.for_images(train_set, opt.use_DA, device)
-        self.input_shape = (3, self.augment.crop, self.augment.crop)  # what the models see (Cars: 56x56 crops of 64x64)
-        train_idx = torch.as_tensor(self.split.train_idx, dtype=torch.long)
-        val_idx = torch.as_tensor(self.split.val_idx, dtype=torch.long)
-        self.train_images = train_set.images[train_idx]
-        self.train_labels = train_set.labels[train_idx]
-        check_split_against_data(opt, self.split.n_train, int(self.train_labels.unique().numel()))
-        self.val_images = train_set.images[val_idx].to(device)
-        self.val_labels = train_set.labels[val_idx].to(device)
-        self.test_images = test_set.images.to(device)
-        self.test_labels = test_set.labels.to(device)
+        self.data = load_student_data(self.opt, self.device)
 
     def _check_fits(self) -> None:
         """Refuse, before the teacher is read or queried and before anything is written, a run that cannot fit."""
-        estimate = estimate_student_run(self.opt, self.split.n_train, int(self.val_labels.shape[0]),
-                                        int(self.test_labels.shape[0]), int(self.train_images.shape[-1]), self.input_shape,
-                                        self.num_classes, self.device)
+        estimate = estimate_student_run(self.opt, self.data.split.n_train, int(self.data.val_labels.shape[0]),
+                                        int(self.data.test_labels.shape[0]), int(self.data.train_images.shape[-1]), self.data.input_shape,
+                                        self.data.num_classes, self.device)
         if self.cache_path.is_file():  # reused: no new cache file
             estimate.disk = [part for part in estimate.disk if part[0] != "teacher cache file"]
         check_fits(estimate, self.device, self.run_dir)
@@ -270,11 +290,11 @@ class StudentRun:
         teacher_sha256 = file_sha256(opt.path_t) if Path(opt.path_t).is_file() else None
 
         def build() -> tuple[TrainPool, dict[str, Any]]:
-            teacher = load_teacher(opt, self.num_classes, device)
+            teacher = load_teacher(opt, self.data.num_classes, device)
             counted = CountingModule(teacher)
-            test_stats = evaluate(counted, self.test_images, self.test_labels, self.augment.normalize_eval, amp=opt.amp)
-            pool, feat_shapes = cache_teacher(opt, teacher, self.train_images, self.train_labels, self.augment, device,
-                                              self.num_classes)
+            test_stats = evaluate(counted, self.data.test_images, self.data.test_labels, self.data.augment.normalize_eval, amp=opt.amp)
+            pool, feat_shapes = cache_teacher(opt, teacher, self.data.train_images, self.data.train_labels, self.data.augment, device,
+                                              self.data.num_classes)
             meta = {"teacher_acc": test_stats["acc"], "teacher_acc_top5": test_stats["acc_top5"],
                     "teacher_calls": int(pool.teacher_calls), "teacher_eval_calls": int(counted.calls),
                     "teacher_sha256": teacher_sha256 or file_sha256(opt.path_t),
@@ -296,9 +316,9 @@ class StudentRun:
 
     def _prepare_student(self) -> None:
         opt, device = self.opt, self.device
-        self.student = build_student(opt, self.num_classes, device)
-        setup = build_training(opt, self.student, self.pool, self.augment, self.num_classes, self.teacher_feat_shapes, device,
-                               self.input_shape)
+        self.student = build_student(opt, self.data.num_classes, device)
+        setup = build_training(opt, self.student, self.pool, self.data.augment, self.data.num_classes, self.teacher_feat_shapes, device,
+                               self.data.input_shape)
         self.method, self.extras, self.sampler = setup.method, setup.extras, setup.sampler
         self.optimizer, self.aug_generator = setup.optimizer, setup.aug_generator
         self.steps_per_epoch = steps_per_epoch(self.pool.n_images, opt.batch_size)
@@ -342,7 +362,7 @@ class StudentRun:
 
     def _save_best(self) -> None:
         best = self.state.best
-        model = fold_shift(best["model"], self.student, best["shift"], self.num_classes)
+        model = fold_shift(best["model"], self.student, best["shift"], self.data.num_classes)
         atomic_save({"model": model, "extras": best["extras"], "epoch": self.schedule.best_epoch,
                      "accuracy": self.schedule.best_acc, "model_s": self.opt.model_s}, self.best_path)
 
@@ -361,7 +381,7 @@ class StudentRun:
         """The train-split shift of the current student weights (no teacher call: cached logits only), measured on the
         clean training images ``sample`` (None: all of them)."""
         clean = self.pool.images[: self.pool.n_images]  # the first n_images items are the clean images in every mode
-        return train_mean_shift(self.student, clean, self.pool.teacher_logits, self.augment.normalize_eval, amp=self.opt.amp,
+        return train_mean_shift(self.student, clean, self.pool.teacher_logits, self.data.augment.normalize_eval, amp=self.opt.amp,
                                 channels_last=self.opt.channels_last, sample=sample)
 
     # ------------------------------------------------------------------------------ the loop's side (engine.EpochRun)
@@ -398,8 +418,8 @@ class StudentRun:
         opt, state, schedule = self.opt, self.state, self.schedule
         lr = schedule.lr
         shift = self._calibration_shift(self.calibration_sample) if opt.calibrate == "train_mean" else None
-        with shifted(self.student, shift, self.num_classes):
-            val = evaluate(self.student, self.val_images, self.val_labels, self.augment.normalize_eval, amp=opt.amp,
+        with shifted(self.student, shift, self.data.num_classes):
+            val = evaluate(self.student, self.data.val_images, self.data.val_labels, self.data.augment.normalize_eval, amp=opt.amp,
                            channels_last=opt.channels_last)
         step = schedule.update(val["acc"])
         if step.improved:
@@ -454,7 +474,7 @@ class StudentRun:
             return json.loads(self.results_path.read_text(encoding="utf-8"))
         resuming = self._decide_resume()
         self._prepare_data()
-        check_white_box_early(self.opt, self.num_classes, self.input_shape)
+        check_white_box_early(self.opt, self.data.num_classes, self.data.input_shape)
         self._check_fits()
         self._prepare_teacher_cache()
         self._prepare_student()
@@ -467,7 +487,7 @@ class StudentRun:
                   f"(global step {self.loop.global_step})", flush=True)
         else:
             self.state.best = self._snapshot()
-        config = {**self._resolved_config(), "n_train": self.pool.n_images, "n_val": int(self.val_labels.shape[0])}
+        config = {**self._resolved_config(), "n_train": self.pool.n_images, "n_val": int(self.data.val_labels.shape[0])}
         with open_logger(self.run_dir, config, opt, "student", wandb_id) as self.logger:
             self.clock, self.elapsed_before = Stopwatch(), float(self.loop.elapsed_s)
             self.last_saved_at = -math.inf
@@ -481,17 +501,17 @@ class StudentRun:
 
     def _resolved_config(self) -> dict[str, Any]:
         """The run's flags with the defaults resolved against the data (what results.json and the logs record)."""
-        return {**self.opt.to_dict(), "subset_size": self.subset_size}
+        return {**self.opt.to_dict(), "subset_size": self.data.subset_size}
 
     def _finish(self) -> dict[str, Any]:
         opt, state, schedule = self.opt, self.state, self.schedule
         self.student.load_state_dict(state.best["model"])
         test_kwargs = {"amp": opt.amp, "channels_last": opt.channels_last}
-        with shifted(self.student, state.best["shift"], self.num_classes):
-            test = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize_eval, **test_kwargs)
+        with shifted(self.student, state.best["shift"], self.data.num_classes):
+            test = evaluate(self.student, self.data.test_images, self.data.test_labels, self.data.augment.normalize_eval, **test_kwargs)
         shift = state.best["shift"] if state.best["shift"] is not None else self._calibration_shift()
-        with shifted(self.student, shift, self.num_classes):
-            test_cal = evaluate(self.student, self.test_images, self.test_labels, self.augment.normalize_eval, **test_kwargs)
+        with shifted(self.student, shift, self.data.num_classes):
+            test_cal = evaluate(self.student, self.data.test_images, self.data.test_labels, self.data.augment.normalize_eval, **test_kwargs)
         results = {
             "test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
             "test_acc_calibrated": test_cal["acc"], "calibration_shift_norm": float(shift.norm()),
@@ -499,7 +519,7 @@ class StudentRun:
             "best_val_loss": state.best_val_loss, "best_epoch": schedule.best_epoch,
             "teacher_acc": self.teacher_meta["teacher_acc"], "teacher_calls": self.teacher_meta["teacher_calls"],
             "teacher_eval_calls": self.teacher_meta["teacher_eval_calls"], "teacher_sha256": self.teacher_meta["teacher_sha256"],
-            "n_train": self.pool.n_images, "n_val": int(self.val_labels.shape[0]), "n_test": int(self.test_labels.shape[0]),
+            "n_train": self.pool.n_images, "n_val": int(self.data.val_labels.shape[0]), "n_test": int(self.data.test_labels.shape[0]),
             "pseudo_epochs": schedule.epoch, "steps": state.loop.global_step, "lr_decays": schedule.decays,
             "cache_bytes": self.pool.nbytes,
             "wall_time_s": self.elapsed_before + self.clock.elapsed(), "config": self._resolved_config(),

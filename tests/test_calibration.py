@@ -75,7 +75,7 @@ def test_a_ckd_step_gives_the_classifier_bias_zero_gradient(fake_cifar, save_dir
     logit_terms = sum(v for k, v in terms.items() if k != "inter")
     run.optimizer.zero_grad(set_to_none=True)
     logit_terms.backward()
-    name = classifier_name(run.student, run.num_classes)
+    name = classifier_name(run.student, run.data.num_classes)
     bias_grad = run.student.get_submodule(name).bias.grad
     weight_grad = run.student.get_submodule(name).weight.grad
     assert bias_grad is not None and float(bias_grad.abs().max()) < 1e-7
