@@ -142,7 +142,8 @@ def assert_last_is_epoch(run_dir: Path, epoch: int) -> None:
 # ---------------------------------------------------------------- signals
 
 
-def test_sigint_saves_last_and_says_how_to_resume(fake_cifar: Path, save_dir: Path) -> None:
+def start_past_the_first_checkpoint(fake_cifar: Path, save_dir: Path) -> subprocess.Popen:
+    """A long student run, returned once it is inside a pseudo-epoch after its first last.pth."""
     proc = subprocess.Popen([PY, "train_student.py", *student_args(fake_cifar, save_dir, "--epochs", "200")], cwd=ROOT,
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -150,6 +151,11 @@ def test_sigint_saves_last_and_says_how_to_resume(fake_cifar: Path, save_dir: Pa
         assert proc.poll() is None and time.time() < deadline, "no checkpoint was written"
         time.sleep(0.02)
     time.sleep(0.3)  # inside a later pseudo-epoch
+    return proc
+
+
+def test_sigint_saves_last_and_says_how_to_resume(fake_cifar: Path, save_dir: Path) -> None:
+    proc = start_past_the_first_checkpoint(fake_cifar, save_dir)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
@@ -163,13 +169,7 @@ def test_sigint_saves_last_and_says_how_to_resume(fake_cifar: Path, save_dir: Pa
 
 def test_a_second_signal_exits_at_once_with_one_line(fake_cifar: Path, save_dir: Path) -> None:
     """SIGINT then SIGTERM while the first is still being honoured: exit 128 + SIGTERM, one line, no traceback."""
-    proc = subprocess.Popen([PY, "train_student.py", *student_args(fake_cifar, save_dir, "--epochs", "200")], cwd=ROOT,
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list((save_dir / "student").glob("*/last.pth")):
-        assert proc.poll() is None and time.time() < deadline, "no checkpoint was written"
-        time.sleep(0.02)
-    time.sleep(0.3)  # inside a later pseudo-epoch
+    proc = start_past_the_first_checkpoint(fake_cifar, save_dir)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGTERM)  # before the step in flight ends (a different signal: two handler calls)
     out, err = proc.communicate(timeout=120)

@@ -15,18 +15,6 @@ from helper.config import parse_student_args
 from helper.options import student_run_dir, teacher_checkpoint_path
 from helper.resources import GIB, Estimate
 from helper.student_trainer import estimate_student_run
-from models import model_dict
-
-
-@pytest.fixture(scope="module")
-def digits_save(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A save_dir holding a random resnet8 digits teacher where train_student.py looks for it."""
-    save_dir = tmp_path_factory.mktemp("digits_resources")
-    torch.manual_seed(0)
-    path = teacher_checkpoint_path(save_dir, "digits", "resnet8")
-    path.parent.mkdir(parents=True)
-    torch.save({"model": model_dict["resnet8"](num_classes=10).state_dict(), "epoch": 240, "accuracy": 1.0}, path)
-    return save_dir
 
 
 def digits_args(save_dir: Path, out_dir: Path, *extra: str) -> list[str]:
