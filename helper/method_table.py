@@ -218,12 +218,6 @@ def method_spec(relational: str | None, distill: str) -> MethodSpec:
     return spec
 
 
-def validate_combination(relational_name: str | None, distill_name: str) -> None:
-    """Reject incompatible ``--relational``/``--distill`` values (the two row names) with one sentence (before any
-    work)."""
-    method_spec(relational_name, distill_name)
-
-
 def check_rows(relational: MethodRow | None, distill: MethodRow | None) -> None:
     """Reject an incompatible pair of rows with one sentence."""
     if relational is not None and relational.with_white_box:

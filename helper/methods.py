@@ -49,7 +49,6 @@ from distiller_zoo.terms import LogitPairs, TermContext, apply_to_pairs
 from helper.engine import train_step
 from helper.method_table import LOGIT_PAIR, MethodRow, images_per_item, resolve, rows
 from helper.method_table import method_label as method_label  # noqa: F401  (re-exported for callers of helper.methods)
-from helper.method_table import validate_combination as validate_combination
 from models import model_dict
 
 if TYPE_CHECKING:
