@@ -108,13 +108,18 @@ def parse_fetch_environment(environ: Mapping[str, str] | None = None) -> FetchEn
     """The fetch path's environment variables (FETCH_ENVIRONMENT), each checked as a flag would be: a bad value is
     refused with one sentence naming the variable (UserError)."""
     env = os.environ if environ is None else environ
+    extra = env.get("TEACHER_MIRROR", "").strip()
+    if extra:
+        _http_url("TEACHER_MIRROR", extra)
     if "TEACHER_MIRRORS" in env:
+        if extra:
+            raise UserError("TEACHER_MIRROR and TEACHER_MIRRORS are both set, and TEACHER_MIRRORS replaces the whole mirror "
+                            "list; add the mirror to TEACHER_MIRRORS and unset TEACHER_MIRROR")
         mirrors = tuple(_http_url("TEACHER_MIRRORS", url) for url in env["TEACHER_MIRRORS"].split())
         if not mirrors:
             raise UserError("TEACHER_MIRRORS is set but empty; unset it or list at least one base URL")
     else:
-        extra = env.get("TEACHER_MIRROR", "").strip()
-        mirrors = (ORIGINAL_MIRROR, *([_http_url("TEACHER_MIRROR", extra)] if extra else []))
+        mirrors = (ORIGINAL_MIRROR, *([extra] if extra else []))
     archive = env.get("TEACHER_ARCHIVE_URL", "").strip()
     timeout_text = env.get("TEACHER_CONNECT_TIMEOUT", "").strip()
     timeout = DEFAULT_CONNECT_TIMEOUT
