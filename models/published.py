@@ -21,16 +21,17 @@ NEAR_CHANCE_FACTOR = 5.0  # below this multiple of chance (5% for 100 classes) i
 
 
 def low_accuracy_problem(arch: str, acc: float, num_classes: int = 100) -> str | None:
-    """Why a CIFAR-100 test accuracy ``acc`` (%) of a teacher of architecture ``arch`` is too low to distil from, or None.
+    """Why a CIFAR-100 test accuracy ``acc`` (%) of a teacher of architecture ``arch`` is too low to distil from (words
+    that follow "scores"), or None.
 
     Too low: near chance (below 5x chance), or, for a published architecture, more than LOW_ACCURACY_POINTS below
     RepDistiller's number for it.
     """
     chance = 100.0 / num_classes
     if acc < NEAR_CHANCE_FACTOR * chance:
-        return f"{acc:.2f}% on the CIFAR-100 test set is near chance ({chance:g}% for {num_classes} classes)"
+        return f"{acc:.2f}% on the CIFAR-100 test set, near chance ({chance:g}% for {num_classes} classes)"
     published = PUBLISHED_CIFAR100_ACCURACY.get(arch)
     if published is not None and acc < published - LOW_ACCURACY_POINTS:
-        return (f"{acc:.2f}% on the CIFAR-100 test set is {published - acc:.2f} points below RepDistiller's published "
+        return (f"{acc:.2f}% on the CIFAR-100 test set, {published - acc:.2f} points below RepDistiller's published "
                 f"{published:.2f}% for {arch}")
     return None

@@ -419,6 +419,21 @@ def fetch_with_retry(url: str, part: Path, label: str, timeout: float, accept: C
 # ------------------------------------------------------------------------------------------- checks and install
 
 
+def _problem_only(message: str, path: Path) -> str:
+    """A check's message about ``path`` as the fetch words it: the file called "it" (a download's temporary name means
+    nothing to the reader), without the advice after the first '; ' outside brackets (the fetch gives its own)."""
+    depth = 0
+    for index, char in enumerate(message):
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        if depth == 0 and message.startswith("; ", index):
+            message = message[:index]
+            break
+    return message.replace(str(path), "it")
+
+
 def move_aside(path: Path, reason: str, like: Path | None = None) -> Path:
     """Rename ``path`` to a free name beside it that says why and when (``NAME.REASON-YYYYmmddTHHMMSS``, NAME the name of
     ``like``, default ``path``); never deletes and never overwrites."""
@@ -513,7 +528,7 @@ class Fetch:
         try:
             stored = check_loading(name, path)
         except UserError as err:
-            raise Refused("loading", str(err)) from err
+            raise Refused("loading", _problem_only(str(err), path)) from err
         if self.test is None:
             accuracy = (f"accuracy not measured (no CIFAR-100 test set in {self.plan.data_folder}); measure it with: "
                         f"{self.plan.measure_command(name)}")
@@ -573,11 +588,11 @@ class Fetch:
                       f"aside (to {dest.name}.replaced-{refused.fact}-TIME) and fetch the published {name}, or another "
                       f"--save_dir{other}", file=sys.stderr, flush=True)
                 return False
-            moved = [move_aside(dest, f"replaced-{refused.fact}")]
+            moved = [f"{dest} aside to {move_aside(dest, f'replaced-{refused.fact}').name}"]
             config = dest.parent / "config.json"  # the flags of the teacher train_teacher.py trained there, if any
             if config.is_file():
-                moved.append(move_aside(config, f"replaced-{refused.fact}"))
-            print(f"{name}: moved {' and '.join(map(str, moved))} aside (--replace): {refused.reason}", flush=True)
+                moved.append(f"its config.json to {move_aside(config, f'replaced-{refused.fact}').name}")
+            print(f"{name}: moved {' and '.join(moved)} (--replace), since {refused.reason}", flush=True)
             return None
         self.record(name, digest)
         print(f"{name}: already in place, not downloaded again: {dest}: {status.line()}", flush=True)
@@ -655,7 +670,8 @@ class Fetch:
         archive = self.plan.save_dir / ARCHIVE_NAME
         members, ends_early = listing
         info = members.get(member)
-        damaged = f"{archive} is kept: delete it and run again to download it afresh, or {BY_HAND}"
+        damaged = (f"{archive} may be damaged or not mdistiller's (it is kept): delete it and run again to download it "
+                   f"afresh, set TEACHER_ARCHIVE_URL to another copy, or {BY_HAND}")
         if info is None:
             print(f"{name}: {archive} has no member {member}{ends_early}; {damaged}", file=sys.stderr, flush=True)
             return False
