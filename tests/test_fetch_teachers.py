@@ -476,9 +476,20 @@ def test_verify_teacher_status(teachers: dict[str, bytes], fake_cifar: Path, tmp
         verify_teacher.main(["resnet56", str(path), "--data_folder", str(fake_cifar), "--device", "cpu"])
 
 
-def test_student_warns_about_a_teacher_far_below_the_published_table() -> None:
+def test_student_warns_about_a_teacher_far_below_the_published_table(teachers: dict[str, bytes], fake_cifar: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import train_student
     from helper.config import parse_student_args
     from helper.student_trainer import teacher_accuracy_warning
+
+    path = dest(tmp_path / "save", "resnet56")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(teachers["resnet56"])
+    train_student.main(["--model_s", "resnet8", "--model_t", "resnet56", "--path_t", str(path), "--subset_size", "100",
+                        "--epochs", "1", "--data_folder", str(fake_cifar), "--device", "cpu", "--batch_size", "32",
+                        "--relational=None", "--w_kd=0", "--save_dir", str(tmp_path / "save")])
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"warning: the teacher {path} scores 1.00% on the CIFAR-100 test set"), err
 
     opt = parse_student_args(["--model_t", "resnet110", "--model_s", "resnet20", "--device", "cpu"])
     line = teacher_accuracy_warning(opt, 1.2)
