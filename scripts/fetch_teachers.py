@@ -71,7 +71,7 @@ ARCHIVE_NAME = "cifar_teachers.tar"
 CHECKPOINT = "ckpt_epoch_240.pth"
 CHUNK = 1 << 20
 DEFAULT_CONNECT_TIMEOUT = 15.0
-BY_HAND = "docs/teachers.md describes how to get them by hand"
+BY_HAND = "get it by hand as docs/teachers.md describes"
 T = TypeVar("T")
 
 # ------------------------------------------------------------------------------------------- environment variables
@@ -600,7 +600,11 @@ class Fetch:
 
     def from_mirrors(self, name: str) -> bool:
         dest = self.plan.dest(name)
-        self.make_folder(dest.parent)
+        try:
+            self.make_folder(dest.parent)
+        except UserError as err:
+            print(f"{name}: {err}", file=sys.stderr, flush=True)
+            return False
         part = dest.with_name(dest.name + ".part")
         for base in self.plan.env.mirrors:
             url = f"{base.rstrip('/')}/{teacher_file(name)}"
@@ -626,6 +630,10 @@ class Fetch:
         plan = self.plan
         path = plan.save_dir / ARCHIVE_NAME
         self.archive_used = True
+        if path.exists() and not path.is_file():
+            print(f"error: {path} is not a file, so the archive cannot be downloaded there; move it away or pass another "
+                  "--save_dir", file=sys.stderr, flush=True)
+            return None
         if path.is_file():
             print(f"archive: using {path}, downloaded before", flush=True)
             try:
@@ -634,7 +642,11 @@ class Fetch:
                 print(f"error: {path} is not a tar archive ({str(err).splitlines()[0]}); it was there before this fetch "
                       "and is left in place: move it away and run again to download the archive", file=sys.stderr, flush=True)
                 return None
-        self.make_folder(plan.save_dir)
+        try:
+            self.make_folder(plan.save_dir)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return None
 
         def accept(part: Path) -> tarfile.TarFile:
             try:
@@ -680,8 +692,8 @@ class Fetch:
             print(f"{name}: member {member} of {archive} is {kind} and was refused; {BY_HAND}", file=sys.stderr, flush=True)
             return False
         dest = self.plan.dest(name)
-        self.make_folder(dest.parent)
         try:
+            self.make_folder(dest.parent)
             temp = self._extract(tar, info, dest.parent, damaged)
         except UserError as err:
             print(f"{name}: {err}", file=sys.stderr, flush=True)

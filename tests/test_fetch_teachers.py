@@ -244,8 +244,8 @@ def test_no_failed_fetch_leaves_an_empty_folder(server: FileServer, good_tar: by
         assert words in err and "resnet56: not installed" in err, (case, err)
         assert ".tmp" not in err and (".part" not in err or case == "flaky"), (case, err)  # no temporary name is ever shown
         assert not (save / "models").exists(), (case, tree(tmp_path / case))
-        assert ({p.name for p in save.iterdir()} if save.exists() else set()) == kept, case
-        assert save.exists() or not (tmp_path / case).exists() or list((tmp_path / case).iterdir()) == []
+        assert (tmp_path / case).exists() == bool(kept), case  # the new --save_dir (and its parent) removed when empty
+        assert ({p.name for p in save.iterdir()} if kept else set()) == kept, case
     assert not marker.exists() and not list(tmp_path.rglob("escaped.pth")) and not (tmp_path / "data").exists()
 
     def full(*args: object, **kwargs: object) -> tuple[int, str]:
@@ -259,6 +259,11 @@ def test_no_failed_fetch_leaves_an_empty_folder(server: FileServer, good_tar: by
                          "--save_dir", str(mine), "--data_folder", str(tmp_path / "data"))
     assert code == 1 and "the disk is full" in err
     assert sorted(p.name for p in mine.rglob("*")) == [TAR, "models"]  # the user's own (empty) models/ is kept
+    (mine / "models" / "resnet56_vanilla").write_text("a file where the teacher folder goes\n")
+    code, _, err = fetch(monkeypatch, capsys, f"{DEAD}/{TAR}", "--only", "resnet56", "--save_dir", str(mine),
+                         "--data_folder", str(tmp_path / "data"))
+    assert code == 1 and "resnet56: cannot write" in err and "Traceback" not in err
+    assert (mine / "models" / "resnet56_vanilla").read_text() == "a file where the teacher folder goes\n"
 
 
 # ------------------------------------------------------------------ "verified" means checked
