@@ -465,6 +465,16 @@ def test_complete_part_file_is_checked_as_it_is(server: FileServer, teachers: di
     assert code == 0, err
     assert "checking it as it is" in out and dest(save, "resnet56").read_bytes() == teachers["resnet56"] and not part.exists()
 
+    # a .part whose first half is not this file: the resumed file fails its check and is downloaded once more, from the start
+    dest(save, "resnet56").unlink()
+    part.write_bytes(b"\0" * (len(teachers["resnet56"]) // 2))
+    before = len(server.requests)
+    code, out, err = fetch(monkeypatch, capsys, f"{DEAD}/{TAR}", "--only", "resnet56", "--save_dir", str(save), "--data_folder",
+                           str(tmp_path / "data"), mirrors=server.url("/mirror"))
+    assert code == 0, err
+    assert [rng for _, rng in server.requests[before:]] == [f"bytes={len(teachers['resnet56']) // 2}-", None]
+    assert "the resumed download failed its check" in out and dest(save, "resnet56").read_bytes() == teachers["resnet56"]
+
 
 # ------------------------------------------------------------------ verify_teacher.py, the student's warning, the wrapper
 
