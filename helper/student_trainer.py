@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ from helper.resources import LOG_BYTES, Estimate, check_fits, model_footprint
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from helper.schedule import DECAY, STOP, PlateauSchedule
 from models import model_dict
+from models.published import PUBLISHED_CIFAR100_ACCURACY, low_accuracy_problem
 
 # last.pth is written after the first pseudo-epoch, then at most this often (seconds), on every learning-rate
 # decay, on SIGINT/SIGTERM and at the end; a resumed run replays deterministically from it.
@@ -105,6 +107,19 @@ def cache_teacher(opt: StudentConfig, teacher: nn.Module, images: Tensor, labels
                             query_teacher=uses_teacher_outputs(opt), num_classes=num_classes,
                             teacher_view=opt.teacher_view, preact=teacher_needs_preact(opt))
     return pool, feat_shapes
+
+
+def teacher_accuracy_warning(opt: StudentConfig, teacher_acc: float) -> str | None:
+    """One warning line when a CIFAR-100 teacher of a published architecture scores far below RepDistiller's table
+    (models/published.py: near chance, or more than 3 points below), else None."""
+    if opt.dataset != "cifar100" or opt.model_t not in PUBLISHED_CIFAR100_ACCURACY:
+        return None
+    problem = low_accuracy_problem(opt.model_t, teacher_acc)
+    if problem is None:
+        return None
+    return (f"warning: the teacher {opt.path_t} scores {problem}; it is damaged or not a trained {opt.model_t}, so "
+            f"this run distils from a weak teacher (check it with python scripts/verify_teacher.py {opt.model_t} "
+            f"{opt.path_t} --data_folder {opt.data_folder})")
 
 
 def build_student(opt: StudentConfig, num_classes: int, device: torch.device) -> nn.Module:
@@ -313,6 +328,9 @@ class StudentRun:
             print(f"teacher {opt.model_t}: test acc {self.teacher_meta['teacher_acc']:.2f}%, "
                   f"{self.teacher_meta['teacher_calls']} teacher calls for {self.pool.n_images} training images "
                   f"(+{self.teacher_meta['teacher_eval_calls']} for its test evaluation)", flush=True)
+        warning = teacher_accuracy_warning(opt, float(self.teacher_meta["teacher_acc"]))
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
 
     def _prepare_student(self) -> None:
         opt, device = self.opt, self.device

@@ -29,10 +29,10 @@ from tests.conftest import ROOT
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
 import export_cifar_format  # noqa: E402
+import fetch_teachers  # noqa: E402
 import parity  # noqa: E402
 import summarize  # noqa: E402
 import sweep  # noqa: E402
-import teacher_archive  # noqa: E402
 import verify_teacher  # noqa: E402
 
 NUMERIC_VALUES = ("-1", "0", "nan", "inf", "-inf", "1e300", str(2**64))
@@ -71,8 +71,7 @@ def _entry_points(tmp: Path) -> dict[str, tuple[Callable[[], argparse.ArgumentPa
                                    ["--out", str(tmp / "out")]),
         "verify_teacher.py": (verify_teacher.build_parser, lambda argv: verify_teacher.build_parser().parse_args(argv),
                               ["resnet8", str(tmp / "ckpt.pth")]),
-        "teacher_archive.py": (teacher_archive.build_parser, lambda argv: teacher_archive.build_parser().parse_args(argv),
-                               ["resnet56"]),
+        "fetch_teachers.py": (fetch_teachers.build_parser, fetch_teachers.parse_args, ["--only", "resnet56"]),
     }
 
 
@@ -201,7 +200,7 @@ def test_lr_decay_epochs_past_epochs_are_refused_but_the_published_default_is_ke
 
 def test_every_flag_shows_its_default_and_bench_lists_the_method_table() -> None:
     for build in (build_student_parser, build_teacher_parser, bench.build_parser, sweep.build_parser, summarize.build_parser,
-                  parity.build_parser, export_cifar_format.build_parser, verify_teacher.build_parser, teacher_archive.build_parser):
+                  parity.build_parser, export_cifar_format.build_parser, verify_teacher.build_parser, fetch_teachers.build_parser):
         parser = build()
         formatter = parser._get_formatter()
         for action in _flags(parser):
@@ -241,7 +240,7 @@ BAD_INPUT_ROWS: tuple[tuple[str, list[str]], ...] = (
     ("parity.py", ["--data_folder", "data", "--path_t", "runs", "--out", "out"]),
     ("export_cifar_format.py", ["--out", "notes.txt"]),
     ("verify_teacher.py", ["resnet56", "runs"]),
-    ("teacher_archive.py", ["resnet56", "--sha256", "runs"]),
+    ("fetch_teachers.py", ["--only", "resnet56", "--sha256", "runs"]),
 )
 
 
@@ -295,7 +294,8 @@ def test_representative_commands_print_the_same_line_and_leave_nothing(tmp_path:
     fetch = ROOT / "scripts" / "fetch_pretrained_teachers.sh"
     for args in (["--save_dir", "notes.txt"], ["--save_dir", "notes.txt/save"], ["--data_folder", "notes.txt"],
                  ["--sha256", "runs"], ["--source", "ftp"], ["--only", "resnet9000"]):
-        procs.append(("fetch", args, subprocess.Popen(["bash", str(fetch), *args, "--dry-run"], cwd=tmp_path, env=env,
+        procs.append(("fetch", args, subprocess.Popen(["sh", str(fetch), *args, "--dry-run"], cwd=tmp_path,
+                                                      env={**env, "PYTHON": sys.executable},
                                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
     page = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
     for entry, args, proc in procs:
