@@ -4,6 +4,7 @@ finished runs."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -65,23 +66,33 @@ def test_every_parameter_value_is_accepted_by_train_student(name: str) -> None:
     assert len({run.run_dir for run in runs}) == len(runs)  # every run writes its own folder
 
 
-def test_dry_run_count_from_the_command_line() -> None:
-    """`scripts/sweep.py ckd.yml --dry-run | wc -l` prints 432."""
-    result = _run("ckd.yml", "--dry-run")
-    assert result.returncode == 0, result.stderr
+def test_dry_run_count_and_preflight_from_the_command_line(tmp_path: Path) -> None:
+    """`scripts/sweep.py ckd.yml --gpus 0,0 --dry-run | wc -l` prints 432 (two slots on GPU 0 are accepted); the
+    preflight goes to stderr: the three missing teachers in one sentence, exit 2."""
+    result = _run("ckd.yml", "--gpus", "0,0", "--dry-run", "--save_dir", str(tmp_path / "save"))
     lines = result.stdout.splitlines()
     assert len(lines) == EXPECTED_RUNS["ckd.yml"]
     assert all(line.split()[1] == "train_student.py" for line in lines) and len(set(lines)) == len(lines)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: preflight: 3 teachers missing: resnet110 ({tmp_path}/save/models/resnet110_vanilla/ckpt_epoch_240.pth), "
+        f"wrn_40_2 ({tmp_path}/save/models/wrn_40_2_vanilla/ckpt_epoch_240.pth), vgg13 "
+        f"({tmp_path}/save/models/vgg13_vanilla/ckpt_epoch_240.pth); fetch them with "
+        f"`sh scripts/fetch_pretrained_teachers.sh --only resnet110,vgg13,wrn_40_2 --save_dir {tmp_path}/save`"]
+    assert not (tmp_path / "save").exists()
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_RUNS))
-def test_dry_run_counts(name: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same entry point in-process for every file (one line per run, nothing else)."""
+def test_dry_run_counts(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same entry point in-process for every file: one line per run on stdout, the preflight (no teachers in a
+    fresh save folder) on stderr."""
     monkeypatch.chdir(ROOT)
-    assert sweep.main([name, "--dry-run"]) == 0
+    assert sweep.main([name, "--dry-run", "--save_dir", str(tmp_path)]) == 2
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert len(lines) == EXPECTED_RUNS[name] and len(set(lines)) == len(lines) and err == ""
+    assert len(lines) == EXPECTED_RUNS[name] and len(set(lines)) == len(lines)
+    assert err and all(line.startswith("error: preflight: ") for line in err.splitlines())
+    assert "teachers missing" in err or "teacher missing" in err
 
 
 def test_kd_sweep_holds_ce_and_kd_baselines() -> None:
@@ -111,11 +122,13 @@ def test_grid_order_follows_wandb() -> None:
     assert [c["w_kd"] for c in q] == [0.0, 0.25, 0.5, 0.75]
 
 
-def test_dry_run_writes_wandb_style_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_writes_wandb_style_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str], digits_save: Path) -> None:
     (tmp_path / "s.yml").write_text(textwrap.dedent("""\
         program: train_student.py
         method: grid
         parameters:
+          dataset: {value: digits}
+          model_t: {value: resnet8}
           relational: {value: None}
           w_kd: {values: [0, 1]}
           seed: {value: 3}
@@ -123,13 +136,16 @@ def test_dry_run_writes_wandb_style_flags(tmp_path: Path, capsys: pytest.Capture
     python = tmp_path / "PY"  # --python must name an interpreter that exists, even for a dry run
     python.write_text("#!/bin/sh\n")
     python.chmod(0o755)
-    code = sweep.main([str(tmp_path / "s.yml"), "--dry-run", "--save_dir", str(tmp_path / "save"), "--gpus", "0,1",
-                       "--python", str(python), "--program", "prog.py"])
+    program = tmp_path / "prog.py"  # and --program a script that exists
+    program.touch()
+    code = sweep.main([str(tmp_path / "s.yml"), "--dry-run", "--save_dir", str(digits_save), "--gpus", "0,1",
+                       "--python", str(python), "--program", str(program)])
     assert code == 0
-    assert capsys.readouterr().out.splitlines() == [
-        f"{python} prog.py --relational=None --seed=3 --w_kd=0 --save_dir={tmp_path / 'save'}",
-        f"{python} prog.py --relational=None --seed=3 --w_kd=1 --save_dir={tmp_path / 'save'}",
-    ]
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        f"{python} {program} --dataset=digits --model_t=resnet8 --relational=None --seed=3 --w_kd={w} --save_dir={digits_save}"
+        for w in (0, 1)]
+    assert err == f"preflight: ok, {digits_save} is writable; 1 teacher loads (resnet8)\n"
 
 
 def test_random_search_is_seeded_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,8 +159,9 @@ def test_random_search_is_seeded_and_counted(tmp_path: Path, capsys: pytest.Capt
     assert first == again and len(first) == 20
     assert all(0.001 <= c["learning_rate"] <= 0.1 and 1 <= c["seed"] <= 5 and c["w_kd"] in (0, 0.5, 1, 1.5, 2) for c in first)
     (tmp_path / "r.yml").write_text(yaml.safe_dump({"program": "train_student.py", "method": "random", "parameters": parameters}))
-    assert sweep.main([str(tmp_path / "r.yml"), "--dry-run", "--count", "5"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 5
+    assert sweep.main([str(tmp_path / "r.yml"), "--dry-run", "--count", "5", "--save_dir", str(tmp_path / "save")]) == 2
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 5 and "missing: " in err
     with pytest.raises(UserError, match="--count"):
         sweep.main([str(tmp_path / "r.yml"), "--dry-run"])
 
@@ -158,7 +175,8 @@ from helper.config import parse_student_args
 
 opt = parse_student_args(sys.argv[1:])
 with open({log!r}, "a") as log:
-    log.write(json.dumps({{"argv": sys.argv[1:], "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}}) + "\\n")
+    data = os.path.isfile(os.path.join(opt.data_folder, "cifar-100-python", "train"))  # downloaded before this run?
+    log.write(json.dumps({{"argv": sys.argv[1:], "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "data": data}}) + "\\n")
 marker = {marker!r}
 if opt.seed == 2 and not os.path.exists(marker):  # fails once, as a crashed run would
     open(marker, "w").close()
@@ -177,24 +195,36 @@ def _fake_program(tmp_path: Path) -> tuple[Path, Path]:
     return program, log
 
 
+# a digits student of the resnet8 teacher in conftest's digits_save (copied into each test's save folder): the
+# preflight finds and loads it, and no data set has to be on disk
+DIGITS = "  dataset: {value: digits}\n  model_s: {value: resnet8}\n  model_t: {value: resnet8}\n"
+
+
+def _save_with_teacher(tmp_path: Path, teacher_save: Path) -> Path:
+    save = tmp_path / "save"
+    shutil.copytree(teacher_save, save)
+    return save
+
+
 def _calls(log: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def test_restart_skips_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_restart_skips_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str], digits_save: Path) -> None:
     program, log = _fake_program(tmp_path)
-    (tmp_path / "s.yml").write_text("program: train_student.py\nmethod: grid\nparameters:\n"
-                                    "  seed: {values: [1, 2]}\n  subset_size: {value: 2000}\n  epochs: {value: 1}\n"
+    save = _save_with_teacher(tmp_path, digits_save)
+    (tmp_path / "s.yml").write_text("program: train_student.py\nmethod: grid\nparameters:\n" + DIGITS +
+                                    "  seed: {values: [1, 2]}\n  subset_size: {value: 400}\n  epochs: {value: 1}\n"
                                     "  learning_rate: {values: [0.05, '0.050']}\n")  # one rate written twice: one run
-    args = [str(tmp_path / "s.yml"), "--program", str(program), "--save_dir", str(tmp_path / "save")]
+    args = [str(tmp_path / "s.yml"), "--program", str(program), "--save_dir", str(save)]
     assert sweep.main(args) == 1  # the seed-2 run failed; the sweep went on and reports it
     out = capsys.readouterr().out
     assert len(_calls(log)) == 2
     assert out.count("skipped, the same configuration as run") == 2
     assert "ran 1, skipped 2, failed 1" in out and "FAILED (exit code 3)" in out
-    assert len(list((tmp_path / "save" / "student").glob("*/results.json"))) == 1
+    assert len(list((save / "student").glob("*/results.json"))) == 1
 
     assert sweep.main(args) == 0
     out = capsys.readouterr().out
@@ -208,17 +238,18 @@ def test_restart_skips_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "ran 0, skipped 4, failed 0" in capsys.readouterr().out
 
 
-def test_gpus_run_in_parallel_one_device_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_gpus_run_in_parallel_one_device_each(tmp_path: Path, capsys: pytest.CaptureFixture[str], digits_save: Path) -> None:
     program, log = _fake_program(tmp_path)
     (tmp_path / "failed_once").touch()  # no failures here
-    (tmp_path / "s.yml").write_text("program: train_student.py\nmethod: grid\nparameters:\n  seed: {values: [1, 2]}\n")
-    args = [str(tmp_path / "s.yml"), "--program", str(program), "--save_dir", str(tmp_path / "save"), "--gpus", "0,1"]
+    save = _save_with_teacher(tmp_path, digits_save)
+    (tmp_path / "s.yml").write_text("program: train_student.py\nmethod: grid\nparameters:\n  seed: {values: [1, 2]}\n" + DIGITS)
+    args = [str(tmp_path / "s.yml"), "--program", str(program), "--save_dir", str(save), "--gpus", "0,1"]
     assert sweep.main(args) == 0, capsys.readouterr()
     calls = _calls(log)
     assert len(calls) == 2
     assert not any("--device" in arg for c in calls for arg in c["argv"])  # same run folders as a W&B agent's
     assert sorted(c["gpu"] for c in calls) == ["0", "1"]  # each run held its own GPU
-    assert len(list((tmp_path / "save" / "sweep_logs").glob("*.log"))) == 2
+    assert len(list((save / "sweep_logs").glob("*.log"))) == 2
     assert "ran 2, skipped 0, failed 0" in capsys.readouterr().out
     assert sweep.main(args) == 0 and len(_calls(log)) == 2  # a restart on the GPUs skips both
 
@@ -262,16 +293,9 @@ def test_every_sweep_metric_is_best_val_acc() -> None:
         assert yaml.safe_load((ROOT / name).read_text())["metric"] == {"name": "best_val_acc", "goal": "maximize"}, name
 
 
-def test_dry_run_with_several_runs_per_gpu() -> None:
-    """`scripts/sweep.py ckd.yml --gpus 0,0 --dry-run`: two slots on GPU 0 are accepted."""
-    result = _run("ckd.yml", "--gpus", "0,0", "--dry-run")
-    assert result.returncode == 0, result.stderr
-    assert len(result.stdout.splitlines()) == EXPECTED_RUNS["ckd.yml"]
-
-
 def test_extra_flags_after_double_dash_go_to_every_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     save = tmp_path / "save"
-    assert sweep.main(["ckd.yml", "--dry-run", "--save_dir", str(save), "--", "--epochs", "5", "--wdb_project", "p"]) == 0
+    assert sweep.main(["ckd.yml", "--dry-run", "--save_dir", str(save), "--", "--epochs", "5", "--wdb_project", "p"]) == 2
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == EXPECTED_RUNS["ckd.yml"]
     assert all(line.endswith(f"--save_dir={save} --epochs 5 --wdb_project p") for line in lines), lines[0]
@@ -285,7 +309,7 @@ def test_dry_run_marks_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
                             ["--save_dir", str(save)])
     runs[3].run_dir.mkdir(parents=True)
     (runs[3].run_dir / "results.json").write_text("{}")
-    assert sweep.main(["kd.yml", "--dry-run", "--", "--save_dir", str(save)]) == 0
+    assert sweep.main(["kd.yml", "--dry-run", "--", "--save_dir", str(save)]) == 2  # no teachers in save
     lines = capsys.readouterr().out.splitlines()
     marked = [i for i, line in enumerate(lines) if "# finished" in line]
     assert marked == [3] and lines[3].endswith(f"  # finished: {runs[3].run_dir / 'results.json'}")
@@ -303,11 +327,12 @@ def test_logging_flags_do_not_change_the_run_folder() -> None:
     assert student_run_dir(parse_student_args(base + ["--seed", "2"])) != folder  # what a run computes still does
 
 
-def test_parallel_runs_share_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_parallel_runs_share_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str], digits_save: Path) -> None:
     program, log = _fake_program(tmp_path)
     (tmp_path / "failed_once").touch()
-    (tmp_path / "s.yml").write_text("program: train_student.py\nmethod: grid\nparameters:\n  seed: {values: [1, 3, 4]}\n")
-    args = [str(tmp_path / "s.yml"), "--program", str(program), "--save_dir", str(tmp_path / "save"), "--gpus", "0,0",
+    save = _save_with_teacher(tmp_path, digits_save)
+    (tmp_path / "s.yml").write_text("program: train_student.py\nmethod: grid\nparameters:\n  seed: {values: [1, 3, 4]}\n" + DIGITS)
+    args = [str(tmp_path / "s.yml"), "--program", str(program), "--save_dir", str(save), "--gpus", "0,0",
             "--", "--epochs", "7"]
     assert sweep.main(args) == 0, capsys.readouterr()
     calls = _calls(log)
