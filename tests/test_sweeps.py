@@ -390,3 +390,121 @@ def test_cars_sweep_fits_the_stanford_cars_training_set() -> None:
     assert max(parameters["subset_size"]["values"]) <= 8144
     assert {str(v) for v in parameters["relational"]["values"]} == {"None", "mixup", "ckd"}
     assert all(student in DEFAULT_TEACHER for student in parameters["model_s"]["values"])
+
+
+# ---------------------------------------------------------------- every bad sweep file (issue 28, class 7)
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(7))
+
+# (what the file holds below `program:` and `method:` -- or the whole file when it starts with '!' --, words of the one
+# sentence). Every distribution of W&B's schema with bad parameters, then the file's other members.
+BAD_SWEEP_FILES = [
+    # constant / categorical / categorical_w_probabilities
+    ("seed: {distribution: constant}", "(constant) needs value"),
+    ("seed: {value: [1, 2]}", "a train_student.py flag takes one number or word"),
+    ("seed: {values: []}", "zero runs"),
+    ("seed: {values: 3}", "non-empty list under 'values'"),
+    ("seed: {values: [1, {a: 2}]}", "a dict"),
+    ("seed: {values: [1, 2], probabilities: [1.0]}", "a list of 2 probabilities"),
+    ("seed: {values: [1, 2], probabilities: [1.5, -0.5]}", "each must be a number of 0 or more"),
+    ("seed: {values: [1, 2], probabilities: [0.2, 0.2]}", "sum to 0.4, not 1"),
+    ("seed: {distribution: categorical, values: [1, 2], probabilities: [0.5, 0.5]}", "does not take probabilities"),
+    ("seed: {distribution: categorical_w_probabilities, values: [1, 2], probabilities: [0.5, 0.5]}",
+     "probabilities, which grid search does not use"),
+    # int_uniform
+    ("seed: {distribution: int_uniform, min: 1.5, max: 4}", "whole numbers as min and max"),
+    ("seed: {distribution: int_uniform, min: 5, max: 1}", "min 5 not below max 1"),
+    ("seed: {distribution: int_uniform, min: 0, max: 1000000000000}", "grid of 1,000,000,000,001 runs"),
+    ("seed: {distribution: int_uniform, min: 0}", "(int_uniform) needs max"),
+    ("seed: {min: 0, max: 999}\n  trial: {min: 1, max: 999}", "grid of 999,000 runs (1,000 seed x 999 trial)"),
+    # uniform and q_uniform
+    ("w_kd: {distribution: uniform, min: .nan, max: 1}", "needs a finite number as 'min'"),
+    ("w_kd: {distribution: uniform, min: 0, max: .inf}", "needs a finite number as 'max'"),
+    ("w_kd: {distribution: uniform, min: 1, max: 1}", "not below max"),
+    ("w_kd: {distribution: uniform, min: 0, max: 1, q: 0.1}", "(uniform) does not take q"),
+    ("w_kd: {distribution: q_uniform, min: 0, max: 1, q: 0}", "q above 0, got 0"),
+    ("w_kd: {distribution: q_uniform, min: 0, max: 1, q: -0.5}", "q above 0, got -0.5"),
+    ("w_kd: {distribution: q_uniform, min: 0, max: 1, q: 1.0e-9}", "grid of 1,000,000,000 runs"),
+    ("w_kd: {distribution: q_uniform, min: -1.0e+308, max: 1.0e+308, q: 1.0e-300}", "more values than a number can count"),
+    ("w_kd: {distribution: q_uniform, min: 0, max: 1, q: yes}", "needs a finite number as 'q'"),
+    # the log, inverse-log, normal and beta families (random search)
+    ("!method: random\nparameters:\n  w_kd: {distribution: log_uniform, min: 0, max: 1000}", "exp(1000) is too large"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: q_log_uniform, min: 0, max: 1, q: 0}", "q above 0"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: log_uniform_values, min: 0, max: 1}", "needs min above 0"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: q_log_uniform_values, min: -1, max: 1}", "needs min above 0"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: inv_log_uniform, min: -1000, max: 1}", "exp(1000) is too"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: inv_log_uniform_values, min: 0, max: 1}", "needs min above 0"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: normal, mu: 0, sigma: -1}", "sigma of 0 or more"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: normal, mu: .nan}", "finite number as 'mu'"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: normal, min: 0, max: 1}", "(normal) does not take min, max"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: q_normal, q: 0}", "q above 0"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: log_normal, mu: 100000, sigma: 1}", "drew a value no number"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: q_log_normal, sigma: -2}", "sigma of 0 or more"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: beta, a: 0}", "shape 'a' above 0"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: q_beta, b: -1, q: 0.1}", "shape 'b' above 0"),
+    ("!method: random\nparameters:\n  w_kd: {distribution: gaussian, mu: 0}", "unknown distribution 'gaussian'"),
+    ("w_kd: {distribution: normal}", "grid search cannot enumerate"),
+    ("seed: {mu: 1}", "neither value, values nor min/max"),
+    ("seed: {parameters: {a: {value: 1}}}", "is nested"),
+    ("1: {value: 2}", "parameter name 1 is not a flag name"),
+    ("'se ed': {value: 2}", "parameter name 'se ed' is not a flag name"),
+    # YAML: duplicate keys, aliases, documents, nesting
+    ("seed: {value: 1}\n  seed: {value: 2}", "line 5: key 'seed' appears twice in one mapping (first on line 4)"),
+    ("!program: train_student.py\nmethod: grid\nmethod: random\nparameters:\n  seed: {value: 1}", "key 'method' appears twice"),
+    ("!" + BOMB + "program: train_student.py\nmethod: grid\nparameters:\n  seed: {values: *h}\n",
+     "expands to 234,567,917 YAML nodes through its aliases"),
+    ("!program: train_student.py\nmethod: grid\nparameters:\n  seed: {values: &r [1, *r]}", "endless YAML nodes"),
+    ("!program: train_student.py\nmethod: grid\nparameters:\n  seed: {value: 1}\n---\nmethod: grid", "not valid YAML"),
+    ("!program: train_student.py\nmethod: grid\nparameters:\n  seed: {value: " + "[" * 5000 + "]" * 5000 + "}",
+     "nested too deeply"),
+    ("!program: train_student.py\nmethod: grid\nparameters: {seed: {value: 1}", "not valid YAML"),
+    # the other keys of a sweep file
+    ("!program: train_student.py\nmetod: grid\nmethod: grid\nparameters:\n  seed: {value: 1}", "has the key metod"),
+    ("!program: train_student.py\nmethod: bayes\nparameters:\n  seed: {value: 1}", "support only grid and random"),
+    ("!program: train_student.py\nmethod: grid\nparameters: {}", "no 'parameters' mapping"),
+    ("!program: train_student.py\nmethod: grid\nmetric: best_val_acc\nparameters:\n  seed: {value: 1}", "'metric' must be a mapping"),
+    ("!program: train_student.py\nmethod: grid\nmetric: {name: a, goal: max}\nparameters:\n  seed: {value: 1}", "goal 'max'"),
+    ("!program: train_student.py\nmethod: grid\nmetric: {name: a, target: .inf}\nparameters:\n  seed: {value: 1}", "target inf"),
+    ("!program: train_student.py\nmethod: grid\nrun_cap: 0\nparameters:\n  seed: {value: 1}", "'run_cap' must be a whole number"),
+    ("!program: train_student.py\nmethod: grid\ncommand: python train.py\nparameters:\n  seed: {value: 1}",
+     "'command' must be a list of strings"),
+    ("!program: train_student.py\nmethod: grid\nearly_terminate: {type: hyperband, eta: 1}\nparameters:\n  seed: {value: 1}",
+     "needs min_iter, or max_iter and s"),
+    ("!program: train_student.py\nmethod: grid\nearly_terminate: {type: median}\nparameters:\n  seed: {value: 1}",
+     "type: hyperband"),
+    ("!program: train_student.py\nmethod: grid\nkind: job\nparameters:\n  seed: {value: 1}", "'kind' can only be sweep"),
+    ("!program: train_student.py\nmethod: grid\nname: [a]\nparameters:\n  seed: {value: 1}", "'name' must be a string"),
+    ("!program: nope_train.py\nmethod: grid\nparameters:\n  seed: {value: 1}", "program nope_train.py does not exist"),
+    ("!program: scripts\nmethod: grid\nparameters:\n  seed: {value: 1}", "is a directory, not a script"),
+    ("!method: grid\nparameters:\n  seed: {value: 1}", "has no 'program'"),
+    ("!method: random\nprogram: train_student.py\nparameters:\n  seed: {value: 1}", "pass --count N"),
+]
+
+
+@pytest.mark.parametrize("body, words", BAD_SWEEP_FILES, ids=[f"{i}" for i in range(len(BAD_SWEEP_FILES))])
+def test_every_bad_sweep_file_is_one_sentence_before_anything_expands(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                       monkeypatch: pytest.MonkeyPatch, body: str,
+                                                                       words: str) -> None:
+    """Issue 28 class 7: each member is refused with one sentence, exit 2, in --dry-run too, before a run is listed."""
+    text = body[1:] if body.startswith("!") else f"program: train_student.py\nmethod: grid\nparameters:\n  {body}\n"
+    (tmp_path / "bad.yml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: sweep.main(["bad.yml", "--dry-run", "--count", "3"] if "method: random" in text and
+                                    "pass --count" not in words else ["bad.yml", "--dry-run"]))
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert words in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yml"]  # nothing written
+
+
+def test_large_random_count_and_run_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--count is bounded like a grid (no list of 10^12 draws), and W&B's run_cap bounds a local sweep as --count does."""
+    (tmp_path / "r.yml").write_text("program: train_student.py\nmethod: random\nrun_cap: 4\nparameters:\n"
+                                    "  seed: {distribution: int_uniform, min: 1, max: 9}\n")
+    with pytest.raises(UserError, match="--count 1,000,000,000,000 is more than the 100,000"):
+        sweep.main([str(tmp_path / "r.yml"), "--dry-run", "--count", str(10**12)])
+    assert sweep.main([str(tmp_path / "r.yml"), "--dry-run", "--save_dir", str(tmp_path / "save")]) == 2  # no teacher
+    assert len(capsys.readouterr().out.splitlines()) == 4
