@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from core.errors import UserError, run_main
@@ -508,3 +509,79 @@ def test_large_random_count_and_run_cap(tmp_path: Path, capsys: pytest.CaptureFi
         sweep.main([str(tmp_path / "r.yml"), "--dry-run", "--count", str(10**12)])
     assert sweep.main([str(tmp_path / "r.yml"), "--dry-run", "--save_dir", str(tmp_path / "save")]) == 2  # no teacher
     assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+# ---------------------------------------------------------------- preflight (issue 27, deliverable 3)
+
+
+def _random_teacher(save: Path, name: str) -> None:
+    from helper.options import teacher_checkpoint_path
+    from models import model_dict
+
+    path = teacher_checkpoint_path(save, "cifar100", name)
+    path.parent.mkdir(parents=True)
+    torch.save({"model": model_dict[name](num_classes=100).state_dict()}, path)
+
+
+def test_preflight_names_a_missing_teacher_and_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`scripts/sweep.py ckd.yml` with wrn_40_2 missing (resnet110 and vgg13 present): one sentence names it, exit 2,
+    no run started, nothing written; a teacher that does not load is its own sentence."""
+    program, log = _fake_program(tmp_path)
+    save = tmp_path / "save"
+    _random_teacher(save, "resnet110")
+    _random_teacher(save, "vgg13")
+    before = sorted(save.rglob("*"))
+    args = [str(ROOT / "ckd.yml"), "--program", str(program), "--save_dir", str(save), "--gpus", "0,0"]
+    assert sweep.main(args) == 2
+    out, err = capsys.readouterr()
+    wrn = save / "models" / "wrn_40_2_vanilla" / "ckpt_epoch_240.pth"
+    assert out == "" and err.splitlines() == [
+        f"error: preflight: 1 teacher missing: wrn_40_2 ({wrn}); fetch it with "
+        f"`sh scripts/fetch_pretrained_teachers.sh --only wrn_40_2 --save_dir {save}`",
+        "error: preflight failed, so no run was started; fix the above and run the same command again"]
+    assert not log.exists() and sorted(save.rglob("*")) == before  # no run, no log folder, no probe file
+
+    (save / "models" / "vgg13_vanilla" / "ckpt_epoch_240.pth").write_text("not a checkpoint")
+    assert sweep.main([*args, "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == EXPECTED_RUNS["ckd.yml"]
+    problems = err.splitlines()
+    assert len(problems) == 2 and problems[0].startswith("error: preflight: the vgg13 teacher does not load: ")
+    assert "is not a PyTorch checkpoint" in problems[0] and "1 teacher missing: wrn_40_2" in problems[1]
+
+
+def test_preflight_downloads_cifar100_once_before_parallel_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch, save_dir: Path) -> None:
+    """CIFAR-100 missing and `--gpus 0,0`: the sweep downloads it once (the loopback server counts the requests of one
+    download), then both runs start and find it; a dry run only says that it would download it."""
+    from tests.cifar_fixture import make_fake_cifar100_archive
+    from tests.http_fixture import serving
+
+    program, log = _fake_program(tmp_path)
+    (tmp_path / "failed_once").touch()
+    archive, md5 = make_fake_cifar100_archive(tmp_path / "served", n_train=120, n_test=100, seed=5)
+    data = tmp_path / "data"
+    (tmp_path / "s.yml").write_text("program: train_student.py\nmethod: grid\nparameters:\n  seed: {values: [1, 2]}\n"
+                                    "  model_s: {value: resnet8}\n  model_t: {value: resnet8}\n"
+                                    f"  data_folder: {{value: {data}}}\n")
+    args = [str(tmp_path / "s.yml"), "--program", str(program), "--save_dir", str(save_dir), "--gpus", "0,0"]
+    with serving({"/c.tar.gz": archive.read_bytes()}) as server:
+        monkeypatch.setenv("CIFAR100_URL", server.url("/c.tar.gz"))
+        monkeypatch.setenv("CIFAR100_MD5", md5)
+        assert sweep.main([*args, "--dry-run"]) == 0
+        out, err = capsys.readouterr()
+        assert len(out.splitlines()) == 2 and f"CIFAR-100 is not in {data}; the sweep downloads it there once" in err
+        assert server.requests == [] and not data.exists()
+
+        from dataset.cifar100 import download_cifar100
+
+        download_cifar100(tmp_path / "alone")  # the requests of one download (torchvision's downloader makes several)
+        one_download = len(server.requests)
+        server.requests.clear()
+        assert sweep.main(args) == 0
+        assert len(server.requests) == one_download
+    out = capsys.readouterr().out
+    assert out.index(f"preflight: downloading CIFAR-100 into {data} once") < out.index("[1/2] gpu 0: running")
+    calls = _calls(log)
+    assert len(calls) == 2 and all(call["data"] for call in calls)  # both runs started with the data on disk
+    assert "ran 2, skipped 0, failed 0" in out
