@@ -39,9 +39,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+try:  # the project itself, installed by `make venv`: without it, one sentence instead of a traceback
+    import core  # noqa: F401
+except ModuleNotFoundError as err:
+    print(f"error: this Python cannot import the project ({err}); run `make venv` and use .venv/bin/python, or run "
+          "`pip install --no-deps -e .` in the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
 
 # StudentRun methods timed by timed-run, and the part of the run each belongs to
 TIMED_METHODS = {

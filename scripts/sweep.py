@@ -42,6 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+try:  # the project itself, installed by `make venv`: without it, one sentence instead of a traceback
+    import core  # noqa: F401
+except ModuleNotFoundError as err:
+    print(f"error: this Python cannot import the project ({err}); run `make venv` and use .venv/bin/python, or run "
+          "`pip install --no-deps -e .` in the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
+
 import yaml
 
 from core.errors import EXIT_USER_ERROR, DataNotFound, UserError, run_main
