@@ -485,7 +485,8 @@ def _sample(spec: dict[str, Any], dist: str, rng: random.Random) -> Any:
 def sample_random(parameters: dict[str, Any], count: int, seed: int, source: str = "sweep") -> list[dict[str, Any]]:
     """``count`` runs drawn independently from each parameter's distribution (seeded)."""
     if count > MAX_RUNS:
-        raise UserError(f"--count {count:,} is more than the {MAX_RUNS:,} runs a local sweep draws; pass a smaller --count")
+        raise UserError(f"{source}: {count:,} runs (--count or run_cap) is more than the {MAX_RUNS:,} a local sweep draws; "
+                        "pass a smaller --count")
     dists = check_parameters(parameters, source)
     rng = random.Random(seed)
     configs = []
@@ -950,7 +951,11 @@ def main(argv: list[str] | None = None) -> int:
                 config[name] = own[name]
     runs = build_runs(configs, source, extra)
     pending, skipped = _pending(runs, count, grid)
-    report = preflight(pending)
+    try:
+        report = preflight(pending)
+    except KeyboardInterrupt:
+        print("interrupted during the preflight; no run was started", file=sys.stderr, flush=True)
+        return 130
 
     if opt.dry_run:
         shown = runs if count is None or not grid else runs[:count]
