@@ -38,6 +38,15 @@ the first RUNS_DIR).
 
 from __future__ import annotations
 
+try:  # the project itself, installed by `make venv`: without it, one sentence instead of a traceback
+    import core  # noqa: F401
+except ModuleNotFoundError as err:
+    import sys
+
+    print(f"error: this Python cannot import the project ({err}); run `make venv` and use .venv/bin/python, or run "
+          "`pip install --no-deps -e .` in the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
+
 import argparse
 import csv
 import functools
@@ -50,13 +59,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-try:  # the project itself, installed by `make venv`: without it, one sentence instead of a traceback
-    import core  # noqa: F401
-except ModuleNotFoundError as err:
-    print(f"error: this Python cannot import the project ({err}); run `make venv` and use .venv/bin/python, or run "
-          "`pip install --no-deps -e .` in the repository root", file=sys.stderr)
-    raise SystemExit(2) from None
 
 from core.errors import UserError, run_main
 from helper.method_table import method_label, method_order

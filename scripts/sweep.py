@@ -22,6 +22,15 @@ when any run failed.
 
 from __future__ import annotations
 
+try:  # the project itself, installed by `make venv`: without it, one sentence instead of a traceback
+    import core  # noqa: F401
+except ModuleNotFoundError as err:
+    import sys
+
+    print(f"error: this Python cannot import the project ({err}); run `make venv` and use .venv/bin/python, or run "
+          "`pip install --no-deps -e .` in the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
+
 import argparse
 import concurrent.futures
 import json
@@ -40,26 +49,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-try:  # the project itself, installed by `make venv`: without it, one sentence instead of a traceback
-    import core  # noqa: F401
-except ModuleNotFoundError as err:
-    print(f"error: this Python cannot import the project ({err}); run `make venv` and use .venv/bin/python, or run "
-          "`pip install --no-deps -e .` in the repository root", file=sys.stderr)
-    raise SystemExit(2) from None
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from core.errors import EXIT_USER_ERROR, DataNotFound, UserError, run_main
-from helper.config import StudentConfig, student_config_from
-from helper.options import (
-    build_student_parser,
-    check_path,
-    data_not_found_message,
-    flag_value_message,
-    student_run_dir,
-)
+from core.errors import UserError, run_main
+from helper.config import student_config_from
+from helper.options import build_student_parser, flag_value_message, student_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +64,10 @@ SUPPORTED_METHODS = ("grid", "random")
 # through CUDA_VISIBLE_DEVICES and the default --device auto picks it, so a run's folder (and its
 # results.json, which restarts look for) is the same whether a local sweep or a W&B agent started it.
 OWN_FLAGS = ("save_dir",)
+
+
+if TYPE_CHECKING:
+    from helper.config import StudentConfig
 
 
 @dataclass
@@ -624,6 +624,7 @@ def _check_data(runs: list[Run], report: Preflight) -> None:
     must be one this user can create)."""
     from dataset.cifar100 import CIFAR100_FOLDER, cifar100_present
     from dataset.stanfordcars import META_MAT, TEST_MAT, TRAIN_MAT, cars_root
+    from helper.options import check_path
 
     folders = sorted({(run.opt.dataset, str(run.opt.data_folder)) for run in runs})
     for dataset, folder in folders:
@@ -650,6 +651,8 @@ def _check_data(runs: list[Run], report: Preflight) -> None:
 
 def _check_save_dirs(runs: list[Run], report: Preflight) -> None:
     """Every save folder can be written: its nearest existing folder takes a new file (created and removed at once)."""
+    from helper.options import check_path
+
     for save_dir in sorted({str(run.opt.save_dir) for run in runs}):
         try:
             check_path("--save_dir", save_dir, "output")
@@ -679,7 +682,9 @@ def preflight(runs: list[Run]) -> Preflight:
 
 def _download_data(folders: list[str]) -> None:
     """CIFAR-100 into each folder, once, before any run starts (the download's lock keeps concurrent sweeps to one)."""
+    from core.errors import DataNotFound
     from dataset.cifar100 import download_cifar100
+    from helper.options import data_not_found_message
 
     for folder in folders:
         print(f"preflight: downloading CIFAR-100 into {folder} once, before the first run", flush=True)
@@ -908,11 +913,15 @@ def _pending(runs: list[Run], count: int | None, grid: bool) -> tuple[list[Run],
     return pending, skipped
 
 
-def _report_problems(report: Preflight) -> int:
+def _report_problems(report: Preflight, dry_run: bool) -> int:
+    """One ``error:`` line per kind of problem on stderr (then, for a real sweep, that nothing was started); exit 2."""
+    from core.errors import EXIT_USER_ERROR
+
     for problem in report.problems:
         print(f"error: preflight: {problem}", file=sys.stderr, flush=True)
-    print("error: preflight failed, so no run was started; fix the above and run the same command again",
-          file=sys.stderr, flush=True)
+    if not dry_run:
+        print("error: preflight failed, so no run was started; fix the above and run the same command again",
+              file=sys.stderr, flush=True)
     return EXIT_USER_ERROR
 
 
@@ -968,9 +977,7 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         # the preflight goes to stderr, so that stdout stays one command per run (`--dry-run | wc -l`)
         if report.problems:
-            for problem in report.problems:
-                print(f"error: preflight: {problem}", file=sys.stderr, flush=True)
-            return EXIT_USER_ERROR
+            return _report_problems(report, dry_run=True)
         for folder in report.downloads:
             print(f"preflight: CIFAR-100 is not in {folder}; the sweep downloads it there once, before its first run",
                   file=sys.stderr, flush=True)
@@ -978,7 +985,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"preflight: ok, {'; '.join(report.checked)}", file=sys.stderr, flush=True)
         return 0
     if report.problems:
-        return _report_problems(report)
+        return _report_problems(report, dry_run=False)
     if report.checked:
         print(f"preflight: ok, {'; '.join(report.checked)}", flush=True)
     try:

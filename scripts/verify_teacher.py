@@ -15,16 +15,18 @@ more than one point lower; the exit code stays 0, since the file itself is sound
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 try:  # the project itself, installed by `make venv`: without it, one sentence instead of a traceback
     import core  # noqa: F401
 except ModuleNotFoundError as err:
+    import sys
+
     print(f"error: this Python cannot import the project ({err}); run `make venv` and use .venv/bin/python, or run "
           "`pip install --no-deps -e .` in the repository root", file=sys.stderr)
     raise SystemExit(2) from None
+
+import argparse
+import sys
+from pathlib import Path
 
 from core.errors import UserError, run_main
 from helper.options import OneLineParser, PathKind

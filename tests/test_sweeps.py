@@ -170,6 +170,7 @@ def test_random_search_is_seeded_and_counted(tmp_path: Path, capsys: pytest.Capt
 FAKE_PROGRAM = '''\
 """Stands in for train_student.py: parses the flags, logs the call, writes results.json."""
 import json, os, sys
+sys.path.insert(0, {root!r})
 from helper.options import student_run_dir
 from helper.config import parse_student_args
 
@@ -191,7 +192,7 @@ print("results:", run_dir / "results.json")
 def _fake_program(tmp_path: Path) -> tuple[Path, Path]:
     log = tmp_path / "calls.jsonl"
     program = tmp_path / "fake_train_student.py"
-    program.write_text(FAKE_PROGRAM.format(log=str(log), marker=str(tmp_path / "failed_once")))
+    program.write_text(FAKE_PROGRAM.format(root=str(ROOT), log=str(log), marker=str(tmp_path / "failed_once")))
     return program, log
 
 
