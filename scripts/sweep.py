@@ -571,6 +571,12 @@ def _num_classes(dataset: str) -> int:
     return {"cifar100": CIFAR100_CLASSES, "digits": DIGITS_CLASSES, "stanfordcars": CARS_CLASSES}[dataset]
 
 
+def _teacher_path(opt: StudentConfig) -> str:
+    """The checkpoint a run reads (its resolved ``--path_t``; a configuration that resolves it on demand has
+    ``teacher_path``)."""
+    return str(getattr(opt, "teacher_path", None) or opt.path_t)
+
+
 def _names(items: list[str], limit: int = 6) -> str:
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
@@ -585,11 +591,11 @@ def _check_teachers(runs: list[Run], report: Preflight) -> None:
 
     teachers: dict[tuple[str, str, str], StudentConfig] = {}
     for run in runs:
-        teachers.setdefault((run.opt.path_t, run.opt.model_t, run.opt.dataset), run.opt)
+        teachers.setdefault((_teacher_path(run.opt), run.opt.model_t, run.opt.dataset), run.opt)
     missing: list[StudentConfig] = []
     loaded: list[str] = []
     for opt in teachers.values():
-        if not Path(opt.path_t).is_file():
+        if not Path(_teacher_path(opt)).is_file():
             missing.append(opt)
             continue
         try:
@@ -602,7 +608,7 @@ def _check_teachers(runs: list[Run], report: Preflight) -> None:
         report.checked.append(f"{len(loaded)} teacher{'s load' if len(loaded) > 1 else ' loads'} ({_names(loaded)})")
     if not missing:
         return
-    listed = _names([f"{opt.model_t} ({opt.path_t})" for opt in missing])
+    listed = _names([f"{opt.model_t} ({_teacher_path(opt)})" for opt in missing])
     fetchable = [opt for opt in missing if opt.dataset == "cifar100" and opt.model_t in FETCHABLE_TEACHERS]
     trained = [opt for opt in missing if opt not in fetchable]
     ways = []
