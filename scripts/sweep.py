@@ -113,6 +113,7 @@ DISTRIBUTION_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 RANDOM_DISTRIBUTIONS = tuple(DISTRIBUTION_KEYS)
 MAX_RUNS = 100_000  # the most runs a local sweep expands (the published files hold at most 1,080)
+MAX_SWEEP_BYTES = 1 << 20  # the file is read whole before it is parsed
 MAX_YAML_NODES = 100_000  # YAML nodes a sweep file may hold once its aliases are expanded (the published files: < 200)
 MAX_EXP = 709.0  # math.exp overflows a float above this (log_uniform's min and max are natural logs)
 PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -173,7 +174,7 @@ def _parse_yaml(text: str, path: Path) -> Any:
             raise
         except RecursionError:
             raise UserError(f"{path} is nested too deeply to be a sweep file; fix the file") from None
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as err:  # a date such as 2020-13-45: ValueError
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -186,9 +187,14 @@ def load_sweep(path: Path) -> dict[str, Any]:
     """Read a sweep file and check everything but its parameters (raises UserError); see check_parameters."""
     if path.is_dir():
         raise UserError(f"sweep file {path} is a directory, not a file; pass one of the *.yml files at the repository root")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"sweep file {path} does not exist; pass one of the *.yml files at the repository root")
+    if not path.is_file():  # a FIFO or a device would be read without end
+        raise UserError(f"sweep file {path} is not a regular file; pass one of the *.yml files at the repository root")
     try:
+        if path.stat().st_size > MAX_SWEEP_BYTES:
+            raise UserError(f"sweep file {path} holds {path.stat().st_size:,} bytes, more than the {MAX_SWEEP_BYTES:,} a "
+                            "sweep file may (the published ones hold about 1,500); pass the sweep file itself")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8 YAML") from err
@@ -298,7 +304,7 @@ def _distribution(name: str, spec: Any, source: str) -> str:
             else "uniform"
     else:
         raise UserError(f"{where} has neither value, values nor min/max; give it one of them")
-    if dist not in DISTRIBUTION_KEYS:
+    if not isinstance(dist, str) or dist not in DISTRIBUTION_KEYS:
         raise UserError(f"{where} has unknown distribution '{dist}'; use one of {', '.join(RANDOM_DISTRIBUTIONS)}")
     required, optional = DISTRIBUTION_KEYS[dist]
     missing = [key for key in required if key not in spec]

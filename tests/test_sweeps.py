@@ -447,6 +447,9 @@ BAD_SWEEP_FILES = [
     ("!method: random\nparameters:\n  w_kd: {distribution: gaussian, mu: 0}", "unknown distribution 'gaussian'"),
     ("w_kd: {distribution: normal}", "grid search cannot enumerate"),
     ("seed: {mu: 1}", "neither value, values nor min/max"),
+    ("seed: {distribution: [normal], mu: 1}", "unknown distribution '['normal']'"),
+    ("seed: {values: [1, !!set {2}]}", "a set"),
+    ("seed: {value: 2020-13-45}", "not valid YAML (month must be in 1..12)"),
     ("seed: {parameters: {a: {value: 1}}}", "is nested"),
     ("1: {value: 2}", "parameter name 1 is not a flag name"),
     ("'se ed': {value: 2}", "parameter name 'se ed' is not a flag name"),
@@ -499,6 +502,19 @@ def test_every_bad_sweep_file_is_one_sentence_before_anything_expands(tmp_path: 
     assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert words in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yml"]  # nothing written
+
+
+def test_sweep_file_that_is_not_a_small_regular_file(tmp_path: Path) -> None:
+    """A FIFO (read without end) and a file of megabytes (parsed whole) are refused before they are read."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.yml")
+    with pytest.raises(UserError, match="fifo.yml is not a regular file"):
+        sweep.main([str(tmp_path / "fifo.yml"), "--dry-run"])
+    ones = ", ".join(["1"] * 400_000)
+    (tmp_path / "big.yml").write_text(f"program: train_student.py\nmethod: grid\nparameters:\n  seed: {{values: [{ones}]}}\n")
+    with pytest.raises(UserError, match="holds 1,200,070 bytes, more than the 1,048,576 a sweep file may"):
+        sweep.main([str(tmp_path / "big.yml"), "--dry-run"])
 
 
 def test_large_random_count_and_run_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
