@@ -10,6 +10,7 @@ When the folder is missing the official archive is downloaded (URL and md5 overr
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import shutil
@@ -17,6 +18,8 @@ import socket
 import tempfile
 import urllib.error
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +129,12 @@ def _cifar_dir(data_folder: Path) -> Path:
     return data_folder / CIFAR100_FOLDER
 
 
+def cifar100_present(data_folder: str | Path) -> bool:
+    """Whether ``data_folder`` holds the extracted CIFAR-100 files (their contents are checked when they are read)."""
+    folder = _cifar_dir(Path(data_folder).expanduser())
+    return all((folder / name).is_file() for name in ("meta", "train", "test"))
+
+
 def _md5(path: Path) -> str:
     from torchvision.datasets.utils import calculate_md5
 
@@ -159,7 +168,9 @@ def download_cifar100(data_folder: str | Path) -> Path:
     """Download, verify and extract CIFAR-100 into ``data_folder``; return the cifar-100-python folder.
 
     An existing ``cifar-100-python.tar.gz`` with the right md5 is extracted without downloading. A download
-    goes to a temporary name first, so an interrupted or corrupt download never leaves a file behind.
+    goes to a temporary name first, so an interrupted or corrupt download never leaves a file behind. The download
+    holds a lock (``data_folder/.cifar-100-python.lock``), so processes that need the data at once (several sweep
+    runs or W&B agents) download it once: one downloads, the others wait and then read its folder.
     """
 
     data_folder = Path(data_folder)
@@ -170,15 +181,51 @@ def download_cifar100(data_folder: str | Path) -> Path:
     how_to = f"download {CIFAR100_ARCHIVE} from {CIFAR100_URL} and extract it into {data_folder}"
     created = [p for p in (data_folder, *data_folder.parents) if not p.exists()]  # innermost first
     try:
-        data_folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        _remove_empty(created)
-        raise DataNotFound(f"cannot create the data folder {data_folder} ({err.strerror or err}); {how_to}") from err
-    try:
-        return _download_into(data_folder, target, url, md5, timeout, how_to)
+        with _download_lock(data_folder, how_to):
+            if target.is_dir():  # another process downloaded it while this one waited
+                return target
+            return _download_into(data_folder, target, url, md5, timeout, how_to)
     except BaseException:
         _remove_empty(created)  # a failed download leaves no empty data folder behind
         raise
+
+
+@contextmanager
+def _download_lock(data_folder: Path, how_to: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``data_folder/.cifar-100-python.lock`` (creating the folder).
+
+    The holder removes the lock file before it lets go, so nothing is left behind; a process that was waiting on the
+    removed file locks the one that is there now instead (or finds the data downloaded).
+    """
+    lock_path = data_folder / f".{CIFAR100_FOLDER}.lock"
+    waited = False
+    while True:
+        try:
+            data_folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise DataNotFound(f"cannot create the data folder {data_folder} ({err.strerror or err}); {how_to}") from err
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    print(f"waiting for another process to finish downloading CIFAR-100 into {data_folder}", flush=True)
+                    waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+            except FileNotFoundError:
+                current = False
+            if not current:  # the previous holder removed this file on its way out: lock the current one
+                continue
+            try:
+                yield
+            finally:
+                lock_path.unlink(missing_ok=True)
+            return
+        finally:
+            os.close(fd)
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -15,6 +15,15 @@ Finished runs are reused, so an interrupted demo continues where it stopped.
 
 from __future__ import annotations
 
+try:  # the project itself, installed by `make venv`: without it, one sentence instead of a traceback
+    import core  # noqa: F401
+except ModuleNotFoundError as err:
+    import sys
+
+    print(f"error: this Python cannot import the project ({err}); run `make venv` and use .venv/bin/python, or run "
+          "`pip install --no-deps -e .` in the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
+
 import argparse
 import contextlib
 import os

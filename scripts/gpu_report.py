@@ -27,6 +27,15 @@ evidence for (or against) making the fast path the CUDA default.
 
 from __future__ import annotations
 
+try:  # the project itself, installed by `make venv`: without it, one sentence instead of a traceback
+    import core  # noqa: F401
+except ModuleNotFoundError as err:
+    import sys
+
+    print(f"error: this Python cannot import the project ({err}); run `make venv` and use .venv/bin/python, or run "
+          "`pip install --no-deps -e .` in the repository root", file=sys.stderr)
+    raise SystemExit(2) from None
+
 import argparse
 import json
 import math
@@ -38,10 +47,6 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # StudentRun methods timed by timed-run, and the part of the run each belongs to
 TIMED_METHODS = {

@@ -192,11 +192,13 @@ def summarize_logs(logs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
+    if "--" not in argv and not {"-h", "--help"} & set(argv):
         print("error: put the published train_student.py flags after --", file=sys.stderr)
         sys.exit(2)
-    split = argv.index("--")
-    parser = argparse.ArgumentParser(prog="parity_worker.py")
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(prog="parity_worker.py", usage="%(prog)s [options] -- PUBLISHED TRAIN_STUDENT FLAGS",
+                                     description="One run of the published train_student.py (started by scripts/parity.py; "
+                                                 "imports only the published checkout, never this project).")
     parser.add_argument("--published", required=True, type=Path)
     parser.add_argument("--data_folder", required=True, type=Path)
     parser.add_argument("--result", required=True, type=Path)

@@ -25,6 +25,7 @@ from dataset import (
 from helper.config import StudentConfig, parse_student_args
 from helper.options import check_split_against_data, check_subset_against_data, data_not_found_message
 from tests.cifar_fixture import make_fake_cifar100, make_fake_cifar100_archive
+from tests.http_fixture import FileServer, RangeHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,6 +195,84 @@ def test_unreachable_url_is_a_user_error_naming_the_folder(tmp_path, monkeypatch
     with pytest.raises(DataNotFound):
         load_dataset("cifar100", mine / "a" / "b")
     assert mine.is_dir() and list(mine.iterdir()) == []
+
+
+class _GatedHandler(RangeHandler):
+    """Holds every response until the test opens ``server.gate``; ``server.arrived`` counts requests as they come in."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.server.arrived.append(self.path)
+        self.server.gate.wait(60)
+        super().do_GET()
+
+
+def _download_in_child(data: Path, out_fd: int) -> None:
+    """A second process's CIFAR-100 download, its stdout (the "waiting" line) sent to ``out_fd``."""
+    from dataset.cifar100 import download_cifar100
+
+    sys.stdout = open(out_fd, "w", buffering=1)  # noqa: SIM115 - the child's whole life
+    code = 1
+    try:
+        download_cifar100(data)
+        code = 0
+    finally:
+        sys.stdout.flush()
+        os._exit(code)
+
+
+def test_concurrent_downloads_take_turns_and_fetch_once(tmp_path, monkeypatch):
+    """Two processes download CIFAR-100 into one folder at once: the first holds the lock and downloads, the second
+    waits (and says so), then reuses the folder: one download's requests, no lock file or temporary file left."""
+    import multiprocessing
+    import select
+
+    from dataset.cifar100 import download_cifar100
+
+    archive, md5 = make_fake_cifar100_archive(tmp_path / "served", n_train=120, n_test=100, seed=5)
+    server = FileServer(("127.0.0.1", 0), _GatedHandler)
+    server.files, server.cut, server.requests = {"/c.tar.gz": archive.read_bytes()}, {}, []
+    server.arrived, server.gate = [], threading.Event()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    monkeypatch.setenv("CIFAR100_URL", server.url("/c.tar.gz"))
+    monkeypatch.setenv("CIFAR100_MD5", md5)
+    server.gate.set()  # first the requests of one download alone (torchvision's downloader makes more than one)
+    download_cifar100(tmp_path / "alone")
+    one_download = len(server.requests)
+    server.requests.clear()
+    server.arrived.clear()
+    server.gate.clear()
+    data = tmp_path / "data"
+    fork = multiprocessing.get_context("fork")
+    first_r, first_w = os.pipe()
+    second_r, second_w = os.pipe()
+    try:
+        first = fork.Process(target=_download_in_child, args=(data, first_w))
+        first.start()
+        for _ in range(600):  # the first process holds the lock and its request is at the server
+            if server.arrived:
+                break
+            first.join(0.05)
+        assert len(server.arrived) == 1
+        second = fork.Process(target=_download_in_child, args=(data, second_w))
+        second.start()
+        os.close(second_w)
+        assert select.select([second_r], [], [], 60)[0], "the second download neither waited nor finished"
+        said = os.read(second_r, 4096).decode()
+        assert said.startswith(f"waiting for another process to finish downloading CIFAR-100 into {data}"), said
+        server.gate.set()
+        first.join(60)
+        second.join(60)
+        assert first.exitcode == 0 and second.exitcode == 0
+    finally:
+        server.gate.set()
+        server.shutdown()
+        server.server_close()
+        for fd in (first_r, first_w, second_r):
+            os.close(fd)
+    assert len(server.requests) == one_download  # the second process requested nothing
+    assert sorted(p.name for p in data.iterdir()) == ["cifar-100-python", "cifar-100-python.tar.gz"]
+    train, _ = load_dataset("cifar100", data, download=False)
+    assert len(train) == 120
 
 
 # ---------------------------------------------------------------- digits
