@@ -637,7 +637,7 @@ def paired_lines(paired: list[Paired], pair: Pair, baseline: str, metric: str) -
             n = p.seeds_needed
             count = f"{n} seeds" if n is not None else f"more than {MAX_SEEDS} seeds"
             lines.append(head + f"{p.mean:+.2f} at paired sd {p.sd:.2f} would need {count} to be resolved "
-                                f"(two-sided α {ALPHA:g}, power {POWER:g}; {p.n} run)")
+                                f"(paired t-test, two-sided α {ALPHA:g}, power {POWER:g}; {p.n} so far)")
     return lines
 
 

@@ -303,7 +303,7 @@ def test_paired_table_equals_scipy_and_different_subsets_are_not_paired(tmp_path
     assert "Paired difference to kd (test_acc" in md
     assert "| ce | 1000 | 3 | -4.07 ± 0.83 |" in md
     needed = int(paired[("ckd", 1000)]["seeds_needed"])
-    assert f"- ckd vs kd at subset 1000: -14.50 at paired sd 9.48 would need {needed} seeds to be resolved" in md
+    assert f"- ckd vs kd at subset 1000: -14.50 at paired sd 9.48 would need {needed} seeds to be resolved (paired t-test" in md
     assert "test accuracy of the weights with the best validation accuracy (restored at each learning-rate decay" in md
 
 
@@ -389,3 +389,51 @@ def test_every_impossible_number_and_unreadable_folder_is_named_and_left_out(tmp
     with open(tmp_path / "out" / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["method"] for r in rows] == ["kd"] and rows[0]["n"] == str(len(good))
+
+
+def test_calibrated_accuracy_is_shown_only_for_offset_free_rows_over_the_whole_table(tmp_path: Path, capsys) -> None:
+    """Every method-table combination, as an older release wrote it (test_acc_calibrated for every run), plus kd with
+    --calibrate train_mean: the calibrated numbers reach the tables only for the offset-free rows and the --calibrate run."""
+    from helper.method_table import combinations, offset_free
+
+    runs = tmp_path / "runs"
+    expected = set()
+    for relational, distill in combinations():
+        for seed in (1, 2):
+            flags = {"relational": relational, "distill": distill, "w_kd": 0.0}
+            run = write_run(runs, "x", seed, 60.0 + seed, calibrated=65.0 + seed, config_extra=flags)
+            label = json.loads((run / "results.json").read_text())["config"]
+            if offset_free(label):
+                expected.add(summarize.method_label(label))
+    for seed in (1, 2):
+        write_run(runs, "kd", seed, 80.0, calibrated=80.0, config_extra={"calibrate": "train_mean"})
+    expected.add("kd+cal")
+    assert {"ckd", "ckd_inter+hint"} <= expected
+    out = tmp_path / "out"
+    assert summarize.main([str(runs), "--metric", "test_acc_calibrated", "--baseline", "ckd", "--out", str(out)]) == 0
+    with open(out / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["method"] for r in rows} == expected and {r["metric"] for r in rows} == {"test_acc_calibrated"}
+    assert all(float(r["test_acc_mean"]) in (66.5, 80.0) for r in rows)
+    err = capsys.readouterr().err
+    assert "ce: 2 run(s) left out of --metric test_acc_calibrated" in err
+    # by default test_acc is reported, and beside it a calibrated table of the same methods only
+    assert summarize.main([str(runs), "--out", str(tmp_path / "default")]) == 0
+    md = (tmp_path / "default" / "summary.md").read_text()
+    cal = md.split("test_acc_calibrated (%), only for")[1].split("\n\n")[1]
+    assert {line.split("|")[1].strip() for line in cal.splitlines()[2:]} == expected
+
+
+def test_subset_fingerprint_names_the_images_and_split() -> None:
+    import numpy as np
+
+    from dataset import make_subset_split, subset_fingerprint
+
+    labels = np.arange(500) % 10
+    a = subset_fingerprint(make_subset_split(500, 100, 0.8, 1, 32), "digits", labels)
+    assert a == subset_fingerprint(make_subset_split(500, 100, 0.8, 1, 32), "digits", labels)
+    others = [subset_fingerprint(make_subset_split(500, 100, 0.8, 2, 32), "digits", labels),  # another seed
+              subset_fingerprint(make_subset_split(500, 100, 0.7, 1, 32), "digits", labels),  # another split
+              subset_fingerprint(make_subset_split(500, 100, 0.8, 1, 32), "cifar100", labels),  # another data set
+              subset_fingerprint(make_subset_split(500, 100, 0.8, 1, 32), "digits", (labels + 1) % 10)]  # other labels
+    assert len({a, *others}) == 5 and len(a) == 64
