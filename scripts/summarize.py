@@ -763,11 +763,11 @@ def plot(cells: dict[Pair, list[Cell]], path: Path, metric: str = "test_acc") ->
             ax.text(0.5, 0.5, "no teacher_calls recorded", ha="center", va="center", transform=ax.transAxes)
     for ax in list(axes.flat)[len(pairs):]:
         ax.set_visible(False)
-    meaning = ("test accuracy of the best-validation weights (restored at each lr decay; published protocol)"
-               if metric == "test_acc" else "best-validation weights with the train-split logit shift (offset-free "
+    meaning = ("test accuracy of the best-validation weights\n(restored at each lr decay; published protocol)"
+               if metric == "test_acc" else "best-validation weights with the train-split logit shift\n(offset-free "
                "methods and --calibrate runs only)")
-    fig.suptitle(f"Student {metric} vs. teacher calls: mean over seeds, error bars 95% CI of the mean (Student t), "
-                 f"lr chosen on validation\n{metric} = {meaning}", fontsize=10)
+    fig.suptitle(f"Student {metric} vs. teacher calls: mean over seeds, lr chosen on validation\n"
+                 f"error bars: 95% confidence interval of the mean (Student t)\n{metric} = {meaning}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
