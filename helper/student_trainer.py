@@ -490,7 +490,8 @@ class StudentRun:
                   f"(global step {self.loop.global_step})", flush=True)
         else:
             self.state.best = self._snapshot()
-        config = {**self._resolved_config(), "n_train": self.pool.n_images, "n_val": int(self.data.val_labels.shape[0])}
+        config = {**self._resolved_config(), "n_train": self.pool.n_images, "n_val": int(self.data.val_labels.shape[0]),
+                  "subset_fingerprint": self.data.fingerprint}  # W&B runs carry it too, for summarize's pairing
         with open_logger(self.run_dir, config, opt, "student", wandb_id) as self.logger:
             self.clock, self.elapsed_before = Stopwatch(), float(self.loop.elapsed_s)
             self.last_saved_at = -math.inf

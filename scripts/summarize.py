@@ -241,7 +241,7 @@ def make_record(source: Path, metrics: dict[str, Any], config: dict[str, Any]) -
     flags = _student_flags()
     identity = json.dumps({k: v for k, v in sorted(config.items()) if k in flags and k not in NOT_IDENTITY},
                           sort_keys=True, default=str)
-    fingerprint = metrics.get("subset_fingerprint")
+    fingerprint = metrics.get("subset_fingerprint") or config.get("subset_fingerprint")  # results.json / W&B config
     return Record(
         source=source,
         dataset=str(config.get("dataset") or "cifar100"),

@@ -198,6 +198,7 @@ def test_wandb_transaction_log_of_recent_offline_runs(runs: Path, tmp_path: Path
     from wandb.proto import wandb_internal_pb2
 
     config = config_of("wrn_16_2", METHODS["kd"][0], 4000, 7, 0.05, runs)
+    config["subset_fingerprint"] = "ab" * 32  # train_student.py's W&B config carries it (summarize pairs on it)
     run = wandb_internal_pb2.Record()
     for key, value in config.items():
         run.run.config.update.add(key=key, value_json=json.dumps(value))
@@ -214,6 +215,7 @@ def test_wandb_transaction_log_of_recent_offline_runs(runs: Path, tmp_path: Path
     record = summarize.read_wandb_run(folder)
     assert (record.model_s, record.method, record.subset_size, record.seed) == ("wrn_16_2", "kd", 4000, 7)
     assert (record.test_acc, record.best_val_acc, record.teacher_calls) == (50.25, 51.5, 3200)
+    assert record.subset_fingerprint == "ab" * 32
 
 
 def test_empty_folder_is_one_clear_sentence(tmp_path: Path) -> None:
