@@ -87,8 +87,7 @@ METRIC_MEANING = {
 }
 LR_RULE = ("one learning rate per method and subset size, the same for every seed: the one with the best mean "
            "validation accuracy over its seeds (the test accuracy is never used to choose)")
-CONFIDENCE = 0.95
-ALPHA = 1 - CONFIDENCE  # two-sided level of the paired test and of the seeds-needed calculation
+ALPHA = 0.05  # two-sided level of the paired test and of the seeds-needed calculation: 95 % intervals
 POWER = 0.8
 MAX_SEEDS = 1000  # the seeds-needed search stops here
 # accuracies a results.json may hold, in percent; anything else (negative, above 100, NaN, inf) marks a damaged run
@@ -121,7 +120,7 @@ class Record:
 
 
 def t_interval(values: list[float]) -> tuple[float, float] | None:
-    """The 95 % confidence interval of the mean of ``values`` (Student t); None for fewer than two values."""
+    """The 1 - ALPHA (95 %) confidence interval of the mean of ``values`` (Student t); None for fewer than two values."""
     if len(values) < 2:
         return None
     from scipy import stats
