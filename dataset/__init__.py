@@ -10,7 +10,7 @@ from dataset.cifar100 import CIFAR100_MD5, CIFAR100_MEAN, CIFAR100_STD, CIFAR100
 from dataset.digits import load_digits_dataset
 from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, TupleSampler, steps_per_epoch
 from dataset.stanfordcars import CARS_CLASSES, CARS_MEAN, CARS_STD, load_stanfordcars
-from dataset.subset import SubsetSplit, make_subset_split, min_subset_size, split_sizes
+from dataset.subset import SubsetSplit, make_subset_split, min_subset_size, split_sizes, subset_fingerprint
 from dataset.teacher_cache import CountingModule, TrainPool, build_train_pool
 
 DATASETS = ("cifar100", "digits", "stanfordcars")
@@ -59,4 +59,5 @@ __all__ = [
     "random_views",
     "split_sizes",
     "steps_per_epoch",
+    "subset_fingerprint",
 ]

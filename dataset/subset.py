@@ -6,6 +6,7 @@ numbers (model initialisation, W&B, samplers) can shift which images are drawn.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -61,3 +62,18 @@ def make_subset_split(n_total: int, subset_size: int, train_val_frac: float, see
     rng = np.random.default_rng(seed)
     drawn = rng.choice(n_total, size=subset_size, replace=False).astype(np.int64)
     return SubsetSplit(train_idx=drawn[:n_train].copy(), val_idx=drawn[n_train:].copy())
+
+
+def subset_fingerprint(split: SubsetSplit, dataset: str, labels: np.ndarray) -> str:
+    """The identity of the images a run trains and validates on, as recorded in results.json (``subset_fingerprint``):
+    sha256 of the data set's name and size, the sorted training and validation indices, and the labels of those
+    images (the full training set's ``labels``, indexed). Two runs with the same fingerprint drew the same subset
+    and split, so their test accuracies can be compared seed by seed (``scripts/summarize.py``'s paired table)."""
+    labels = np.asarray(labels)
+    digest = hashlib.sha256(f"subset-v1|{dataset}|{labels.shape[0]}|".encode())
+    for idx in (split.train_idx, split.val_idx):
+        ordered = np.sort(np.asarray(idx, dtype=np.int64))
+        digest.update(ordered.astype("<i8").tobytes())
+        digest.update(labels[ordered].astype("<i8").tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()

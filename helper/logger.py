@@ -201,7 +201,8 @@ def report_finished_run(run_dir: Path, results_path: Path, opt: RunConfig) -> bo
         return False
     stored = {k: v for k, v in (results.get("config") or {}).items() if k in opt.to_dict()}
     finished_opt = dataclasses.replace(opt, **stored)  # the resolved flags of that run
-    config = {**finished_opt.to_dict(), "n_train": results.get("n_train"), "n_val": results.get("n_val")}
+    config = {**finished_opt.to_dict(), "n_train": results.get("n_train"), "n_val": results.get("n_val"),
+              "subset_fingerprint": results.get("subset_fingerprint")}
     logger = RunLogger(run_dir, config, finished_opt, job_type="student", tensorboard=False)
     if logger.wandb is None:
         return False

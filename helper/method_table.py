@@ -75,6 +75,11 @@ class MethodRow:
     weight_flag: str = ""  # logit-pair: the flag that scales its weight and switches it on (--w_kd)
     logit_stand_ok: bool = False  # logit or logit-pair term: honours --logit_stand (its ARGS has logit_stand): KD, DKD, MLKD
     image_views: int = 1  # logit term: reads this many views of each sampled image, stacked view-major (MLKD: 2)
+    # relational: every term of the method (its cls and rel terms, the logit-pair terms it feeds, a white-box term on
+    # feature differences) sees the student's logits only as differences, so a vector added to every logit leaves the
+    # loss unchanged and the classifier bias gets zero gradient: the per-class offset is free (docs/calibration.md).
+    # Only then is test_acc_calibrated reported by default (:func:`reports_calibrated`)
+    offset_free: bool = False
 
     @property
     def flag(self) -> str:
@@ -105,11 +110,12 @@ def _row(name: str, kind: str, weight: float, sampler: str, builder: str, summar
 _M = "helper.methods"
 METHODS: tuple[MethodRow, ...] = (
     # --relational: relational methods (own batch structure)
-    _row("ckd", RELATIONAL, 1.0, "ckd_tuples", f"{_M}:build_ckd", "CKD: group-mean logit differences"),
+    _row("ckd", RELATIONAL, 1.0, "ckd_tuples", f"{_M}:build_ckd", "CKD: group-mean logit differences",
+         offset_free=True),
     _row("ckd_add", RELATIONAL, 1.0, "ckd_tuples", f"{_M}:build_ckd_add", "CKD with the group average"),
     _row("ckd_mixup", RELATIONAL, 1.0, "ckd_tuples", f"{_M}:build_ckd_mixup", "CKD with a lambda-weighted average"),
     _row("ckd_inter", RELATIONAL, 1.0, "ckd_tuples", f"{_M}:build_ckd_inter",
-         "CKD plus a white-box loss on group-mean feature differences", with_white_box=True),
+         "CKD plus a white-box loss on group-mean feature differences", with_white_box=True, offset_free=True),
     _row("mixup", RELATIONAL, 1.0, "pairs", f"{_M}:build_mixup", "mixup on cached teacher logits"),
     _row("mixup3", RELATIONAL, 1.0, "triples", f"{_M}:build_mixup3", "three-image mixup"),
     _row("cutmix", RELATIONAL, 1.0, "pairs", f"{_M}:build_cutmix", "CutMix on cached teacher logits"),
@@ -284,6 +290,24 @@ def combinations() -> list[tuple[str | None, str]]:
         else:
             pairs.append((rel.name, NO_DISTILL))
     return pairs
+
+
+def offset_free(config: dict[str, Any]) -> bool:
+    """Whether a run's loss leaves the student's per-class logit offset free: its ``--relational`` row says
+    ``offset_free`` (ckd, ckd_inter). Single-image methods always have a term on absolute logits (cross-entropy, KD,
+    their logit term), mixup and CutMix train on absolute logits of mixed images, ckd_add and ckd_mixup on averages of
+    group means, which move with the offset."""
+    relational = none_or_str(config.get("relational"))
+    row = next((r for r in rows(flag="relational") if r.name == relational), None)
+    return row is not None and row.offset_free
+
+
+def reports_calibrated(config: dict[str, Any]) -> bool:
+    """Whether ``test_acc_calibrated`` is reported for a run (results.json, summaries): for the methods whose loss leaves
+    the offset free (:func:`offset_free`), whose remedy it is, and for any run trained with ``--calibrate train_mean``
+    (the user asked for the shift: its ``test_acc`` is then the calibrated accuracy). On other methods the shift is a
+    different operation with unpredictable effect (TTM drops to chance on digits: docs/calibration.md)."""
+    return offset_free(config) or none_or_str(config.get("calibrate")) not in (None, "none")
 
 
 # ---------------------------------------------------------------------------------------------------- labels

@@ -38,7 +38,7 @@ from core.checkpoint import (
 )
 from core.device import configure_backend, resolve_device
 from core.errors import UserError
-from dataset import TrainPool, build_train_pool, make_subset_split
+from dataset import TrainPool, build_train_pool, make_subset_split, subset_fingerprint
 from dataset.augment import DeviceAugment
 from dataset.samplers import steps_per_epoch
 from dataset.teacher_cache import CountingModule, load_or_build_cache
@@ -57,6 +57,7 @@ from helper.engine import (
     train_step,
 )
 from helper.logger import report_finished_run
+from helper.method_table import reports_calibrated
 from helper.methods import (
     Method,
     MethodContext,
@@ -231,6 +232,7 @@ class StudentData:
     val_labels: Tensor
     test_images: Tensor
     test_labels: Tensor
+    fingerprint: str = ""  # dataset.subset_fingerprint of the split: results.json's subset_fingerprint
 
 
 def load_student_data(opt: StudentConfig, device: torch.device) -> StudentData:
@@ -249,7 +251,8 @@ def load_student_data(opt: StudentConfig, device: torch.device) -> StudentData:
                        input_shape=(3, augment.crop, augment.crop), train_images=train_set.images[train_idx],
                        train_labels=train_labels, val_images=train_set.images[val_idx].to(device),
                        val_labels=train_set.labels[val_idx].to(device), test_images=test_set.images.to(device),
-                       test_labels=test_set.labels.to(device))
+                       test_labels=test_set.labels.to(device),
+                       fingerprint=subset_fingerprint(split, opt.dataset, train_set.labels.numpy()))
 
 
 @dataclass
@@ -505,7 +508,8 @@ class StudentRun:
                   f"(global step {self.loop.global_step})", flush=True)
         else:
             self.state.best = self._snapshot()
-        config = {**self._resolved_config(), "n_train": self.pool.n_images, "n_val": int(self.data.val_labels.shape[0])}
+        config = {**self._resolved_config(), "n_train": self.pool.n_images, "n_val": int(self.data.val_labels.shape[0]),
+                  "subset_fingerprint": self.data.fingerprint}  # W&B runs carry it too, for summarize's pairing
         with open_logger(self.run_dir, config, opt, "student", wandb_id) as self.logger:
             self.clock, self.elapsed_before = Stopwatch(), float(self.loop.elapsed_s)
             self.last_saved_at = -math.inf
@@ -527,12 +531,16 @@ class StudentRun:
         test_kwargs = {"amp": opt.amp, "channels_last": opt.channels_last}
         with shifted(self.student, state.best["shift"], self.data.num_classes):
             test = evaluate(self.student, self.data.test_images, self.data.test_labels, self.data.augment.normalize_eval, **test_kwargs)
-        shift = state.best["shift"] if state.best["shift"] is not None else self._calibration_shift()
-        with shifted(self.student, shift, self.data.num_classes):
-            test_cal = evaluate(self.student, self.data.test_images, self.data.test_labels, self.data.augment.normalize_eval, **test_kwargs)
+        calibrated: dict[str, float] = {}
+        if reports_calibrated(opt.to_dict()):  # the offset-free methods, or --calibrate train_mean (docs/calibration.md)
+            shift = state.best["shift"] if state.best["shift"] is not None else self._calibration_shift()
+            with shifted(self.student, shift, self.data.num_classes):
+                test_cal = evaluate(self.student, self.data.test_images, self.data.test_labels,
+                                    self.data.augment.normalize_eval, **test_kwargs)
+            calibrated = {"test_acc_calibrated": test_cal["acc"], "calibration_shift_norm": float(shift.norm())}
         results = {
-            "test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
-            "test_acc_calibrated": test_cal["acc"], "calibration_shift_norm": float(shift.norm()),
+            "test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"], **calibrated,
+            "subset_fingerprint": self.data.fingerprint,
             "best_val_acc": schedule.best_acc, "best_val_acc_top5": state.best_val_acc_top5,
             "best_val_loss": state.best_val_loss, "best_epoch": schedule.best_epoch,
             "teacher_acc": self.teacher_meta["teacher_acc"], "teacher_calls": self.teacher_meta["teacher_calls"],
@@ -550,9 +558,9 @@ class StudentRun:
             self.last_path.unlink(missing_ok=True)
         summary = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.logger.summary(summary)
+        cal = f"; calibrated {results['test_acc_calibrated']:.2f}" if "test_acc_calibrated" in results else ""
         print(f"test_acc {results['test_acc']:.2f} (top-5 {results['test_acc_top5']:.2f}) with the best-validation weights "
-              f"of pseudo-epoch {schedule.best_epoch}; calibrated {results['test_acc_calibrated']:.2f}; "
-              f"teacher calls {results['teacher_calls']}", flush=True)
+              f"of pseudo-epoch {schedule.best_epoch}{cal}; teacher calls {results['teacher_calls']}", flush=True)
         return results
 
 

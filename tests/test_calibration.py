@@ -195,3 +195,38 @@ def test_the_sampled_shift_is_the_paired_mean_over_the_sample():
     torch.testing.assert_close(train_mean_shift(model, images, teacher_logits, norm, sample=sample), expected)
     everything = train_mean_shift(model, images, teacher_logits, norm, sample=torch.arange(40))
     torch.testing.assert_close(everything, train_mean_shift(model, images, teacher_logits, norm), rtol=1e-5, atol=1e-5)
+
+
+def _row_flags(row) -> tuple[str, ...]:
+    """The flags that run a method-table row (the default weights, --w_cls 1 included)."""
+    from helper.method_table import LOGIT_PAIR, WHITE_BOX
+
+    if row.kind == WHITE_BOX:
+        return ("--distill", row.name)
+    if row.kind == LOGIT_PAIR:
+        return (f"--{row.weight_flag}", "1")
+    flags: tuple[str, ...] = ("--relational", row.name)
+    if row.with_white_box:
+        flags += ("--distill", "hint")
+    if row.image_views > 1:
+        flags += ("--teacher_views", str(row.image_views))
+    return flags
+
+
+def test_every_rows_offset_free_fact_is_what_its_loss_does(fake_cifar, save_dir):
+    """The method table's offset_free is a fact about the loss, checked for every row: one step of the method as a run
+    builds it (default weights) gives the classifier bias zero gradient exactly when the row says the offset is free."""
+    from helper.method_table import METHODS, offset_free
+
+    free = []
+    for row in METHODS:
+        run = _method(fake_cifar, save_dir, *_row_flags(row))
+        terms = run.method(run.sampler.next_batch())
+        run.optimizer.zero_grad(set_to_none=True)
+        sum(terms.values()).backward()
+        layer = run.student.get_submodule(classifier_name(run.student, run.data.num_classes))
+        assert float(layer.weight.grad.abs().max()) > 1e-5, row.name  # the classifier itself is trained
+        if float(layer.bias.grad.abs().max()) < 1e-7:
+            free.append(row.name)
+        assert offset_free(run.opt.to_dict()) == row.offset_free, row.name
+    assert free == [row.name for row in METHODS if row.offset_free] == ["ckd", "ckd_inter"]

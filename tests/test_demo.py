@@ -21,6 +21,9 @@ def test_demo_quick_mode_prints_a_table_and_writes_the_plot(tmp_path):
     assert sum(line.startswith("[ ") for line in lines) == len(METHODS)  # one progress line per student run (one seed)
     for method in METHODS:
         assert any(line.startswith(f"| {method} |") for line in lines), method
+    # the paired table against kd, and (one seed: no spread) the line saying what more seeds would give
+    assert any(line.startswith("Paired difference to kd (test_acc") for line in lines)
+    assert any(line.startswith("- ckd vs kd at subset 200: one seed pair gives no spread") for line in lines)
     png = out / "accuracy_vs_teacher_calls.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "summary.md").is_file() and (out / "summary.csv").is_file()

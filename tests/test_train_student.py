@@ -40,6 +40,9 @@ def test_every_method_trains_end_to_end(relational, distill, fake_cifar, save_di
     assert results["pseudo_epochs"] == 2 and results["steps"] == 2 * 5  # ceil(160 / 32) steps per pseudo-epoch
     assert results["config"]["relational"] == relational and results["config"]["distill"] == distill
     assert 0.0 <= results["test_acc"] <= 100.0
+    # test_acc_calibrated only where the row's loss leaves the offset free (ckd, ckd_inter): docs/calibration.md
+    assert ("test_acc_calibrated" in results) == method_table.offset_free(results["config"])
+    assert len(results["subset_fingerprint"]) == 64  # the subset's identity, for summarize's pairing
     run_dir = results_path.parent
     assert (run_dir / "best.pth").is_file() and not (run_dir / "last.pth").exists()  # last.pth: only with --keep_last
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
