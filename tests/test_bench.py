@@ -1,4 +1,4 @@
-"""scripts/bench.py runs offline for several methods and ends with one JSON line (no timing assertions)."""
+"""benchmarks/bench.py runs offline for several methods and ends with one JSON line (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ CASES = {
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "scripts/bench.py", *TINY, *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "benchmarks/bench.py", *TINY, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
 
 

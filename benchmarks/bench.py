@@ -1,6 +1,6 @@
 """Throughput benchmark of one student configuration, offline, on synthetic data.
 
-    python scripts/bench.py --model_s resnet32 --model_t resnet110 --relational ckd --device cpu
+    python benchmarks/bench.py --model_s resnet32 --model_t resnet110 --relational ckd --device cpu
 
 Builds a run exactly as ``train_student.py`` does (the same option parser, teacher cache, method, sampler and SGD
 set-up, through the functions of :mod:`helper.student_trainer`), but on random uint8 images of the shape of

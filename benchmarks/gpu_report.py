@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""The Python half of ``scripts/gpu_check.sh``: set-up, an instrumented training run, and the report.
+"""The Python half of ``benchmarks/gpu_check.sh``: set-up, an instrumented training run, and the report.
 
-    python scripts/gpu_report.py prepare --work WORK --device cuda --model_t resnet110 --n_train 5000 --n_test 10000
-    python scripts/gpu_report.py timed-run --timing FILE -- TRAIN_STUDENT FLAGS...
-    python scripts/gpu_report.py report --work WORK --out OUT
+    python benchmarks/gpu_report.py prepare --work WORK --device cuda --model_t resnet110 --n_train 5000 --n_test 10000
+    python benchmarks/gpu_report.py timed-run --timing FILE -- TRAIN_STUDENT FLAGS...
+    python benchmarks/gpu_report.py report --work WORK --out OUT
 
 ``prepare`` writes the provenance (torch, CUDA, cuDNN, device name), a CIFAR-100-format data set of random images
 (``WORK/data/cifar-100-python``, the official pickle layout, written by ``scripts/export_cifar_format.py``) and a
 randomly initialised ``--model_t`` teacher in RepDistiller's checkpoint format, with BatchNorm statistics taken from
-the data (as ``scripts/bench.py`` does; without them a deep random ResNet's eval logits overflow the losses).
+the data (as ``benchmarks/bench.py`` does; without them a deep random ResNet's eval logits overflow the losses).
 
 ``timed-run`` runs ``train_student.py`` in this process and times, without changing the trainer, the parts of a
 student run: the training loop (``helper.engine.train_epochs`` as the trainer calls it; each epoch ends with a host
@@ -106,11 +106,11 @@ def make_teacher(path: Path, model_t: str, data_folder: Path, device_name: str, 
     """A randomly initialised ``model_t`` with BatchNorm statistics of the data, saved as train_teacher.py saves."""
     import torch
 
+    from benchmarks.bench import CALIBRATION_IMAGES, calibrate_batchnorm
     from core.device import resolve_device
     from dataset import load_dataset
     from dataset.augment import DeviceAugment
     from models import model_dict
-    from scripts.bench import CALIBRATION_IMAGES, calibrate_batchnorm
 
     device = resolve_device(device_name)
     train_set, _ = load_dataset("cifar100", str(data_folder), download=False)
@@ -445,7 +445,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"python {prov.get('python', '?')}; commit {prov.get('git_commit', '?')}; mode {report.get('mode')}; "
              f"total {fmt(report.get('total_s'), '.0f')} s", "",
              f"command: `{report.get('command', '')}`", "",
-             "## Bench (`scripts/bench.py`)", "",
+             "## Bench (`benchmarks/bench.py`)", "",
              "| method | variant | student img/step | step img/s | bound img/s | step / bound | data img/s | data / step | "
              "peak mem MB | step vs plain | status |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
