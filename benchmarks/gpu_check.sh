@@ -61,7 +61,7 @@ if [ "$TINY" = 1 ]; then
     CRD_K=32; SWEEP_EPOCHS=2; DET_EPOCHS=3; STEP_TIMEOUT=120
 else
     MODEL_S=resnet32; MODEL_T=resnet110; SUBSET=2000; N_TRAIN=5000; N_TEST=10000; BATCH=64
-    BENCH_SIZE=(--batch_size 64 --steps 20 --warmup 5 --repeats 3 --cache_repeats 1)
+    BENCH_SIZE=(--batch_size 64 --steps 10 --warmup 5 --repeats 9 --cache_repeats 1)
     CRD_K=16384; SWEEP_EPOCHS=20; DET_EPOCHS=12; STEP_TIMEOUT=90
 fi
 [ -n "${GPU_CHECK_SWEEP_EPOCHS:-}" ] && SWEEP_EPOCHS=$GPU_CHECK_SWEEP_EPOCHS

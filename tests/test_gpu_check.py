@@ -72,7 +72,8 @@ def test_dry_run_writes_the_json_the_table_and_the_logs(dry_run: tuple[subproces
     table = (out / "gpu_check.md").read_text()
     for heading in ("## Bench", "## Targets", "## End-to-end", "## Concurrent runs", "## Deterministic SIGKILL + resume"):
         assert heading in table
-    assert "| method | variant | student img/step | step img/s | bound img/s | step / bound | data img/s | data / step |" in table
+    assert ("| method | variant | student img/step | step img/s | bound img/s | step / bound, median (IQR) | data img/s "
+            "| data / step |") in table
     assert "| CKD, P+N = 2 | amp+channels_last |" in table
     with tarfile.open(out / "gpu_check_logs.tar.gz") as tar:
         names = tar.getnames()
