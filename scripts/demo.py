@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     from helper.options import teacher_checkpoint_path
     from scripts import summarize
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if "OMP_NUM_THREADS" not in os.environ:  # a thread count the caller set wins (on a busy machine 1 is much faster)
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = Path(args.out)
     recipe = "_quick" if args.quick else "_published" if args.published_schedule else ""
     save_dir, logs = out / f"save{recipe}", out / f"logs{recipe}"

@@ -236,10 +236,35 @@ def all_fenced_commands() -> list[DocCommand]:
     return [c for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))] for c in fenced_commands(page)]
 
 
+def python_block_commands() -> list[DocCommand]:
+    """The argument lists the ``python`` blocks pass to ``parse_student_args([...])`` / ``parse_teacher_args([...])``,
+    as the command lines they stand for."""
+    import ast
+
+    scripts = {"parse_student_args": "train_student.py", "parse_teacher_args": "train_teacher.py"}
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        lines = fenced_lines(page, languages=("python",))
+        blocks: list[list[tuple[int, str]]] = []
+        for number, line in lines:
+            if not blocks or number != blocks[-1][-1][0] + 1:
+                blocks.append([])
+            blocks[-1].append((number, line))
+        for block in blocks:
+            tree = ast.parse("\n".join(line for _, line in block))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in scripts and node.args:
+                    argv = ast.literal_eval(node.args[0])
+                    where = f"{page.relative_to(ROOT)}:{block[0][0] + node.lineno - 1}"
+                    found.append(DocCommand(where, ("python", scripts[node.func.id], *argv)))
+    return found
+
+
 def test_every_fenced_command_parses_with_its_entry_points_parser() -> None:
     kinds: dict[str, int] = {}
     problems = []
-    for command in all_fenced_commands():
+    assert python_block_commands(), "README's From Python block builds a configuration from flags"
+    for command in all_fenced_commands() + python_block_commands():
         try:
             kind, problem = check_command(command)
         except AssertionError as err:
