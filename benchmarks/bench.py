@@ -27,8 +27,8 @@ randomly initialised ``--model_t`` teacher. After a warm-up it measures, in one 
 Throughputs are student input images per second (CKD: batch * pos_and_neg per step), best of ``--repeats`` rounds.
 The measurements are interleaved so that a change of the machine's load cannot fall between the two sides of a ratio:
 each round times a block of ``--steps`` calls of step, bound and data, then the shift of ``--calibrate``, in that
-order (cache build and plain forward alternate the same way). Each ratio (``step_vs_bound``, ``cache_vs_forward``,
-``calibrate_overhead``) is the **median of its per-round ratios**, reported with their interquartile range and
+order (cache build and plain forward alternate the same way). Each ratio (``step_vs_bound``, ``data_vs_step``,
+``cache_vs_forward``, ``calibrate_overhead``) is the **median of its per-round ratios**, reported with their interquartile range and
 min-max (``*_spread``, ``*_rounds``). A step cannot be faster than its bound, nor a cache build than the plain forward
 in it: a median above 1.05 there is reported as a measurement error (``*_error``, the value ``null``), not as a
 result. It prints a table and, as its last line, one JSON object. Extra ``train_student.py`` flags (``--w_kd 1``,
@@ -347,11 +347,13 @@ def make_data_step(method: Method, sampler: Any) -> Callable[[], None]:
 
 
 def step_ratios(times: dict[str, list[float]], steps_per_epoch: int) -> dict[str, Ratio]:
-    """The ratios of the training-step rounds: ``step_vs_bound`` (bound time / step time: the step's share of its
-    compute bound, at most 1) and ``calibrate_overhead`` (the calibration shift / a pseudo-epoch of steps), each pair
-    from the same round."""
+    """The ratios of the training-step rounds, each pair from the same round: ``step_vs_bound`` (bound time / step
+    time: the step's share of its compute bound, at most 1), ``data_vs_step`` (step time / data-path time: how many
+    times faster the data path feeds images than the step consumes them) and ``calibrate_overhead`` (the calibration
+    shift / a pseudo-epoch of steps)."""
     return {
         "step_vs_bound": ratio_of(times["bound"], times["step"], "step_vs_bound", BOUNDED_RATIO_LIMIT),
+        "data_vs_step": ratio_of(times["step"], times["data"], "data_vs_step"),
         "calibrate_overhead": ratio_of(times["calibrate"], [steps_per_epoch * t for t in times["step"]], "calibrate_overhead"),
     }
 
@@ -476,7 +478,8 @@ def print_table(r: dict[str, Any], ratios: dict[str, Ratio]) -> None:
     print(f"{'measurement':<30} {'images/s':>12}  detail")
     for name, rate, detail in rows:
         print(f"{name:<30} {rate:>12,.0f}  {detail}")
-    for name, what in (("step_vs_bound", "bound time / step time"), ("cache_vs_forward", "plain forward / cache build"),
+    for name, what in (("step_vs_bound", "bound time / step time"), ("data_vs_step", "step time / data-path time"),
+                       ("cache_vs_forward", "plain forward / cache build"),
                        ("calibrate_overhead", "calibration shift / pseudo-epoch")):
         print(f"{name:<30} {ratios[name].describe()}; {what}")
     for size, rate in r["eval_images_per_s"].items():

@@ -326,7 +326,8 @@ def bench_entry(step: dict[str, Any], work: Path) -> dict[str, Any]:
             entry["log_tail"] = log_tail(work / step["log"])
         else:
             entry["result"] = result
-            entry["data_vs_step"] = result["data_images_per_s"] / result["images_per_s"]
+            # the median of bench.py's per-round ratios (older bench output: the ratio of the best rates)
+            entry["data_vs_step"] = result.get("data_vs_step", result["data_images_per_s"] / result["images_per_s"])
     return entry
 
 
@@ -522,7 +523,7 @@ def targets(bench: list[dict[str, Any]], fast_variant: str) -> list[dict[str, An
                     "verdict": verdict})
     for variant in ("plain", fast_variant):
         r = found.get(("ckd2", variant))
-        value = None if r is None else round(r["data_images_per_s"] / r["images_per_s"], 1)
+        value = None if r is None else round(r.get("data_vs_step", r["data_images_per_s"] / r["images_per_s"]), 1)
         out.append({"what": f"ckd2 {variant} data images/s / student images/s", "value": value, "target": f">= {DATA_STEP_TARGET:g}",
                     "verdict": "not measured" if value is None else ("met" if value >= DATA_STEP_TARGET else "MISSED")})
     return out

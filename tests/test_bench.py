@@ -16,7 +16,7 @@ import torch
 from benchmarks import bench
 from tests.conftest import ROOT
 
-RATIOS = ("step_vs_bound", "cache_vs_forward", "calibrate_overhead")
+RATIOS = ("step_vs_bound", "data_vs_step", "cache_vs_forward", "calibrate_overhead")
 REQUIRED_KEYS = {*RATIOS, *(f"{r}_{part}" for r in RATIOS for part in ("spread", "rounds", "error")),
                  "data_images_per_s", "images_per_s", "bound_images_per_s", "peak_mem_mb",
                  "model_s", "model_t", "relational", "distill", "batch_size", "device", "amp", "channels_last", "compile",
@@ -120,6 +120,7 @@ def test_interleaved_ratios_survive_a_load_change_between_phases() -> None:
     assert (step_vs_bound.q1, step_vs_bound.q3) == pytest.approx((expected[0], expected[2]))
     assert step_vs_bound.spread()["n"] == rounds and step_vs_bound.low <= 0.9 <= step_vs_bound.high
     assert ratios["calibrate_overhead"].value == pytest.approx(4.0 / (25 * 1.0))
+    assert ratios["data_vs_step"].value == pytest.approx(1.0 / 0.05)
 
     # the same machine timed phase by phase (all step blocks, then all bound blocks) gives a ratio the code cannot have
     machine = LoadedMachine(busy_from=rounds * CALLS["step"] * WORK["step"], busy_until=math.inf, factor=3.0)
