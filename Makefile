@@ -57,7 +57,7 @@ demo: venv
 	$(PY) scripts/demo.py
 
 bench: venv
-	$(PY) scripts/bench.py --model_s resnet32 --model_t resnet110 --relational ckd --device cpu
+	$(PY) benchmarks/bench.py --model_s resnet32 --model_t resnet110 --relational ckd --device cpu
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,7 +1,7 @@
 """Train a teacher from scratch (RepDistiller recipe: 240 epochs, SGD, decays at 150/180/210).
 
     python train_teacher.py --model resnet110
-    python train_teacher.py --dataset digits --epochs 10 --lr_decay_epochs 7   # resnet14, the digits default
+    python train_teacher.py --dataset digits --epochs 15 --lr_decay_epochs 10  # resnet14, the digits default
 
 The checkpoint is written where train_student.py finds it without --path_t. Rerunning the same
 command resumes an interrupted teacher, or says it is finished; other flags in the same folder

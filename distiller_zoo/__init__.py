@@ -5,13 +5,13 @@ from distiller_zoo.AB import ABLoss, ABTerm, activation_boundary_loss
 from distiller_zoo.AT import Attention, AttentionTerm, at_loss, attention_map
 from distiller_zoo.CC import Correlation, CorrelationTerm, consecutive_discrepancy_correlation
 from distiller_zoo.CKD import CKD_MODES, CKDLoss, ckd_group_sizes, combine, group_mean, label_histogram
-from distiller_zoo.DIST import DIST, DISTTerm, cosine_similarity, inter_class_relation, intra_class_relation, pearson_correlation
-from distiller_zoo.DKD import DKD, DKDTerm, dkd_loss
+from distiller_zoo.dist import DIST, DISTTerm, cosine_similarity, inter_class_relation, intra_class_relation, pearson_correlation
+from distiller_zoo.dkd import DKD, DKDTerm, dkd_loss
 from distiller_zoo.FitNet import HintLoss, HintTerm, hint_loss
-from distiller_zoo.FSP import FSP, FSPTerm, fsp_matrix
+from distiller_zoo.fsp import FSP, FSPTerm, fsp_matrix
 from distiller_zoo.FT import FactorTerm, FactorTransfer, factor_transfer_loss
 from distiller_zoo.KD import DistillKL, KDTerm, distill_kl
-from distiller_zoo.KDSVD import KDSVD, KDSVDTerm
+from distiller_zoo.kdsvd import KDSVD, KDSVDTerm
 from distiller_zoo.LS import logit_standardize
 from distiller_zoo.mixup import (
     MixupLoss,
@@ -22,9 +22,9 @@ from distiller_zoo.mixup import (
     sample_mixup_weights,
     soft_cross_entropy,
 )
-from distiller_zoo.MLKD import MLKD, MLKDTerm, bc_loss, cc_loss, mlkd_loss
+from distiller_zoo.mlkd import MLKD, MLKDTerm, bc_loss, cc_loss, mlkd_loss
 from distiller_zoo.NST import NSTLoss, NSTTerm, nst_loss, poly_kernel
-from distiller_zoo.PKT import PKT, PKTTerm, pkt_loss
+from distiller_zoo.pkt import PKT, PKTTerm, pkt_loss
 from distiller_zoo.RKD import (
     RKDLoss,
     RKDTerm,
@@ -36,7 +36,7 @@ from distiller_zoo.RKD import (
 )
 from distiller_zoo.SP import Similarity, SimilarityTerm, similarity_matrix, sp_loss
 from distiller_zoo.terms import FeatureTerm, LogitPairs, TermContext, apply_to_pairs
-from distiller_zoo.TTM import TTM, WTTM, TTMTerm, WTTMTerm, ttm_loss, wttm_loss
+from distiller_zoo.ttm import TTM, WTTM, TTMTerm, WTTMTerm, ttm_loss, wttm_loss
 from distiller_zoo.VID import VIDLoss, VIDTerm, gaussian_nll, inverse_softplus, match_spatial_size
 
 __all__ = [

@@ -80,7 +80,7 @@ def train_mean_shift(model: nn.Module, clean_images: Tensor, teacher_logits: Ten
 
 # --calibrate train_mean before each validation: the student's pass over a fixed sample of the training split of
 # max(VALIDATION_SAMPLE_MIN, VALIDATION_SAMPLE_FRACTION * n_train) images (all of them up to VALIDATION_SAMPLE_MIN),
-# about 0.09 of a pseudo-epoch of training on the CPU instead of 0.44 (scripts/bench.py calibrate_overhead)
+# about 0.09 of a pseudo-epoch of training on the CPU instead of 0.44 (benchmarks/bench.py calibrate_overhead)
 VALIDATION_SAMPLE_MIN = 256
 VALIDATION_SAMPLE_FRACTION = 0.2
 

@@ -29,7 +29,7 @@ from core.errors import UserError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Evaluation sums the cross-entropy of chunks of EVAL_BATCH_SIZE images (the order of the float sums, whatever the
 # forward batch); the forward batch is eval_batch_size(device): the whole chunk on accelerators, CPU_EVAL_BATCH_SIZE
-# on the CPU, where convolutions run 2-3x faster on small batches (scripts/bench.py measures it, see
+# on the CPU, where convolutions run 2-3x faster on small batches (benchmarks/bench.py measures it, see
 # docs/performance.md). 128, not the slightly faster 64: below 128 images the CPU's matrix products of the linear
 # heads (vgg8, MobileNetV2, ShuffleV2) change the logits in the last bit, at 128 they are those of a 1024 batch.
 EVAL_BATCH_SIZE = 1024

@@ -5,7 +5,7 @@ trains (regressors, embeddings, memory banks), and how a batch of sampled indice
 terms ``{'cls': ..., 'kd': ..., 'rel': ..., 'inter': ...}``. The training loop sums and logs that dict and never
 asks which method it is running. Each step is split in two: :meth:`Method.inputs` (the data path: sampled indices
 -> augmented images, labels and cached teacher outputs, no student) and :meth:`Method.losses_from` (the student
-forwards and the unweighted loss terms); ``scripts/bench.py`` times the first alone. :meth:`Method.losses` applies
+forwards and the unweighted loss terms); ``benchmarks/bench.py`` times the first alone. :meth:`Method.losses` applies
 the weights, in one place (:meth:`Method.weighted`).
 
 Three shapes of method (the table's ``kind``):

@@ -2,7 +2,8 @@
 
     make demo            # or: python scripts/demo.py [--out demo_out] [--quick]
 
-1. trains a small teacher (resnet14) on the digits training split, once (cached in --out);
+1. trains a small teacher (resnet14) on the digits training split, once (cached in --out), with the one digits
+   teacher recipe of the docs (``DIGITS_TEACHER_FLAGS``: README "From Python", docs/runs.md, docs/teachers.md);
 2. runs the CE-only student, KD, mixup, CKD and CKD with ``--calibrate train_mean`` (resnet8 students) at two
    subset sizes x 3 seeds,
    each run querying its teacher once per training image (the CE-only student not at all), with
@@ -15,7 +16,9 @@
 MLKD and CKD, each with and without ``--calibrate train_mean`` (subset 400, seeds 1-2), and prints each one's test
 accuracy beside its calibrated run's: the measurement of docs/calibration.md.
 
-Finished runs are reused, so an interrupted demo continues where it stopped.
+Finished runs are reused, so an interrupted demo continues where it stopped. Each recipe keeps its own folders
+inside --out (``save/`` and ``logs/``; ``save_quick/``, ``logs_quick/``; ``save_published/``, ``logs_published/``),
+so a quick or published-schedule demo never hands its teacher or its students to another.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ import time
 from pathlib import Path
 
 TEACHER = "resnet14"
+# the digits teacher of the demo and of every digits recipe in the docs (tests/test_docs.py checks them)
+DIGITS_TEACHER_FLAGS = ("--model", TEACHER, "--dataset", "digits", "--epochs", "15", "--lr_decay_epochs", "10")
+QUICK_TEACHER_FLAGS = ("--model", TEACHER, "--dataset", "digits", "--epochs", "2")  # 2 epochs never reach a decay
 STUDENT = "resnet8"
 METHODS = {
     "ce": ["--relational=None", "--w_kd=0"],
@@ -78,8 +84,8 @@ def print_calibration_study(results: dict[tuple[str, int], dict], methods: list[
     print(f"\n(test accuracy %, digits subset {STUDY_SIZE}, teacher {teacher:.2f}%)", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out", help="folder for checkpoints, runs, logs, table and plot")
     parser.add_argument("--quick", action="store_true", help="one seed, one size, few epochs (a smoke test)")
     parser.add_argument("--published-schedule", action="store_true",
@@ -88,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-study", action="store_true",
                         help="ttm, kd+ls, mlkd and ckd, each with and without --calibrate train_mean (subset 400, seeds "
                              "1-2): test_acc beside the calibrated run's (docs/calibration.md)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
 
     import torch
@@ -99,15 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     from helper.options import teacher_checkpoint_path
     from scripts import summarize
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if "OMP_NUM_THREADS" not in os.environ:  # a thread count the caller set wins (on a busy machine 1 is much faster)
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = Path(args.out)
-    save_dir = out / "save"
-    logs = out / "logs"
+    recipe = "_quick" if args.quick else "_published" if args.published_schedule else ""
+    save_dir, logs = out / f"save{recipe}", out / f"logs{recipe}"
     seeds = SEEDS[:1] if args.quick else SEEDS
     sizes = SUBSET_SIZES[:1] if args.quick else SUBSET_SIZES
     methods = list(METHODS)
     flags_of = dict(METHODS)
-    teacher_epochs = "2" if args.quick else "15"
+    teacher_flags = list(QUICK_TEACHER_FLAGS if args.quick else DIGITS_TEACHER_FLAGS)
     student_epochs = ["--epochs", "2"] if args.quick else ["--epochs", "40", "--patience", "8", "--lr_decay_times", "2"]
     if args.published_schedule:  # the train_student.py defaults are the published schedule
         sizes, methods, student_epochs = (400,), ["ce", "kd", "ckd", "ckd+cal"], []
@@ -120,10 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         if teacher_path.is_file():
             print(f"[teacher] reusing {teacher_path}", flush=True)
         else:
-            print(f"[teacher] training {TEACHER} on the digits training split ({teacher_epochs} epochs) ...", flush=True)
-            decay = [] if args.quick else ["--lr_decay_epochs", "10"]  # 2 quick epochs never reach a decay
-            _quiet_call(train_teacher.main, ["--model", TEACHER, "--dataset", "digits", "--epochs", teacher_epochs,
-                                             *decay, "--save_dir", str(save_dir), "--device", "cpu"],
+            epochs = teacher_flags[teacher_flags.index("--epochs") + 1]
+            print(f"[teacher] training {TEACHER} on the digits training split ({epochs} epochs) ...", flush=True)
+            _quiet_call(train_teacher.main, [*teacher_flags, "--save_dir", str(save_dir), "--device", "cpu"],
                         logs / "teacher.log")
             print(f"[teacher] done in {time.perf_counter() - start:.0f}s: {teacher_path}", flush=True)
         runs = [(m, n, s) for n in sizes for m in methods for s in seeds]

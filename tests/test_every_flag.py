@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks import bench, parity
 from core.errors import UserError
 from helper import method_table
 from helper.config import StudentConfig, parse_student_args, parse_teacher_args
@@ -27,10 +28,8 @@ from helper.options import CONFIG_PATH_KINDS, INT64_MAX, SEED, Number, PathKind,
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import bench  # noqa: E402
 import export_cifar_format  # noqa: E402
 import fetch_teachers  # noqa: E402
-import parity  # noqa: E402
 import summarize  # noqa: E402
 import sweep  # noqa: E402
 import verify_teacher  # noqa: E402
@@ -244,6 +243,11 @@ BAD_INPUT_ROWS: tuple[tuple[str, list[str]], ...] = (
 )
 
 
+def entry_path(entry: str) -> str:
+    """Where an entry point lives, relative to the checkout: the root, scripts/ (user tools) or benchmarks/."""
+    return next(f"{folder}{entry}" for folder in ("", "scripts/", "benchmarks/") if (ROOT / folder / entry).is_file())
+
+
 def _table_folder(folder: Path) -> None:
     (folder / "notes.txt").write_text("a file\n")
     (folder / "runs").mkdir(exist_ok=True)
@@ -263,8 +267,7 @@ def bad_input_table(folder: Path) -> str:
     for entry, args in BAD_INPUT_ROWS:
         line = outcome(validators[entry], args)
         assert line is not None, (entry, args)
-        prefix = "" if entry.startswith("train_") else "scripts/"
-        lines.append(f"| `python {prefix}{entry} {' '.join(args)}` | {_cell(line)} | 2 |")
+        lines.append(f"| `python {entry_path(entry)} {' '.join(args)}` | {_cell(line)} | 2 |")
     return "\n".join(lines)
 
 
@@ -288,7 +291,7 @@ def test_representative_commands_print_the_same_line_and_leave_nothing(tmp_path:
     procs = []
     for index in SUBPROCESS_ROWS:
         entry, args = BAD_INPUT_ROWS[index]
-        script = ROOT / entry if entry.startswith("train_") else ROOT / "scripts" / entry
+        script = ROOT / entry_path(entry)
         procs.append((entry, args, subprocess.Popen([sys.executable, str(script), *args], cwd=tmp_path, env=env,
                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
     fetch = ROOT / "scripts" / "fetch_pretrained_teachers.sh"

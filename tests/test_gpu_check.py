@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh --dry-run: the plumbing of the CUDA measurement (issue #24), on the CPU with tiny sizes.
+"""benchmarks/gpu_check.sh --dry-run: the plumbing of the CUDA measurement (issue #24), on the CPU with tiny sizes.
 
 It runs one bench configuration, one timed end-to-end run, the deterministic SIGKILL + resume check and one
 sweep run, and must leave gpu_check.json, gpu_check.md and the log archive in $OUT. About 30 s on 2 idle cores
@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 
 
 def run_script(*args: str, out: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -72,7 +72,8 @@ def test_dry_run_writes_the_json_the_table_and_the_logs(dry_run: tuple[subproces
     table = (out / "gpu_check.md").read_text()
     for heading in ("## Bench", "## Targets", "## End-to-end", "## Concurrent runs", "## Deterministic SIGKILL + resume"):
         assert heading in table
-    assert "| method | variant | student img/step | step img/s | bound img/s | step / bound | data img/s | data / step |" in table
+    assert ("| method | variant | student img/step | step img/s | bound img/s | step / bound, median (IQR) | data img/s "
+            "| data / step |") in table
     assert "| CKD, P+N = 2 | amp+channels_last |" in table
     with tarfile.open(out / "gpu_check_logs.tar.gz") as tar:
         names = tar.getnames()

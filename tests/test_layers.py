@@ -1,12 +1,17 @@
 """Dependencies point down: core/ imports nothing of the project but itself, the data and model folders import only
-core/, flag wording stays in helper/options.py, and teacher training loads no distillation code."""
+core/, flag wording stays in helper/options.py, and teacher training loads no distillation code. The layout says who
+a file is for: scripts/ holds only the user tools, the maintainer tools live in benchmarks/ (imported by nothing
+else), and no distiller_zoo export hides one of its modules."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import pkgutil
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,11 @@ from tests.conftest import ROOT
 
 BOTTOM = "core"
 LOWER_FOLDERS = ("dataset", "models", "distiller_zoo", "crd")
-PROJECT = ("core", "helper", *LOWER_FOLDERS, "scripts", "train_student", "train_teacher", "tests")
+PROJECT = ("core", "helper", *LOWER_FOLDERS, "scripts", "benchmarks", "train_student", "train_teacher", "tests")
+# what a researcher runs (named in README.md / docs/) and the teacher-fetch files it needs; maintainer tools go to
+# benchmarks/ (docs/layout.md)
+USER_TOOLS = ("demo.py", "export_cifar_format.py", "fetch_pretrained_teachers.sh", "summarize.py", "sweep.py",
+              "fetch_teachers.py", "teachers.sha256", "verify_teacher.py")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -74,3 +83,38 @@ def test_teacher_training_loads_no_distillation_code() -> None:
             "or m in ('helper.methods', 'helper.student_trainer', 'helper.calibration')))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_scripts_holds_only_the_user_tools() -> None:
+    present = sorted(p.name for p in (ROOT / "scripts").iterdir() if p.name != "__pycache__")
+    assert present == sorted(USER_TOOLS), ("scripts/ is for the tools a researcher runs; move maintainer tools to "
+                                           f"benchmarks/ (docs/layout.md): extra {sorted(set(present) - set(USER_TOOLS))}, "
+                                           f"missing {sorted(set(USER_TOOLS) - set(present))}")
+    docs = "\n".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    unnamed = [name for name in USER_TOOLS if f"scripts/{name}" not in docs]
+    assert not unnamed, f"user tools no page names: {unnamed}"
+    assert (ROOT / "benchmarks" / "bench.py").is_file()
+
+
+def test_only_benchmarks_and_tests_import_benchmarks() -> None:
+    paths = [p for p in sorted(ROOT.rglob("*.py")) if p.relative_to(ROOT).parts[0] not in ("benchmarks", "tests", ".venv")]
+    assert any(p.parent.name == "scripts" for p in paths)
+    for path in paths:
+        found = {name for name in project_imports(path) if name.split(".")[0] == "benchmarks"}
+        assert not found, f"{path.relative_to(ROOT)} imports the maintainer tools {sorted(found)}"
+
+
+def test_no_distiller_zoo_export_hides_a_module() -> None:
+    """``distiller_zoo.X`` is the module X for every module: no export (class or function) carries a module's name,
+    so ``import distiller_zoo.X as m`` gives the module."""
+    zoo = importlib.import_module("distiller_zoo")
+    modules = sorted(info.name for info in pkgutil.iter_modules(zoo.__path__))
+    assert len(modules) >= 20 and len(zoo.__all__) >= 40
+    clashes = sorted(set(zoo.__all__) & set(modules))
+    assert not clashes, f"distiller_zoo exports {clashes}, the names of its modules; rename the modules (lower case)"
+    for name in modules:
+        module = importlib.import_module(f"distiller_zoo.{name}")
+        assert getattr(zoo, name) is module, f"distiller_zoo.{name} is {getattr(zoo, name)!r}, not the module"
+        assert isinstance(module, types.ModuleType)
+    for name in zoo.__all__:
+        assert not isinstance(getattr(zoo, name), types.ModuleType), name

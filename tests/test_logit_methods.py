@@ -20,9 +20,9 @@ import train_student
 from core.errors import UserError
 from dataset.teacher_cache import TrainPool
 from distiller_zoo import DKD, MLKD, TTM, WTTM, DistillKL, bc_loss, cc_loss, distill_kl, dkd_loss, logit_standardize, mlkd_loss
-from distiller_zoo.MLKD import MLKDTerm
+from distiller_zoo.mlkd import MLKDTerm
 from distiller_zoo.terms import TermContext
-from distiller_zoo.TTM import TTMTerm, WTTMTerm
+from distiller_zoo.ttm import TTMTerm, WTTMTerm
 from helper import method_table
 from helper.config import StudentConfig, parse_student_args
 from helper.methods import term_args

@@ -1,4 +1,4 @@
-"""scripts/export_cifar_format.py and scripts/parity.py (+ parity_worker.py), without any training.
+"""scripts/export_cifar_format.py and benchmarks/parity.py (+ parity_worker.py), without any training.
 
 The export is read back by torchvision's CIFAR100 and by this project's reader; the parity harness is
 checked through --dry-run, cached per-run JSONs and its table; the worker's stand-ins (wandb,
@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import parity, parity_worker
 from core.errors import UserError
 from dataset import ImageSet, load_cifar100, load_digits_dataset
 from scripts import export_cifar_format as export
-from scripts import parity, parity_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +148,7 @@ def _parity_args(tmp_path: Path, *extra: str) -> list[str]:
 
 def test_dry_run_lists_every_run_without_published_checkout(tmp_path):
     args = _parity_args(tmp_path, "--methods", "kd,ce,mixup,ckd", "--seeds", "1,2,3", "--dry-run")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "parity.py"), *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "parity.py"), *args], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     headers = [line for line in proc.stdout.splitlines() if line.startswith("# ")]

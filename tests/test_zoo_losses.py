@@ -26,7 +26,7 @@ from distiller_zoo import (
     NSTLoss,
     Similarity,
 )
-from distiller_zoo.DKD import DKD, dkd_loss
+from distiller_zoo.dkd import DKD, dkd_loss
 from models.util import Connector, ConvReg, Paraphraser, Translator
 
 REL = 1e-8  # float64 everywhere; the brief's bar is 1e-5

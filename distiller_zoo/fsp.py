@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from distiller_zoo.AT import check_paired
-from distiller_zoo.KDSVD import check_equal_channels
+from distiller_zoo.kdsvd import check_equal_channels
 from distiller_zoo.terms import FeatureTerm, TermContext, sum_of
 from distiller_zoo.VID import match_spatial_size
 

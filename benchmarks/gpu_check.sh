@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The CUDA measurement of issue #24, in one run (no network; under 8 minutes on one H100/H200):
 #
-#   OUT=/some/dir bash scripts/gpu_check.sh             # the measurement, on cuda
-#   OUT=/some/dir bash scripts/gpu_check.sh --dry-run   # the same plumbing on the CPU, tiny sizes, in seconds
+#   OUT=/some/dir bash benchmarks/gpu_check.sh             # the measurement, on cuda
+#   OUT=/some/dir bash benchmarks/gpu_check.sh --dry-run   # the same plumbing on the CPU, tiny sizes, in seconds
 #
 # 1. provenance (nvidia-smi, torch/CUDA/cuDNN versions), a CIFAR-100-format data set of random images and a
 #    random-init resnet110 teacher (BatchNorm statistics from the data), all generated locally;
-# 2. scripts/bench.py for KD, CKD (P+N 2 and 3), mixup, DIST, CRD and FitNet, each plain and with
+# 2. benchmarks/bench.py for KD, CKD (P+N 2 and 3), mixup, DIST, CRD and FitNet, each plain and with
 #    --amp --channels_last;
 # 3. train_student.py end to end, CKD, resnet32 <- resnet110, subset 2000, 5 pseudo-epochs, plain and fast path:
-#    seconds per pseudo-epoch and the share of the time outside the training loop (scripts/gpu_report.py timed-run);
+#    seconds per pseudo-epoch and the share of the time outside the training loop (benchmarks/gpu_report.py timed-run);
 # 4. exact resume: a --deterministic CKD run SIGKILLed after its first last.pth and resumed, against an
 #    uninterrupted one (results.json metrics and best.pth weights must be bit-identical); if that fails, once more
 #    with CUBLAS_WORKSPACE_CONFIG=:4096:8;
@@ -61,7 +61,7 @@ if [ "$TINY" = 1 ]; then
     CRD_K=32; SWEEP_EPOCHS=2; DET_EPOCHS=3; STEP_TIMEOUT=120
 else
     MODEL_S=resnet32; MODEL_T=resnet110; SUBSET=2000; N_TRAIN=5000; N_TEST=10000; BATCH=64
-    BENCH_SIZE=(--batch_size 64 --steps 20 --warmup 5 --repeats 3 --cache_repeats 1)
+    BENCH_SIZE=(--batch_size 64 --steps 10 --warmup 5 --repeats 9 --cache_repeats 1)
     CRD_K=16384; SWEEP_EPOCHS=20; DET_EPOCHS=12; STEP_TIMEOUT=90
 fi
 [ -n "${GPU_CHECK_SWEEP_EPOCHS:-}" ] && SWEEP_EPOCHS=$GPU_CHECK_SWEEP_EPOCHS
@@ -117,7 +117,7 @@ run_step() {
 }
 
 printf '{"mode": "%s", "device": "%s", "tiny": %s, "budget_s": %s, "fast_variant": "%s", "python": %s, "command": %s, "work": %s}\n' \
-    "$MODE" "$DEVICE" "$TINY" "$BUDGET" "$FAST_NAME" "$(json_str "$PY")" "$(json_str "OUT=$OUT bash scripts/gpu_check.sh $*")" \
+    "$MODE" "$DEVICE" "$TINY" "$BUDGET" "$FAST_NAME" "$(json_str "$PY")" "$(json_str "OUT=$OUT bash benchmarks/gpu_check.sh $*")" \
     "$(json_str "$WORK")" > "$WORK/meta.json"
 say "mode $MODE, device $DEVICE, tiny $TINY, budget ${BUDGET}s, python $PY, work $WORK, out $OUT"
 
@@ -127,7 +127,7 @@ if command -v nvidia-smi > /dev/null 2>&1; then
 else
     echo "nvidia-smi not found" > "$WORK/logs/nvidia_smi.txt"
 fi
-run_step prepare prepare 180 0 "" -- "$PY" scripts/gpu_report.py prepare --work "$WORK" --device "$DEVICE" \
+run_step prepare prepare 180 0 "" -- "$PY" benchmarks/gpu_report.py prepare --work "$WORK" --device "$DEVICE" \
     --model_t "$MODEL_T" --teacher "$TEACHER" --n_train "$N_TRAIN" --n_test "$N_TEST"
 if [ ! -f "$TEACHER" ]; then
     say "prepare failed: no teacher, the training steps will fail (see logs/prepare_prepare.log)"
@@ -144,7 +144,7 @@ bench() {  # bench NAME LABEL VARIANT TIMEOUT FLAGS...
     esac
     local extra
     extra="\"label\": $(json_str "$label"), \"variant\": $(json_str "$variant"), \"flags\": $(json_str "$* ${vflags[*]}")"
-    run_step bench "$name" "$max" 20 "$extra" -- "$PY" scripts/bench.py --device "$DEVICE" \
+    run_step bench "$name" "$max" 20 "$extra" -- "$PY" benchmarks/bench.py --device "$DEVICE" \
         --model_s "$MODEL_S" --model_t "$MODEL_T" --subset_size "$SUBSET" "${BENCH_SIZE[@]}" "$@" "${vflags[@]}"
 }
 METHODS=(
@@ -182,7 +182,7 @@ for variant in plain "$FAST_NAME"; do
     vflags=(); [ "$variant" = plain ] || vflags=("${FAST[@]}")
     tag=${variant//+/_}
     run_step e2e "$tag" 180 30 "\"label\": $(json_str "ckd $variant"), \"flags\": $(json_str "${vflags[*]}"), \"timing\": \"runs/e2e_$tag.timing.json\"" \
-        -- "$PY" scripts/gpu_report.py timed-run --timing "$WORK/runs/e2e_$tag.timing.json" -- "${TRAIN_COMMON[@]}" \
+        -- "$PY" benchmarks/gpu_report.py timed-run --timing "$WORK/runs/e2e_$tag.timing.json" -- "${TRAIN_COMMON[@]}" \
         --epochs 5 --save_dir "$WORK/runs/e2e_$tag" "${vflags[@]}"
 done
 
@@ -236,7 +236,7 @@ det_identical() {  # true when the variant's resumed results equal the reference
     "$PY" - "$WORK/runs/det_${variant}_ref" "$WORK/runs/det_${variant}_kill" <<'EOF' > /dev/null 2>&1
 import json, sys
 from pathlib import Path
-from scripts.gpu_report import RESUME_METRICS
+from benchmarks.gpu_report import RESUME_METRICS
 a, b = (json.loads(next(Path(d).glob("student/*/results.json")).read_text()) for d in sys.argv[1:3])
 sys.exit(0 if all(a.get(k) == b.get(k) for k in RESUME_METRICS) else 1)
 EOF
@@ -249,7 +249,7 @@ fi
 # ---------------------------------------------------------------------------------------------- 5. concurrent runs
 SWEEP_FILE=$WORK/gpu_check_sweep.yml
 {
-    echo "# written by scripts/gpu_check.sh: $SWEEP_RUNS short CKD runs"
+    echo "# written by benchmarks/gpu_check.sh: $SWEEP_RUNS short CKD runs"
     echo "program: train_student.py"
     echo "method: grid"
     echo "parameters:"
@@ -277,10 +277,10 @@ done
 if ! wanted digits; then
     :
 elif [ "$DRY" = 1 ]; then
-    run_step digits accuracy 120 0 "" -- "$PY" scripts/gpu_report.py digits-accuracy --work "$WORK" --device "$DEVICE" \
+    run_step digits accuracy 120 0 "" -- "$PY" benchmarks/gpu_report.py digits-accuracy --work "$WORK" --device "$DEVICE" \
         --result "$WORK/runs/digits_accuracy.json" --seeds 1 --teacher_epochs 1 --student_epochs 1 --methods ckd
 else
-    run_step digits accuracy 150 60 "" -- "$PY" scripts/gpu_report.py digits-accuracy --work "$WORK" --device "$DEVICE" \
+    run_step digits accuracy 150 60 "" -- "$PY" benchmarks/gpu_report.py digits-accuracy --work "$WORK" --device "$DEVICE" \
         --result "$WORK/runs/digits_accuracy.json"
 fi
 
@@ -299,7 +299,7 @@ TOTAL=$(( $(date +%s) - START ))
 import json, sys
 meta = json.load(open(sys.argv[1])); meta["total_s"] = int(sys.argv[2]); json.dump(meta, open(sys.argv[1], "w"))
 EOF
-timeout 120 "$PY" scripts/gpu_report.py report --work "$WORK" --out "$OUT" > "$WORK/logs/report.log" 2>&1
+timeout 120 "$PY" benchmarks/gpu_report.py report --work "$WORK" --out "$OUT" > "$WORK/logs/report.log" 2>&1
 report_rc=$?
 cat "$WORK/logs/report.log"
 tar -czf "$OUT/gpu_check_logs.tar.gz" -C "$WORK" logs steps.jsonl meta.json $(cd "$WORK" && ls prepare.json gpu_check_sweep.yml 2> /dev/null) \

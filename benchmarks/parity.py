@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Train the same students with the published CKD code and with this project, side by side.
 
-    python scripts/parity.py --published /path/to/ckd --data_folder DATA --path_t T/resnet20_vanilla/ckpt_epoch_240.pth \
+    python benchmarks/parity.py --published /path/to/ckd --data_folder DATA --path_t T/resnet20_vanilla/ckpt_epoch_240.pth \
         --methods kd,ce,mixup,ckd --seeds 1,2,3 --subset_size 1000 --out parity_out
-    python scripts/parity.py ... --dry-run          # print every command (and which results are cached)
-    python scripts/parity.py ... --table_only       # the table from the results already in --out
+    python benchmarks/parity.py ... --dry-run          # print every command (and which results are cached)
+    python benchmarks/parity.py ... --table_only       # the table from the results already in --out
 
 ``--published`` is a plain checkout of github.com/alextxu/ckd (not part of this repository);
 ``--data_folder`` holds ``cifar-100-python/`` (scripts/export_cifar_format.py writes one from any data set
@@ -13,7 +13,7 @@ folder named ``{arch}_vanilla/``. Both sides get the same student, teacher, subs
 schedule (``--patience``, ``--lr_decay_times``, ``--epochs``).
 
 Each run is a fresh Python process, because both code bases have packages named ``dataset``, ``helper``
-and ``models``: the published side runs ``scripts/parity_worker.py`` (the published ``main()`` in-process,
+and ``models``: the published side runs ``benchmarks/parity_worker.py`` (the published ``main()`` in-process,
 on the CPU when there is no GPU, with W&B and TensorBoard stood in; see that file), this project's side
 runs ``train_student.py --dataset cifar100 ... --device cpu --save_dir OUT/project_save`` and reads its
 ``results.json``. Both are single-threaded (``OMP_NUM_THREADS=1``), W&B is off.

@@ -1,6 +1,6 @@
 """Throughput benchmark of one student configuration, offline, on synthetic data.
 
-    python scripts/bench.py --model_s resnet32 --model_t resnet110 --relational ckd --device cpu
+    python benchmarks/bench.py --model_s resnet32 --model_t resnet110 --relational ckd --device cpu
 
 Builds a run exactly as ``train_student.py`` does (the same option parser, teacher cache, method, sampler and SGD
 set-up, through the functions of :mod:`helper.student_trainer`), but on random uint8 images of the shape of
@@ -24,9 +24,15 @@ randomly initialised ``--model_t`` teacher. After a warm-up it measures, in one 
   ``eval_batch``, the one ``helper.engine.eval_batch_size`` uses on this device;
 * the peak memory (CPU: the RSS high-water mark; CUDA: ``torch.cuda.max_memory_allocated``).
 
-Throughputs are student input images per second (CKD: batch * pos_and_neg per step), best of ``--repeats``
-interleaved blocks. It prints a table and, as its last line, one JSON object. Extra ``train_student.py`` flags
-(``--w_kd 1``, ``--hint_layer 1``, ...) are passed through.
+Throughputs are student input images per second (CKD: batch * pos_and_neg per step), best of ``--repeats`` rounds.
+The measurements are interleaved so that a change of the machine's load cannot fall between the two sides of a ratio:
+each round times a block of ``--steps`` calls of step, bound and data, then the shift of ``--calibrate``, in that
+order (cache build and plain forward alternate the same way). Each ratio (``step_vs_bound``, ``data_vs_step``,
+``cache_vs_forward``, ``calibrate_overhead``) is the **median of its per-round ratios**, reported with their interquartile range and
+min-max (``*_spread``, ``*_rounds``). A step cannot be faster than its bound, nor a cache build than the plain forward
+in it: a median above 1.05 there is reported as a measurement error (``*_error``, the value ``null``), not as a
+result. It prints a table and, as its last line, one JSON object. Extra ``train_student.py`` flags (``--w_kd 1``,
+``--hint_layer 1``, ...) are passed through.
 """
 
 from __future__ import annotations
@@ -46,8 +52,10 @@ import json
 import os
 import platform
 import resource
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -97,6 +105,10 @@ EVAL_BATCH_SIZES = (32, 64, 128, 256, EVAL_BATCH_SIZE)  # the forward batches of
 CALIBRATION_IMAGES = 128  # images of the BatchNorm calibration of the random teacher
 # the teacher batch of build_train_pool; the plain forward uses the same one
 CACHE_BATCH = int(inspect.signature(build_train_pool).parameters["batch_size"].default)
+# a ratio whose true value cannot exceed 1 (step / its own bound, cache build / the plain forward inside it) is a
+# measurement error above this: the machine's load changed inside a round
+BOUNDED_RATIO_LIMIT = 1.05
+Clock = Callable[[], float]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,10 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--pos_and_neg", type=PAIR_SIZE, default=2, help="CKD group size P+N")
     flag("--batch_size", type=POSITIVE_INT, default=64, help="batch size (CKD: tuples per batch)")
     flag("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    flag("--steps", type=POSITIVE_INT, default=30, help="timed steps per measurement block")
+    flag("--steps", type=POSITIVE_INT, default=10, help="timed steps per measurement block")
     flag("--warmup", type=NON_NEGATIVE_INT, default=5, help="untimed steps before the measurements (bound, step and data path each)")
-    flag("--repeats", type=POSITIVE_INT, default=3, help="interleaved measurement blocks; the best one counts")
-    flag("--cache_repeats", type=POSITIVE_INT, default=2, help="interleaved cache builds / plain forwards; the best one counts")
+    flag("--repeats", type=POSITIVE_INT, default=9,
+         help="rounds of interleaved blocks (step, bound, data, calibrate shift); rates: the best round, ratios: the "
+              "median of the per-round ratios")
+    flag("--cache_repeats", type=POSITIVE_INT, default=2,
+         help="rounds of an interleaved plain forward and cache build; rates: the best, cache_vs_forward: the median ratio")
     flag("--subset_size", type=Number(int, low=2), default=2000, help="synthetic images (train + validation)")
     flag("--nce_k", type=POSITIVE_INT, default=None, help="CRD negatives (default: train_student.py's)")
     flag("--amp", type=str2bool, nargs="?", const=True, default=False, help="bf16 autocast")
@@ -161,12 +176,65 @@ def synthetic_training_set(opt: StudentConfig) -> ImageSet:
                     crop_size=crop, crop_padding=padding)
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
+def timed(fn: Callable[[], Any], device: torch.device, clock: Clock = time.perf_counter) -> float:
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """The median of per-round ratios, with their spread; ``error`` says why the median is not a result."""
+
+    median: float
+    q1: float
+    q3: float
+    low: float
+    high: float
+    rounds: list[float]
+    error: str | None = None
+
+    @property
+    def value(self) -> float | None:
+        return None if self.error else self.median
+
+    def spread(self) -> dict[str, float]:
+        return {"q1": self.q1, "q3": self.q3, "min": self.low, "max": self.high, "n": len(self.rounds)}
+
+    def describe(self) -> str:
+        where = f"median of {len(self.rounds)} rounds, IQR {self.q1:.3f}-{self.q3:.3f}, min-max {self.low:.3f}-{self.high:.3f}"
+        return f"measurement error: {self.error} ({where})" if self.error else f"{self.median:.3f}  ({where})"
+
+
+def ratio_of(numerators: list[float], denominators: list[float], name: str, limit: float | None = None) -> Ratio:
+    """The per-round ratios ``numerators[i] / denominators[i]`` (each pair timed in the same round), their median,
+    quartiles (inclusive method) and range; with ``limit`` a median above it is a measurement error."""
+    if len(numerators) != len(denominators) or not numerators:
+        raise ValueError(f"{name}: {len(numerators)} numerators for {len(denominators)} denominators")
+    rounds = [n / d for n, d in zip(numerators, denominators)]
+    median = statistics.median(rounds)
+    q1, _, q3 = statistics.quantiles(rounds, n=4, method="inclusive") if len(rounds) > 1 else (median,) * 3
+    error = None
+    if limit is not None and not median <= limit:
+        error = (f"{name} {median:.3f} is above {limit:g}, which the code cannot reach; the machine's load changed "
+                 "during the measurement: rerun on an idle machine or with more --repeats")
+    return Ratio(median, q1, q3, min(rounds), max(rounds), rounds, error)
+
+
+def interleaved_times(fns: dict[str, Callable[[], None]], calls: dict[str, int], rounds: int, device: torch.device,
+                      clock: Clock = time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per call of each function in each round. A round times a block of ``calls[name]`` calls of every
+    function, in the order of ``fns``, so the functions of one round see the same load of the machine."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            def block(fn: Callable[[], None] = fn, count: int = calls[name]) -> None:
+                for _ in range(count):
+                    fn()
+            times[name].append(timed(block, device, clock) / calls[name])
+    return times
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -191,27 +259,26 @@ def plain_forward(teacher: nn.Module, normalised: Tensor, is_feat: bool, device:
 
 
 def measure_cache(opt: StudentConfig, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
-                  device: torch.device, repeats: int, num_classes: int) -> tuple[TrainPool, list[tuple[int, ...]], float, float]:
-    """(pool, teacher feature shapes, best cache-build time, best plain-forward time), interleaved, after one warm-up."""
+                  device: torch.device, repeats: int, num_classes: int,
+                  clock: Clock = time.perf_counter) -> tuple[TrainPool, list[tuple[int, ...]], list[float], list[float]]:
+    """(pool, teacher feature shapes, cache-build times, plain-forward times), one of each per round (a plain forward
+    then a cache build), after one warm-up."""
     images, labels = images.to(device), labels.to(device)
     normalised = augment.normalize_eval(images)
     input_shape = (3, augment.crop, augment.crop)
     is_feat = bool(teacher_feature_layers(opt, len(feature_shapes(teacher, device, input_shape))))
     preact = teacher_needs_preact(opt)
     plain_forward(teacher, normalised[:CACHE_BATCH], is_feat, device, opt.amp, preact)  # warm-up
-    pool: TrainPool | None = None
-    t_cache = t_forward = float("inf")
-    for _ in range(repeats):
-        t_forward = min(t_forward, timed(lambda: plain_forward(teacher, normalised, is_feat, device, opt.amp, preact),
-                                         device))
-        pool = None
-        synchronize(device)
-        start = time.perf_counter()
-        pool, feat_shapes = cache_teacher(opt, teacher, images, labels, augment, device, num_classes)
-        synchronize(device)
-        t_cache = min(t_cache, time.perf_counter() - start)
-    assert pool is not None
-    return pool, feat_shapes, t_cache, t_forward
+    built: list[tuple[TrainPool, list[tuple[int, ...]]]] = []
+
+    def build() -> None:
+        built[:] = []  # the previous round's pool is freed before the next build
+        built.append(cache_teacher(opt, teacher, images, labels, augment, device, num_classes))
+
+    times = interleaved_times({"forward": lambda: plain_forward(teacher, normalised, is_feat, device, opt.amp, preact),
+                               "cache": build}, {"forward": 1, "cache": 1}, repeats, device, clock)
+    pool, feat_shapes = built[0]
+    return pool, feat_shapes, times["cache"], times["forward"]
 
 
 def calibrate_batchnorm(model: nn.Module, images: Tensor, augment: DeviceAugment) -> None:
@@ -288,16 +355,16 @@ def make_data_step(method: Method, sampler: Any) -> Callable[[], None]:
     return step
 
 
-def best_rate(fns: dict[str, Callable[[], None]], steps: int, repeats: int, device: torch.device) -> dict[str, float]:
-    """Best (shortest) time per step of each function over ``repeats`` interleaved blocks of ``steps`` steps."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            def block(fn: Callable[[], None] = fn) -> None:
-                for _ in range(steps):
-                    fn()
-            best[name] = min(best[name], timed(block, device) / steps)
-    return best
+def step_ratios(times: dict[str, list[float]], steps_per_epoch: int) -> dict[str, Ratio]:
+    """The ratios of the training-step rounds, each pair from the same round: ``step_vs_bound`` (bound time / step
+    time: the step's share of its compute bound, at most 1), ``data_vs_step`` (step time / data-path time: how many
+    times faster the data path feeds images than the step consumes them) and ``calibrate_overhead`` (the calibration
+    shift / a pseudo-epoch of steps)."""
+    return {
+        "step_vs_bound": ratio_of(times["bound"], times["step"], "step_vs_bound", BOUNDED_RATIO_LIMIT),
+        "data_vs_step": ratio_of(times["step"], times["data"], "data_vs_step"),
+        "calibrate_overhead": ratio_of(times["calibrate"], [steps_per_epoch * t for t in times["step"]], "calibrate_overhead"),
+    }
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -330,28 +397,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup.method.train()
     staged = staged_forwards(setup.method, opt, device)
     images_per_step = sum(int(x.shape[0]) for x, _ in staged)
-    fns = {"bound": make_bound_step(setup.method, staged, opt, device, num_classes), "step": make_full_step(setup, device, opt.amp),
-           "data": make_data_step(setup.method, setup.sampler)}
-    for fn in fns.values():
-        for _ in range(args.warmup):
-            fn()
-    synchronize(device)
-    per_step = best_rate(fns, args.steps, args.repeats, device)
-    rates = {name: images_per_step / t for name, t in per_step.items()}
-    # --calibrate train_mean: one eval-mode pass over the clean training images before each validation, against the
-    # pseudo-epoch of training steps it is added to
+    # --calibrate train_mean: one eval-mode pass over the trainer's sample of the clean training images before each
+    # validation, against the pseudo-epoch of training steps it is added to
     clean = pool.images[: pool.n_images]
     sample = validation_sample(pool.n_images, opt.seed)  # the trainer's per-validation sample
-    shift_s = min(timed(lambda: train_mean_shift(student, clean, pool.teacher_logits, augment.normalize_eval, amp=opt.amp,
-                                                 channels_last=opt.channels_last, sample=sample), device)
-                  for _ in range(args.repeats))
-    epoch_s = steps_per_epoch(pool.n_images, opt.batch_size) * per_step["step"]
+    fns = {"step": make_full_step(setup, device, opt.amp), "bound": make_bound_step(setup.method, staged, opt, device, num_classes),
+           "data": make_data_step(setup.method, setup.sampler),
+           "calibrate": lambda: train_mean_shift(student, clean, pool.teacher_logits, augment.normalize_eval, amp=opt.amp,
+                                                 channels_last=opt.channels_last, sample=sample)}
+    for name, fn in fns.items():
+        for _ in range(min(args.warmup, 1) if name == "calibrate" else args.warmup):
+            fn()
+    synchronize(device)
+    times = interleaved_times(fns, {"step": args.steps, "bound": args.steps, "data": args.steps, "calibrate": 1},
+                              args.repeats, device)
+    per_step = {name: min(times[name]) for name in ("bound", "step", "data")}
+    rates = {name: images_per_step / t for name, t in per_step.items()}
+    ratios = {**step_ratios(times, steps_per_epoch(pool.n_images, opt.batch_size)),
+              "cache_vs_forward": ratio_of(t_forward, t_cache, "cache_vs_forward", BOUNDED_RATIO_LIMIT)}
+    t_cache, t_forward = min(t_cache), min(t_forward)
     eval_rates = measure_eval(student, clean, pool.labels[: pool.n_images], augment, opt, device, args.repeats)
 
     result: dict[str, Any] = {
-        "step_vs_bound": rates["step"] / rates["bound"],
-        "cache_vs_forward": t_forward / t_cache,
-        "calibrate_overhead": shift_s / epoch_s,
+        **ratio_fields(ratios),
         "eval_batch": eval_batch_size(device),
         "eval_images_per_s": eval_rates,
         "images_per_s": rates["step"],
@@ -376,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if device.type == "cuda":
         result["device_name"] = torch.cuda.get_device_name(device)
-    print_table(result)
+    print_table(result, ratios)
     print(json.dumps(result), flush=True)
     return result
 
@@ -394,7 +462,17 @@ def measure_eval(model: nn.Module, images: Tensor, labels: Tensor, augment: Devi
     return {str(size): images.shape[0] / t for size, t in best.items()}
 
 
-def print_table(r: dict[str, Any]) -> None:
+def ratio_fields(ratios: dict[str, Ratio]) -> dict[str, Any]:
+    """The JSON fields of each ratio: NAME (the median, null when it is a measurement error), NAME_spread (quartiles,
+    min, max, number of rounds), NAME_rounds (the per-round ratios) and NAME_error (null or why)."""
+    fields: dict[str, Any] = {}
+    for name, ratio in ratios.items():
+        fields.update({name: ratio.value, f"{name}_spread": ratio.spread(), f"{name}_rounds": ratio.rounds,
+                       f"{name}_error": ratio.error})
+    return fields
+
+
+def print_table(r: dict[str, Any], ratios: dict[str, Ratio]) -> None:
     method = r["relational"] or "none"
     print(f"bench: student {r['model_s']}, teacher {r['model_t']}, relational {method}, distill {r['distill']}, "
           f"batch {r['batch_size']} ({r['images_per_step']} student images/step), device {r['device']}, amp {r['amp']}, "
@@ -409,9 +487,10 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"{'measurement':<30} {'images/s':>12}  detail")
     for name, rate, detail in rows:
         print(f"{name:<30} {rate:>12,.0f}  {detail}")
-    print(f"{'step_vs_bound':<30} {r['step_vs_bound']:>12.3f}")
-    print(f"{'cache_vs_forward':<30} {r['cache_vs_forward']:>12.3f}")
-    print(f"{'calibrate_overhead':<30} {r['calibrate_overhead']:>12.3f}  (train-split shift / pseudo-epoch)")
+    for name, what in (("step_vs_bound", "bound time / step time"), ("data_vs_step", "step time / data-path time"),
+                       ("cache_vs_forward", "plain forward / cache build"),
+                       ("calibrate_overhead", "calibration shift / pseudo-epoch")):
+        print(f"{name:<30} {ratios[name].describe()}; {what}")
     for size, rate in r["eval_images_per_s"].items():
         chosen = "  <- eval_batch_size of this device" if int(size) == r["eval_batch"] else ""
         print(f"{'evaluate, forward batch ' + size:<30} {rate:>12,.0f}{chosen}")

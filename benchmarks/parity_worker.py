@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Run the published CKD ``train_student.py`` once, in this process, and write its numbers as JSON.
 
-    python scripts/parity_worker.py --published CKD_CHECKOUT --data_folder DATA --result OUT.json \
+    python benchmarks/parity_worker.py --published CKD_CHECKOUT --data_folder DATA --result OUT.json \
         --scratch_root DIR -- --model_s resnet8 --path_t T/resnet20_vanilla/ckpt_epoch_240.pth ...
 
-Started by scripts/parity.py, one fresh interpreter per run: the published code and this project both
+Started by benchmarks/parity.py, one fresh interpreter per run: the published code and this project both
 have top-level packages named ``dataset``, ``helper`` and ``models``, so this file imports nothing from
 this project. It runs the published ``main()`` unchanged, after replacing what ties it to one machine:
 
@@ -120,12 +120,12 @@ def install_shims(published: Path, data_folder: Path) -> RecordingWandb:
     tv_cifar.CIFAR10.download = no_download
 
     # parity.py starts this worker as `python -P` with PYTHONPATH=<published checkout>: the published packages come
-    # first on the import path, and this script's folder (this project's scripts/) is not on it
+    # first on the import path, and this script's folder (this project's benchmarks/) is not on it
     found = importlib.util.find_spec("dataset")
     origin = Path(found.origin).resolve() if found is not None and found.origin else None
     if origin is None or Path(published).resolve() not in origin.parents:
         raise SystemExit(f"error: the published package 'dataset' must come from {published} (got {origin}); start this "
-                         "worker through scripts/parity.py, which sets PYTHONPATH to the published checkout")
+                         "worker through benchmarks/parity.py, which sets PYTHONPATH to the published checkout")
     return fake_wandb
 
 
