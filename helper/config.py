@@ -242,3 +242,43 @@ def parse_student_args(argv: list[str] | None = None) -> StudentConfig:
 def parse_teacher_args(argv: list[str] | None = None) -> TeacherConfig:
     """Parse and check train_teacher.py's flags (a bad flag: one line and exit 2; a bad value: UserError)."""
     return TeacherConfig(**vars(build_teacher_parser().parse_args(argv)))
+
+
+def check_subset_against_data(opt: StudentConfig, n_total: int, subset_size: int | None = None) -> None:
+    """``--subset_size`` (``subset_size`` when the flag's default was resolved against the data) against a training
+    set of ``n_total`` images and ``--batch_size`` (raises UserError).
+
+    Called once the data is loaded, before the subset is drawn and before the teacher is touched.
+    """
+    from dataset.subset import min_subset_size, split_sizes  # deferred: the data package imports torch
+
+    subset_size = opt.subset_size if subset_size is None else subset_size
+    if subset_size > n_total:
+        raise UserError(f"--subset_size {subset_size} is larger than the {n_total}-image training set; "
+                        f"pass --subset_size {n_total} or less")
+    n_train, _ = split_sizes(subset_size, opt.train_val_frac)
+    if n_train < opt.batch_size:
+        need = min_subset_size(opt.batch_size, opt.train_val_frac)
+        if need <= n_total:
+            fix = f"pass --subset_size {need} or more, or lower --batch_size to {n_train} or less"
+        else:
+            fix = f"lower --batch_size to {n_train} or less"
+        raise UserError(f"--subset_size {subset_size} with --train_val_frac {opt.train_val_frac} leaves {n_train} "
+                        f"training images, fewer than one batch of --batch_size {opt.batch_size}; {fix}")
+
+
+def check_split_against_data(opt: StudentConfig, n_train: int, n_train_classes: int) -> None:
+    """The method's sampler against the training split: ``n_train`` images of ``n_train_classes`` classes (raises
+    UserError). Tuple samplers (CKD, mixup) need as many distinct images as a tuple holds; CRD needs two classes.
+
+    Called before the teacher is touched.
+    """
+    sampler = opt.method.sampler
+    k = method_table.images_per_item(sampler, opt.pos_and_neg)
+    if n_train < k:
+        fix = "raise --subset_size" + (" or lower --pos_and_neg" if sampler == "ckd_tuples" else "")
+        raise UserError(f"--relational {opt.relational} draws tuples of {k} distinct training images, but only {n_train} "
+                        f"are in the training split; {fix}")
+    if sampler == "crd" and n_train_classes < 2:
+        raise UserError(f"--relational {opt.relational} needs negatives from other classes, but every training image "
+                        "has the same class; raise --subset_size so that several classes are present")

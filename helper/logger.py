@@ -87,7 +87,7 @@ def wandb_name_and_group(opt: RunConfig, job_type: str) -> tuple[str, str]:
     if job_type == "teacher":
         return f"teacher {opt.model} seed{opt.seed}", f"teacher {opt.model} {opt.dataset}"
     from helper.methods import method_label
-    from helper.options import identity_config
+    from helper.run_folder import identity_config
 
     config = opt.to_dict()
     label = method_label(config)

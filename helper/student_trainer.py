@@ -42,7 +42,7 @@ from dataset.augment import DeviceAugment
 from dataset.samplers import steps_per_epoch
 from dataset.teacher_cache import CountingModule, load_or_build_cache
 from helper.calibration import fold_shift, shifted, train_mean_shift, validation_sample
-from helper.config import StudentConfig
+from helper.config import StudentConfig, check_split_against_data, check_subset_against_data
 from helper.engine import (
     LoopState,
     StopRequest,
@@ -68,8 +68,8 @@ from helper.methods import (
     uses_teacher_outputs,
     white_box_class,
 )
-from helper.options import check_split_against_data, check_subset_against_data, missing_teacher_message, student_run_dir
 from helper.resources import LOG_BYTES, Estimate, check_fits, model_footprint
+from helper.run_folder import missing_teacher_message, student_run_dir
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from helper.schedule import DECAY, STOP, PlateauSchedule
 from models import model_dict

@@ -46,8 +46,9 @@ from helper.engine import (
     train_epochs,
     train_step,
 )
-from helper.options import teacher_checkpoint_path, teacher_identity_config
+from helper.options import teacher_checkpoint_path
 from helper.resources import LOG_BYTES, Estimate, check_fits, model_footprint
+from helper.run_folder import teacher_identity_config
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from models import model_dict
 
