@@ -11,7 +11,9 @@ architecture) and checks every field with the command line's one-line errors (:c
 ``cfg.method`` (a :class:`helper.method_table.MethodSpec`); nothing looks them up again from the flag strings.
 
 A resolved default stays resolved: ``dataclasses.replace(cfg, model_s="vgg8")`` keeps ``cfg.model_t``; start from
-``StudentConfig(model_s="vgg8")`` (or ``parse_student_args``) to get vgg8's published teacher.
+``StudentConfig(model_s="vgg8")`` (or ``parse_student_args``) to get vgg8's published teacher. The one exception is
+the teacher checkpoint: ``path_t`` stays None unless given, and ``cfg.teacher_path`` resolves it against the current
+``save_dir``, so ``dataclasses.replace(cfg, save_dir=OTHER)`` reads OTHER's teacher.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ class StudentConfig(_CommonFlags):
         check_architecture(self.model_s, "model_s")
         check_architecture(self.model_t, "model_t")
         # a --path_t given by hand is checked now, a mistyped one named before its folder name is read as an architecture;
-        # the default checkpoint (also when dataclasses.replace re-checks a resolved one) when it is loaded, with how to get it
+        # the default checkpoint (also when given by hand as the default path) when it is loaded, with how to get it
         if self.path_t is not None and (self.model_t is None or
                                         Path(self.path_t) != teacher_checkpoint_path(self.save_dir, self.dataset, self.model_t)):
             check_teacher_path(self.path_t, self.model_t, self.dataset)
@@ -190,8 +192,6 @@ class StudentConfig(_CommonFlags):
             if model_t is None:
                 raise UserError(f"no published teacher for student '{self.model_s}'; pass --model_t (and --path_t)")
             self._set("model_t", model_t)
-        if self.path_t is None:
-            self._set("path_t", str(teacher_checkpoint_path(self.save_dir, self.dataset, self.model_t)))
         if self.learning_rate is None:
             self._set("learning_rate", default_learning_rate(self.model_s))
         self._set("method", method_table.method_spec(self.relational, self.distill))
@@ -199,6 +199,13 @@ class StudentConfig(_CommonFlags):
         method_table.check_modifiers(self.method, logit_stand=self.logit_stand, teacher_views=self.teacher_views,
                                      pair_scales=pair_scales)
         method_table.check_weights(self.method, {flag: getattr(self, flag) for flag in method_table.active_weight_flags(self.method)})
+
+    @property
+    def teacher_path(self) -> str:
+        """The teacher checkpoint the run reads: ``--path_t`` when given, else the default of ``--save_dir``
+        (:func:`helper.options.teacher_checkpoint_path`), resolved when asked, so ``dataclasses.replace(cfg,
+        save_dir=OTHER)`` reads OTHER's teacher."""
+        return self.path_t if self.path_t is not None else str(teacher_checkpoint_path(self.save_dir, self.dataset, self.model_t))
 
 
 @dataclass(frozen=True)

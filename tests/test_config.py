@@ -36,7 +36,7 @@ def test_config_fields_are_the_flags_with_the_parser_defaults(config: type, pars
 def test_config_resolves_the_published_defaults_once() -> None:
     cfg = StudentConfig(model_s="vgg8", relational="ckd")
     assert (cfg.model_t, cfg.learning_rate) == ("vgg13", 0.05)
-    assert cfg.path_t == str(teacher_checkpoint_path("./save", "cifar100", "vgg13"))
+    assert cfg.path_t is None and cfg.teacher_path == str(teacher_checkpoint_path("./save", "cifar100", "vgg13"))
     assert cfg.method.relational is not None and cfg.method.relational.name == "ckd" and cfg.method.sampler == "ckd_tuples"
     assert cfg == parse_student_args(["--model_s", "vgg8", "--relational", "ckd"])
     assert TeacherConfig(dataset="digits").model == "resnet14" and parse_teacher_args([]).model == "resnet110"
