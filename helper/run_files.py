@@ -8,6 +8,7 @@ files stay as they were.
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from collections.abc import Mapping
 from pathlib import Path
@@ -95,6 +96,17 @@ def structure_mismatch(saved: Any, fresh: Any, where: str, strict_shapes: bool =
     if isinstance(fresh, str):
         return None if isinstance(saved, str) else f"{where} is {_kind(saved)}, expected a string"
     return None
+
+
+def scalar_mismatch(value: Any, where: str, whole: bool = False) -> str | None:
+    """Why ``value`` is not a (whole) number, or None; a one-element tensor counts (RepDistiller saves its accuracy as
+    one)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+        value = value.item()
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if whole:
+        ok = ok and math.isfinite(float(value)) and float(value) == int(value)
+    return None if ok else f"{where} is {_kind(value)}, expected a {'whole ' if whole else ''}number"
 
 
 def optimizer_mismatch(saved: Any, optimizer: torch.optim.Optimizer, where: str = "optimizer") -> str | None:
@@ -208,7 +220,6 @@ def check_best(path: Path, arch: str, run_dir: Path) -> None:
     ckpt = load_run_file(path, advice)
     if not isinstance(ckpt, Mapping):
         raise damaged(path, f"{_kind(ckpt)} where a checkpoint belongs", advice)
-    check([model_mismatch(arch, ckpt.get("model")),
-           structure_mismatch(ckpt.get("epoch", "missing"), 0, "epoch"),
-           structure_mismatch(ckpt.get("accuracy", "missing"), 0.0, "accuracy")], path, advice)
+    check([model_mismatch(arch, ckpt.get("model")), scalar_mismatch(ckpt.get("epoch"), "epoch", whole=True),
+           scalar_mismatch(ckpt.get("accuracy"), "accuracy")], path, advice)
 

@@ -208,10 +208,14 @@ def _lock_holder(fd: int) -> str:
 def folder_lock(folder: Path) -> Iterator[None]:
     """Hold ``folder/run.lock`` (``fcntl.flock``, released by the OS when the process ends, also by SIGKILL) while the
     block runs; the file names the holder (pid, host, start time). A second process is refused at once with one
-    sentence naming the first (raises UserError). A folder this call created is removed again when the block left
-    nothing in it, so an early failure leaves nothing behind."""
+    sentence naming the first (raises UserError). The folders this call created (the folder and its missing parents)
+    are removed again when the block left nothing in them, so an early failure leaves nothing behind."""
     folder = Path(folder)
-    created = not folder.exists()
+    created = []  # deepest first
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
     path = folder / LOCK_NAME
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -248,9 +252,11 @@ def folder_lock(folder: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when the run left nothing in it
+        for made in created:
+            try:
+                made.rmdir()  # only when the run left nothing in it
+            except OSError:
+                break
 
 
 def missing_teacher_message(opt: StudentConfig) -> str:

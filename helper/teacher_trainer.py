@@ -55,6 +55,7 @@ from helper.run_files import (
     load_run_file,
     model_mismatch,
     optimizer_mismatch,
+    scalar_mismatch,
     structure_mismatch,
     tensors_mismatch,
 )
@@ -199,8 +200,8 @@ class TeacherRun:
         ckpt = load_run_file(self.final_path, advice)
         if not isinstance(ckpt, dict):
             raise damaged(self.final_path, f"{type(ckpt).__name__} where a checkpoint belongs", advice)
-        check([model_mismatch(self.opt.model, ckpt.get("model")), structure_mismatch(ckpt.get("epoch", "missing"), 0, "epoch"),
-               structure_mismatch(ckpt.get("accuracy", "missing"), 0.0, "accuracy")], self.final_path, advice)
+        check([model_mismatch(self.opt.model, ckpt.get("model")), scalar_mismatch(ckpt.get("epoch"), "epoch", whole=True),
+               scalar_mismatch(ckpt.get("accuracy"), "accuracy")], self.final_path, advice)
         print(f"teacher {self.opt.model} is already trained with these flags: {self.final_path} holds epoch {ckpt['epoch']} "
               f"(test acc {float(ckpt['accuracy']):.2f}%); nothing to do (delete {self.run_dir} to train it again)", flush=True)
         print(f"checkpoint: {self.final_path}", flush=True)
@@ -337,7 +338,7 @@ class TeacherRun:
                structure_mismatch(ckpt["loop"], self.loop.state_dict(), "loop"),
                structure_mismatch(ckpt["sampler"], self.sampler.state_dict(), "sampler", strict_shapes=True),
                structure_mismatch(ckpt["aug_rng"], self.aug_generator.get_state(), "aug_rng", strict_shapes=True),
-               structure_mismatch(ckpt["best_acc"], 0.0, "best_acc"), structure_mismatch(ckpt["accuracy"], 0.0, "accuracy"),
+               scalar_mismatch(ckpt["best_acc"], "best_acc"), scalar_mismatch(ckpt["accuracy"], "accuracy"),
                None if isinstance(accum, dict) and all(isinstance(v, Tensor) and v.dim() == 0 for v in accum.values())
                else "accum is not a dict of loss sums",
                None if isinstance(ckpt.get("wandb_id"), (str, type(None))) else "wandb_id is not a string"],
