@@ -121,7 +121,7 @@ def earlier_run_names(opt: StudentConfig) -> list[str]:
     """The names the previous release gave this run's folder, one per spelling of its resolved ``--path_t``."""
     fields = {k: v for k, v in opt.to_dict().items() if k in EARLIER_FIELDS}
     if opt.path_t is not None:
-        paths = _spellings(Path(opt.path_t))
+        paths = [opt.path_t, *_spellings(Path(opt.path_t))]  # the flag's text as typed came first
     else:
         paths = [str(teacher_checkpoint_path(save, opt.dataset, opt.model_t)) for save in _spellings(Path(opt.save_dir))]
     names = []

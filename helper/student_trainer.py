@@ -400,8 +400,8 @@ class StudentRun:
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         """Restore a ``last.pth`` written by :meth:`state_dict`."""
-        require_resumable(ckpt, self.last_path, ("model", "extras", "optimizer", "loop", "schedule", "best", "best_val",
-                                                 "init_done", "sampler", "method_rng", "aug_rng", "torch_rng", "accum"))
+        require_resumable(ckpt, self.last_path, ("loop", "best_val", "init_done", "sampler", "method_rng", "accum", "model",
+                                                 "extras", "optimizer", "schedule", "best", "aug_rng", "torch_rng"))
         advice = "delete it to start this run again (the teacher cache is kept: no teacher call is repeated)"
         check(self._last_mismatches(ckpt), self.last_path, advice)
         try:

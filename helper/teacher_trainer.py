@@ -330,7 +330,7 @@ class TeacherRun:
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> str | None:
         """Restore a ``last.pth`` (returns the W&B run id to continue)."""
-        require_resumable(ckpt, self.last_path, ("model", "optimizer", "loop", "sampler", "aug_rng", "accum", "best_acc",
+        require_resumable(ckpt, self.last_path, ("loop", "sampler", "aug_rng", "accum", "best_acc", "model", "optimizer",
                                                  "accuracy"))
         accum = ckpt["accum"]
         check([tensors_mismatch(ckpt["model"], self.model.state_dict(), f"model ({self.opt.model})"),
