@@ -152,7 +152,11 @@ def load_run_file(path: Path, advice: str, map_location: Any = "cpu") -> Any:
     try:
         return safe_load(path, map_location=map_location)
     except UserError as err:
-        raise UserError(f"{str(err).split('; ')[0]}; {advice}") from err
+        what = str(err).split("; ")[0]
+        opening = what.find(" (")
+        if opening > 0 and what.endswith(")"):  # torch's reason, to its first sentence
+            what = f"{what[:opening]} ({what[opening + 2:-1].split('. ')[0].rstrip('.')})"
+        raise UserError(f"{what}; {advice}") from err
 
 
 def check(problems: list[str | None], path: Path, advice: str) -> None:

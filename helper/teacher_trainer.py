@@ -168,7 +168,7 @@ class TeacherRun:
             except (OSError, ValueError) as err:
                 raise UserError(f"{self.config_path} is unreadable ({err}); {self._how_to_proceed()}") from err
             problem = f"{type(stored).__name__} where the teacher's flags belong" if not isinstance(stored, dict) else \
-                structure_mismatch(stored, {k: v for k, v in self.config.items() if k in stored}, "config.json")
+                structure_mismatch(stored, {k: v for k, v in self.config.items() if k in stored}, "flags")
             if problem:
                 raise damaged(self.config_path, problem, f"restore it from a copy; {self._how_to_proceed()}")
             return stored
