@@ -15,6 +15,7 @@ parsers, path checks) imports nothing of either, so the modules of ``helper/`` f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -117,8 +118,22 @@ def _spellings(path: Path) -> list[str]:
     return list(dict.fromkeys(forms))
 
 
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(StudentConfig) if f.init}
+
+
+def _later_flags_at_default(opt: StudentConfig) -> bool:
+    """True when every flag added since the previous release has its default: only then can a folder of that release
+    hold this run (it ran with the default behaviour)."""
+    defaults = _defaults()
+    return all(value == defaults[k] for k, value in identity_config(opt).items() if k not in EARLIER_FIELDS)
+
+
 def earlier_run_names(opt: StudentConfig) -> list[str]:
-    """The names the previous release gave this run's folder, one per spelling of its resolved ``--path_t``."""
+    """The names the previous release gave this run's folder, one per spelling of its resolved ``--path_t`` (none when
+    a flag added since then is not at its default)."""
+    if not _later_flags_at_default(opt):
+        return []
     fields = {k: v for k, v in opt.to_dict().items() if k in EARLIER_FIELDS}
     if opt.path_t is not None:
         paths = [opt.path_t, *_spellings(Path(opt.path_t))]  # the flag's text as typed came first
@@ -148,15 +163,16 @@ def _same_teacher(folder: Path, teacher_sha256: str | None) -> bool:
 
 def _same_flags(opt: StudentConfig, results: dict[str, Any]) -> bool:
     """True when a finished run's recorded configuration has this run's identity flags (the subset size, resolved
-    against the data there, is part of the folder's readable name)."""
+    against the data there, is part of the folder's readable name); a flag it does not record (added since) must be
+    at its default here."""
     stored = results.get("config")
     if not isinstance(stored, dict):
         return False
     skip = (*NON_IDENTITY_FLAGS, "subset_size")
-    mine = json.loads(json.dumps({k: v for k, v in identity_config(opt).items() if k in EARLIER_FIELDS and k not in skip},
-                                 default=str))
-    theirs = {k: v for k, v in stored.items() if k in EARLIER_FIELDS and k not in skip}
-    return mine == theirs
+    defaults = json.loads(json.dumps(_defaults(), default=str))
+    mine = json.loads(json.dumps({k: v for k, v in identity_config(opt).items() if k not in skip}, default=str))
+    theirs = {k: v for k, v in stored.items() if k not in skip}
+    return set(theirs) <= set(mine) and all(theirs[k] == v if k in theirs else v == defaults.get(k) for k, v in mine.items())
 
 
 def find_earlier_run_folder(opt: StudentConfig, run_dir: Path, teacher_sha256: str | None) -> Path | None:

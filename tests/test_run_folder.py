@@ -22,7 +22,7 @@ import train_student
 import train_teacher
 from helper.config import parse_student_args
 from helper.options import teacher_checkpoint_path
-from helper.run_folder import LOCK_NAME, folder_lock, student_run_dir
+from helper.run_folder import LOCK_NAME, find_earlier_run_folder, folder_lock, student_run_dir, teacher_digest
 from helper.student_trainer import StudentRun
 from tests.conftest import ROOT
 
@@ -124,6 +124,9 @@ def test_folders_of_the_previous_release_are_renamed_once(runs: Path, tmp_path: 
         argv(save, "--seed", "2"), str(teacher_checkpoint_path(save, "digits", "resnet8"))))
     finished.rename(legacy_finished)
     interrupted.rename(legacy_interrupted)
+    for other in (["--seed", "1", "--kd_T", "3"], ["--seed", "2", "--w_kd", "0.5"]):  # never a run of other flags
+        opt = parse_student_args(argv(save, *other))
+        assert find_earlier_run_folder(opt, student_run_dir(opt), teacher_digest(opt.teacher_path)) is None
     out = rerun(argv(save, "--seed", "1"), capsys)
     assert f"renamed the run folder {legacy_finished.name} to {finished.name}" in out and "already finished" in out
     out = rerun(argv(save, "--seed", "2"), capsys)
