@@ -72,7 +72,7 @@ from dataset.stanfordcars import STORED_SIZE as CARS_STORED
 from dataset.teacher_cache import build_train_pool
 from helper import method_table
 from helper.calibration import train_mean_shift, validation_sample
-from helper.config import StudentConfig, student_config_from
+from helper.config import StudentConfig, check_subset_against_data, student_config_from
 from helper.engine import EVAL_BATCH_SIZE, accumulate, eval_batch_size, evaluate, train_step
 from helper.method_table import none_or_str
 from helper.methods import (
@@ -90,7 +90,6 @@ from helper.options import (
     OneLineParser,
     RawDescriptionHelpFormatter,
     build_student_parser,
-    check_subset_against_data,
     str2bool,
 )
 from helper.student_trainer import build_student, build_training, cache_teacher

@@ -195,6 +195,11 @@ def load_weights_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], a
                 f"{path} does not hold a {arch} model ({key} has shape {tuple(state_dict[key].shape)}, "
                 f"expected {tuple(tensor.shape)}); pass the checkpoint of the right architecture"
             )
+        if state_dict[key].is_floating_point() != tensor.is_floating_point():
+            raise UserError(
+                f"{path} does not hold a {arch} model ({key} is {state_dict[key].dtype}, expected {tensor.dtype}); "
+                "pass the checkpoint of the right architecture"
+            )
     model.load_state_dict(state_dict, strict=True)
 
 

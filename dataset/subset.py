@@ -47,7 +47,7 @@ def make_subset_split(n_total: int, subset_size: int, train_val_frac: float, see
     """Draw ``subset_size`` distinct images out of ``n_total`` and split them train/validation.
 
     An impossible request raises ValueError: a run checks its flags against the data first
-    (:func:`helper.options.check_subset_against_data`), so that is a programming error.
+    (:func:`helper.config.check_subset_against_data`), so that is a programming error.
     """
     if not 0.0 < train_val_frac < 1.0:
         raise ValueError(f"train_val_frac must be strictly between 0 and 1, got {train_val_frac}")

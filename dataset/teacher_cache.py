@@ -214,16 +214,18 @@ def load_or_build_cache(
     teacher_sha256: str | None,
     build: Callable[[], tuple[TrainPool, dict[str, Any]]],
     device: torch.device | str,
+    read: Callable[[Path], Any] | None = None,
 ) -> tuple[TrainPool, dict[str, Any], bool]:
     """The teacher cache of a run: reloaded from ``path`` when it was built from the same teacher file, else built.
 
     ``build()`` queries the teacher and returns ``(pool, meta)``; ``meta`` must hold ``teacher_sha256``. A reload makes
-    no teacher call. ``teacher_sha256=None`` (the teacher file is gone) accepts any saved cache. A new cache is written
-    atomically. Returns ``(pool, meta, reused)``.
+    no teacher call. ``teacher_sha256=None`` (the teacher file is gone) accepts any saved cache. ``read(path)`` loads
+    and checks a saved cache (it raises for a damaged one and leaves the file as it is; default: ``safe_load``). A new
+    cache is written atomically. Returns ``(pool, meta, reused)``.
     """
     path = Path(path)
     if path.is_file():
-        saved = safe_load(path, map_location="cpu")
+        saved = read(path) if read is not None else safe_load(path, map_location="cpu")
         if teacher_sha256 is None or saved["meta"]["teacher_sha256"] == teacher_sha256:
             return TrainPool.from_state_dict(saved["pool"], device), saved["meta"], True
     pool, meta = build()

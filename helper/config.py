@@ -11,7 +11,9 @@ architecture) and checks every field with the command line's one-line errors (:c
 ``cfg.method`` (a :class:`helper.method_table.MethodSpec`); nothing looks them up again from the flag strings.
 
 A resolved default stays resolved: ``dataclasses.replace(cfg, model_s="vgg8")`` keeps ``cfg.model_t``; start from
-``StudentConfig(model_s="vgg8")`` (or ``parse_student_args``) to get vgg8's published teacher.
+``StudentConfig(model_s="vgg8")`` (or ``parse_student_args``) to get vgg8's published teacher. The one exception is
+the teacher checkpoint: ``path_t`` stays None unless given, and ``cfg.teacher_path`` resolves it against the current
+``save_dir``, so ``dataclasses.replace(cfg, save_dir=OTHER)`` reads OTHER's teacher.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ class StudentConfig(_CommonFlags):
         check_architecture(self.model_s, "model_s")
         check_architecture(self.model_t, "model_t")
         # a --path_t given by hand is checked now, a mistyped one named before its folder name is read as an architecture;
-        # the default checkpoint (also when dataclasses.replace re-checks a resolved one) when it is loaded, with how to get it
+        # the default checkpoint (also when given by hand as the default path) when it is loaded, with how to get it
         if self.path_t is not None and (self.model_t is None or
                                         Path(self.path_t) != teacher_checkpoint_path(self.save_dir, self.dataset, self.model_t)):
             check_teacher_path(self.path_t, self.model_t, self.dataset)
@@ -190,8 +192,6 @@ class StudentConfig(_CommonFlags):
             if model_t is None:
                 raise UserError(f"no published teacher for student '{self.model_s}'; pass --model_t (and --path_t)")
             self._set("model_t", model_t)
-        if self.path_t is None:
-            self._set("path_t", str(teacher_checkpoint_path(self.save_dir, self.dataset, self.model_t)))
         if self.learning_rate is None:
             self._set("learning_rate", default_learning_rate(self.model_s))
         self._set("method", method_table.method_spec(self.relational, self.distill))
@@ -199,6 +199,13 @@ class StudentConfig(_CommonFlags):
         method_table.check_modifiers(self.method, logit_stand=self.logit_stand, teacher_views=self.teacher_views,
                                      pair_scales=pair_scales)
         method_table.check_weights(self.method, {flag: getattr(self, flag) for flag in method_table.active_weight_flags(self.method)})
+
+    @property
+    def teacher_path(self) -> str:
+        """The teacher checkpoint the run reads: ``--path_t`` when given, else the default of ``--save_dir``
+        (:func:`helper.options.teacher_checkpoint_path`), resolved when asked, so ``dataclasses.replace(cfg,
+        save_dir=OTHER)`` reads OTHER's teacher."""
+        return self.path_t if self.path_t is not None else str(teacher_checkpoint_path(self.save_dir, self.dataset, self.model_t))
 
 
 @dataclass(frozen=True)
@@ -242,3 +249,43 @@ def parse_student_args(argv: list[str] | None = None) -> StudentConfig:
 def parse_teacher_args(argv: list[str] | None = None) -> TeacherConfig:
     """Parse and check train_teacher.py's flags (a bad flag: one line and exit 2; a bad value: UserError)."""
     return TeacherConfig(**vars(build_teacher_parser().parse_args(argv)))
+
+
+def check_subset_against_data(opt: StudentConfig, n_total: int, subset_size: int | None = None) -> None:
+    """``--subset_size`` (``subset_size`` when the flag's default was resolved against the data) against a training
+    set of ``n_total`` images and ``--batch_size`` (raises UserError).
+
+    Called once the data is loaded, before the subset is drawn and before the teacher is touched.
+    """
+    from dataset.subset import min_subset_size, split_sizes  # deferred: the data package imports torch
+
+    subset_size = opt.subset_size if subset_size is None else subset_size
+    if subset_size > n_total:
+        raise UserError(f"--subset_size {subset_size} is larger than the {n_total}-image training set; "
+                        f"pass --subset_size {n_total} or less")
+    n_train, _ = split_sizes(subset_size, opt.train_val_frac)
+    if n_train < opt.batch_size:
+        need = min_subset_size(opt.batch_size, opt.train_val_frac)
+        if need <= n_total:
+            fix = f"pass --subset_size {need} or more, or lower --batch_size to {n_train} or less"
+        else:
+            fix = f"lower --batch_size to {n_train} or less"
+        raise UserError(f"--subset_size {subset_size} with --train_val_frac {opt.train_val_frac} leaves {n_train} "
+                        f"training images, fewer than one batch of --batch_size {opt.batch_size}; {fix}")
+
+
+def check_split_against_data(opt: StudentConfig, n_train: int, n_train_classes: int) -> None:
+    """The method's sampler against the training split: ``n_train`` images of ``n_train_classes`` classes (raises
+    UserError). Tuple samplers (CKD, mixup) need as many distinct images as a tuple holds; CRD needs two classes.
+
+    Called before the teacher is touched.
+    """
+    sampler = opt.method.sampler
+    k = method_table.images_per_item(sampler, opt.pos_and_neg)
+    if n_train < k:
+        fix = "raise --subset_size" + (" or lower --pos_and_neg" if sampler == "ckd_tuples" else "")
+        raise UserError(f"--relational {opt.relational} draws tuples of {k} distinct training images, but only {n_train} "
+                        f"are in the training split; {fix}")
+    if sampler == "crd" and n_train_classes < 2:
+        raise UserError(f"--relational {opt.relational} needs negatives from other classes, but every training image "
+                        "has the same class; raise --subset_size so that several classes are present")

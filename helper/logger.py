@@ -87,7 +87,7 @@ def wandb_name_and_group(opt: RunConfig, job_type: str) -> tuple[str, str]:
     if job_type == "teacher":
         return f"teacher {opt.model} seed{opt.seed}", f"teacher {opt.model} {opt.dataset}"
     from helper.methods import method_label
-    from helper.options import identity_config
+    from helper.run_folder import identity_config
 
     config = opt.to_dict()
     label = method_label(config)
@@ -199,7 +199,8 @@ def report_finished_run(run_dir: Path, results_path: Path, opt: RunConfig) -> bo
     except (OSError, ValueError) as err:
         _say(f"wandb: could not read {results_path} to report it ({err})")
         return False
-    stored = {k: v for k, v in (results.get("config") or {}).items() if k in opt.to_dict()}
+    stored = {k: v for k, v in (results.get("config") or {}).items()
+              if k in opt.to_dict() and k not in ("path_t", "save_dir")}  # where the run lived then is not where it is now
     finished_opt = dataclasses.replace(opt, **stored)  # the resolved flags of that run
     config = {**finished_opt.to_dict(), "n_train": results.get("n_train"), "n_val": results.get("n_val"),
               "subset_fingerprint": results.get("subset_fingerprint")}

@@ -7,20 +7,15 @@ Values parse the way W&B agents pass them (``--relational=None``, ``--w_kd=1.0``
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from core.errors import EXIT_USER_ERROR, UserError
 from helper import method_table
 from helper.method_table import none_or_str
-
-if TYPE_CHECKING:
-    from helper.config import StudentConfig, TeacherConfig
 
 DATASET_CHOICES = ("cifar100", "digits", "stanfordcars")
 # data sets whose teachers live in SAVE_DIR/models/ (RepDistiller's folder); the others get SAVE_DIR/models_{dataset}/
@@ -48,11 +43,6 @@ DEFAULT_TEACHER = {
 # the digits teacher `make demo` and docs/runs.md train first, and the default --model_t / --model of --dataset digits
 DEFAULT_DIGITS_TEACHER = "resnet14"
 DEFAULT_CIFAR_TEACHER = "resnet110"
-
-# flags that never change what a run computes (paths, resume, logging), so they do not enter the run-folder name
-NON_IDENTITY_FLAGS = ("resume", "save_dir", "keep_cache", "keep_last", "data_folder", "wdb_project", "wdb_entity", "_tags")
-# a teacher folder also ignores where it trains and how often it keeps a periodic checkpoint
-TEACHER_NON_IDENTITY_FLAGS = (*NON_IDENTITY_FLAGS, "device", "save_freq")
 
 PUBLISHED_DECAY_EPOCHS = "150,180,210"  # train_teacher.py --lr_decay_epochs, as RepDistiller
 MODEL_NAMES_MARK = "<model names>"  # replaced by the names of models.model_dict when --help is printed
@@ -446,44 +436,8 @@ def check_architecture(name: str | None, flag: str) -> None:
         raise UserError(f"unknown architecture '{name}' for --{flag}; choose one of {', '.join(model_dict)}")
 
 
-def check_subset_against_data(opt: StudentConfig, n_total: int, subset_size: int | None = None) -> None:
-    """``--subset_size`` (``subset_size`` when the flag's default was resolved against the data) against a training
-    set of ``n_total`` images and ``--batch_size`` (raises UserError).
-
-    Called once the data is loaded, before the subset is drawn and before the teacher is touched.
-    """
-    from dataset.subset import min_subset_size, split_sizes  # deferred: the data package imports torch
-
-    subset_size = opt.subset_size if subset_size is None else subset_size
-    if subset_size > n_total:
-        raise UserError(f"--subset_size {subset_size} is larger than the {n_total}-image training set; "
-                        f"pass --subset_size {n_total} or less")
-    n_train, _ = split_sizes(subset_size, opt.train_val_frac)
-    if n_train < opt.batch_size:
-        need = min_subset_size(opt.batch_size, opt.train_val_frac)
-        if need <= n_total:
-            fix = f"pass --subset_size {need} or more, or lower --batch_size to {n_train} or less"
-        else:
-            fix = f"lower --batch_size to {n_train} or less"
-        raise UserError(f"--subset_size {subset_size} with --train_val_frac {opt.train_val_frac} leaves {n_train} "
-                        f"training images, fewer than one batch of --batch_size {opt.batch_size}; {fix}")
 
 
-def check_split_against_data(opt: StudentConfig, n_train: int, n_train_classes: int) -> None:
-    """The method's sampler against the training split: ``n_train`` images of ``n_train_classes`` classes (raises
-    UserError). Tuple samplers (CKD, mixup) need as many distinct images as a tuple holds; CRD needs two classes.
-
-    Called before the teacher is touched.
-    """
-    sampler = opt.method.sampler
-    k = method_table.images_per_item(sampler, opt.pos_and_neg)
-    if n_train < k:
-        fix = "raise --subset_size" + (" or lower --pos_and_neg" if sampler == "ckd_tuples" else "")
-        raise UserError(f"--relational {opt.relational} draws tuples of {k} distinct training images, but only {n_train} "
-                        f"are in the training split; {fix}")
-    if sampler == "crd" and n_train_classes < 2:
-        raise UserError(f"--relational {opt.relational} needs negatives from other classes, but every training image "
-                        "has the same class; raise --subset_size so that several classes are present")
 
 
 def data_not_found_message(err: Exception) -> str:
@@ -538,23 +492,10 @@ def check_teacher_path(path_t: str, model_t: str | None, dataset: str) -> None:
                     f"`python train_teacher.py --model {model_t} --dataset {dataset}`")
 
 
-def identity_config(cfg: StudentConfig | TeacherConfig, ignored: tuple[str, ...] = NON_IDENTITY_FLAGS) -> dict[str, Any]:
-    """The flags that define what a run computes (everything but paths, logging and resume)."""
-    return {k: v for k, v in sorted(cfg.to_dict().items()) if k not in ignored and not k.startswith("__")}
 
 
-def teacher_identity_config(opt: TeacherConfig) -> dict[str, Any]:
-    """The flags a teacher folder is bound to (a rerun resumes only when they are equal)."""
-    return identity_config(opt, TEACHER_NON_IDENTITY_FLAGS)
 
 
-def run_name(opt: StudentConfig) -> str:
-    """A readable, unique folder name: two configurations that differ in any flag get different names."""
-    config = identity_config(opt)
-    digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    method = opt.relational or "none"
-    return (f"S-{opt.model_s}_T-{opt.model_t}_{opt.dataset}_r-{method}_d-{opt.distill}"
-            f"_n{'all' if opt.subset_size is None else opt.subset_size}_lr{opt.learning_rate:g}_seed{opt.seed}_trial{opt.trial}_{digest}")
 
 
 def teacher_checkpoint_path(save_dir: str | Path, dataset: str, model: str, trial: int = 1) -> Path:
@@ -575,15 +516,6 @@ def teacher_checkpoint_path(save_dir: str | Path, dataset: str, model: str, tria
     return Path(save_dir) / folder / name / "ckpt_epoch_240.pth"
 
 
-def missing_teacher_message(opt: StudentConfig) -> str:
-    """One sentence for a teacher checkpoint that is not there, with the command that makes it for this data set."""
-    train = f"python train_teacher.py --model {opt.model_t} --dataset {opt.dataset}"
-    if opt.dataset == "stanfordcars":
-        train += f" --data_folder {opt.data_folder}"
-    if opt.dataset != "cifar100":
-        return f"teacher checkpoint {opt.path_t} does not exist; train it with `{train}` (then pass the same --save_dir)"
-    return (f"teacher checkpoint {opt.path_t} does not exist; get it with `sh scripts/fetch_pretrained_teachers.sh` "
-            f"or train it with `{train}`")
 
 
 def teacher_from_path(path_t: str) -> str:
@@ -600,9 +532,6 @@ def teacher_from_path(path_t: str) -> str:
     return max(candidates, key=len)
 
 
-def student_run_dir(opt: StudentConfig) -> Path:
-    """The folder of a student run: ``{save_dir}/student/{run_name}``."""
-    return Path(opt.save_dir) / "student" / run_name(opt)
 
 
 def markdown_flag_table(parser: argparse.ArgumentParser) -> str:

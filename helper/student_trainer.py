@@ -15,7 +15,6 @@ A run is its built-once data (split, images, teacher cache: :meth:`StudentRun._p
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import sys
@@ -43,7 +42,7 @@ from dataset.augment import DeviceAugment
 from dataset.samplers import steps_per_epoch
 from dataset.teacher_cache import CountingModule, load_or_build_cache
 from helper.calibration import fold_shift, shifted, train_mean_shift, validation_sample
-from helper.config import StudentConfig
+from helper.config import StudentConfig, check_split_against_data, check_subset_against_data
 from helper.engine import (
     LoopState,
     StopRequest,
@@ -70,8 +69,25 @@ from helper.methods import (
     uses_teacher_outputs,
     white_box_class,
 )
-from helper.options import check_split_against_data, check_subset_against_data, missing_teacher_message, student_run_dir
 from helper.resources import LOG_BYTES, Estimate, check_fits, model_footprint
+from helper.run_files import (
+    LOAD_ERRORS,
+    check,
+    check_best,
+    damaged,
+    load_run_file,
+    optimizer_mismatch,
+    read_results,
+    structure_mismatch,
+    tensors_mismatch,
+)
+from helper.run_folder import (
+    adopt_earlier_run_folder,
+    folder_lock,
+    missing_teacher_message,
+    run_name,
+    teacher_digest,
+)
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from helper.schedule import DECAY, STOP, PlateauSchedule
 from models import model_dict
@@ -87,8 +103,8 @@ class NonFiniteLoss(UserError):
 
 
 def load_teacher(opt: StudentConfig, num_classes: int, device: torch.device) -> nn.Module:
-    """Build ``opt.model_t`` and load ``opt.path_t`` into it (weights_only, strict keys and shapes)."""
-    path = Path(opt.path_t)
+    """Build ``opt.model_t`` and load ``opt.teacher_path`` into it (weights_only, strict keys and shapes)."""
+    path = Path(opt.teacher_path)
     if not path.is_file():
         raise UserError(missing_teacher_message(opt))
     teacher = model_dict[opt.model_t](num_classes=num_classes)
@@ -275,7 +291,8 @@ class StudentRun:
         self.opt = opt
         self.device = resolve_device(opt.device)
         configure_backend(self.device, deterministic=opt.deterministic)
-        self.run_dir = student_run_dir(opt)
+        self.teacher_sha256 = teacher_digest(opt.teacher_path)
+        self.run_dir = Path(opt.save_dir) / "student" / run_name(opt, self.teacher_sha256)
         self.last_path = self.run_dir / "last.pth"
         self.best_path = self.run_dir / "best.pth"
         self.results_path = self.run_dir / "results.json"
@@ -305,7 +322,7 @@ class StudentRun:
     def _prepare_teacher_cache(self) -> None:
         """Query the teacher once per training image (and view), or reload the cache of this run."""
         opt, device = self.opt, self.device
-        teacher_sha256 = file_sha256(opt.path_t) if Path(opt.path_t).is_file() else None
+        teacher_sha256 = teacher_digest(opt.teacher_path)
 
         def build() -> tuple[TrainPool, dict[str, Any]]:
             teacher = load_teacher(opt, self.data.num_classes, device)
@@ -315,14 +332,15 @@ class StudentRun:
                                               self.data.num_classes)
             meta = {"teacher_acc": test_stats["acc"], "teacher_acc_top5": test_stats["acc_top5"],
                     "teacher_calls": int(pool.teacher_calls), "teacher_eval_calls": int(counted.calls),
-                    "teacher_sha256": teacher_sha256 or file_sha256(opt.path_t),
+                    "teacher_sha256": teacher_sha256 or file_sha256(opt.teacher_path),
                     "teacher_feat_shapes": [list(shape) for shape in feat_shapes]}
             del teacher, counted
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             return pool, meta
 
-        self.pool, self.teacher_meta, reused = load_or_build_cache(self.cache_path, teacher_sha256, build, device)
+        self.pool, self.teacher_meta, reused = load_or_build_cache(self.cache_path, teacher_sha256, build, device,
+                                                                   read=self._read_cache)
         self.teacher_feat_shapes = [tuple(shape) for shape in self.teacher_meta["teacher_feat_shapes"]]
         if reused:
             print(f"reusing the teacher cache {self.cache_path} ({self.teacher_meta['teacher_calls']} teacher calls, "
@@ -334,6 +352,47 @@ class StudentRun:
         warning = teacher_accuracy_warning(opt, float(self.teacher_meta["teacher_acc"]))
         if warning:
             print(warning, file=sys.stderr, flush=True)
+
+    def _read_cache(self, path: Path) -> Any:
+        """A saved ``teacher_cache.pth``, checked against this run's data and flags (raises UserError when damaged)."""
+        advice = "delete it and the run queries the teacher again (its calls are counted again)"
+        saved = load_run_file(path, advice)
+        if not isinstance(saved, dict) or not isinstance(saved.get("pool"), dict) or not isinstance(saved.get("meta"), dict):
+            raise damaged(self.cache_path, "not a teacher cache (a pool and its meta)", advice)
+        pool, meta = saved["pool"], saved["meta"]
+        check([structure_mismatch(meta, {"teacher_sha256": "", "teacher_acc": 0.0, "teacher_acc_top5": 0.0, "teacher_calls": 0,
+                                         "teacher_eval_calls": 0, "teacher_feat_shapes": [[0]]}, "meta"),
+               structure_mismatch(pool, {"images": self.data.train_images[:0], "labels": self.data.train_labels[:0],
+                                         "image_ids": self.data.train_labels[:0], "n_images": 0, "views": 0,
+                                         "teacher_logits": torch.zeros(0), "teacher_feats": {}, "teacher_calls": 0}, "pool")],
+              self.cache_path, advice)
+        n, views, images = self.data.split.n_train, self.opt.teacher_views, self.data.train_images
+        items = n * views
+        feat_layers = teacher_feature_layers(self.opt, len(meta["teacher_feat_shapes"])) if \
+            uses_teacher_outputs(self.opt) and white_box_class(self.opt) is not None else []
+        feat_dtype = torch.float16 if self.opt.cache_dtype == "float16" else torch.float32
+        expected = {"images": (items, *images.shape[1:]), "labels": (items,), "image_ids": (items,),
+                    "teacher_logits": (items, self.data.num_classes)}
+        problems: list[str | None] = [
+            None if (pool["n_images"], pool["views"]) == (n, views) else
+            f"{pool['n_images']} images x {pool['views']} views, this run {n} x {views}",
+            *(None if tuple(pool[k].shape) == shape else f"pool.{k}: file {list(pool[k].shape)}, this run {list(shape)}"
+              for k, shape in expected.items()),
+            None if pool["teacher_logits"].dtype == torch.float32 else f"pool.teacher_logits is {pool['teacher_logits'].dtype}",
+        ]
+        shapes = meta["teacher_feat_shapes"]
+        for key, value in pool["teacher_feats"].items():
+            fits = isinstance(key, int) and -len(shapes) <= key < len(shapes) and isinstance(value, Tensor) \
+                and value.dtype == feat_dtype and tuple(value.shape) == (items, *shapes[key])
+            problems.append(None if fits else f"pool.teacher_feats[{key!r}] does not fit the teacher's feature maps")
+        problems.append(None if sorted(pool["teacher_feats"]) == sorted(int(i) for i in feat_layers) or any(problems) else
+                        f"feature maps of layers {sorted(pool['teacher_feats'])}, this run {sorted(feat_layers)}")
+        if not problems[0] and not any(problems[1:4]):
+            labels = pool["labels"][:n].to(self.data.train_labels.device)
+            problems.append(None if torch.equal(labels, self.data.train_labels.to(labels.dtype)) else
+                            "its labels are not those of this run's training split")
+        check(problems, self.cache_path, advice)
+        return saved
 
     def _prepare_student(self) -> None:
         opt, device = self.opt, self.device
@@ -362,7 +421,43 @@ class StudentRun:
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         """Restore a ``last.pth`` written by :meth:`state_dict`."""
-        require_resumable(ckpt, self.last_path, ("loop", "best_val", "init_done", "sampler", "method_rng", "accum"))
+        require_resumable(ckpt, self.last_path, ("loop", "best_val", "init_done", "sampler", "method_rng", "accum", "model",
+                                                 "extras", "optimizer", "schedule", "best", "aug_rng", "torch_rng"))
+        advice = "delete it to start this run again (the teacher cache is kept: no teacher call is repeated)"
+        check(self._last_mismatches(ckpt), self.last_path, advice)
+        try:
+            self._load_checked_state(ckpt)
+        except LOAD_ERRORS as err:
+            raise damaged(self.last_path, str(err).splitlines()[0] if str(err) else type(err).__name__, advice) from err
+
+    def _last_mismatches(self, ckpt: dict[str, Any]) -> list[str | None]:
+        """How ``last.pth`` differs from what this run writes in its place (each part against this run's own state)."""
+        arch = self.opt.model_s
+        best = ckpt["best"]
+        best_ok = isinstance(best, dict) and all(k in best for k in ("model", "extras", "shift"))
+        shift = best.get("shift") if best_ok else None
+        return [
+            tensors_mismatch(ckpt["model"], self.student.state_dict(), f"model ({arch})"),
+            tensors_mismatch(ckpt["extras"], self.extras.state_dict(), "the method's modules"),
+            optimizer_mismatch(ckpt["optimizer"], self.optimizer),
+            None if best_ok else f"best is {type(best).__name__}, expected the best weights",
+            tensors_mismatch(best["model"], self.student.state_dict(), f"best model ({arch})") if best_ok else None,
+            tensors_mismatch(best["extras"], restorable_state(self.extras), "best method's modules") if best_ok else None,
+            structure_mismatch(shift, torch.zeros(self.data.num_classes), "best calibration shift", strict_shapes=True),
+            structure_mismatch(ckpt["loop"], self.loop.state_dict(), "loop"),
+            structure_mismatch(ckpt["schedule"], self.schedule.state_dict(), "schedule"),
+            structure_mismatch(ckpt["best_val"], {"acc_top5": 0.0, "loss": 0.0}, "best_val"),
+            structure_mismatch(ckpt["init_done"], True, "init_done"),
+            structure_mismatch(ckpt["sampler"], self.sampler.state_dict(), "sampler"),
+            structure_mismatch(ckpt["method_rng"], self.method.extra_state(), "method_rng", strict_shapes=True),
+            structure_mismatch(ckpt["aug_rng"], self.aug_generator.get_state(), "aug_rng", strict_shapes=True),
+            structure_mismatch(ckpt["torch_rng"], torch.get_rng_state(), "torch_rng", strict_shapes=True),
+            None if isinstance(ckpt["accum"], dict) and all(isinstance(v, Tensor) and v.dim() == 0 for v in ckpt["accum"].values())
+            else "accum is not a dict of loss sums",
+            None if isinstance(ckpt.get("wandb_id"), (str, type(None))) else "wandb_id is not a string",
+        ]
+
+    def _load_checked_state(self, ckpt: dict[str, Any]) -> None:
         self.student.load_state_dict(ckpt["model"])
         self.extras.load_state_dict(ckpt["extras"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -484,15 +579,30 @@ class StudentRun:
             self.save_last()
 
     def run(self) -> dict[str, Any]:
-        """Train (or resume, or report the finished run) and return the results (also in ``results.json``)."""
-        opt = self.opt
+        """Train (or resume, or report the finished run) and return the results (also in ``results.json``).
+
+        The run folder is locked while this process uses it (a second process is refused, see
+        :func:`helper.run_folder.folder_lock`); a folder an earlier release named for this run is adopted first."""
         ensure_writable(self.run_dir)
+        adopt_earlier_run_folder(self.opt, self.run_dir, self.teacher_sha256)
+        with folder_lock(self.run_dir):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        opt = self.opt
         clean_leftovers(self.run_dir)
         if self.results_path.is_file():
+            results = read_results(self.results_path, self.run_dir)  # damaged: one sentence, never trained over
+            if self.best_path.is_file():  # deleted to save space it is not needed: results.json is the outcome
+                check_best(self.best_path, opt.model_s, self.run_dir)
             print(f"this configuration already finished; delete {self.run_dir} to run it again", flush=True)
             report_finished_run(self.run_dir, self.results_path, opt)  # a W&B agent's run still gets the results
             print(f"results: {self.results_path}", flush=True)
-            return json.loads(self.results_path.read_text(encoding="utf-8"))
+            return results
+        if self.best_path.is_file() and not self.last_path.is_file():
+            raise UserError(f"{self.run_dir} holds best.pth but neither results.json nor last.pth, so this run finished and "
+                            f"lost its results.json; it is not trained over: restore results.json from a copy, or delete "
+                            f"{self.run_dir} to train this run again")
         resuming = self._decide_resume()
         self._prepare_data()
         check_white_box_early(self.opt, self.data.num_classes, self.data.input_shape)
@@ -501,7 +611,8 @@ class StudentRun:
         self._prepare_student()
         wandb_id = None
         if resuming:
-            ckpt = safe_load(self.last_path, map_location=self.device)
+            ckpt = load_run_file(self.last_path, "delete it to start this run again (the teacher cache is kept: no teacher "
+                                 "call is repeated)", map_location=self.device)
             self.load_state_dict(ckpt)
             wandb_id = ckpt["wandb_id"]
             print(f"resumed at pseudo-epoch {self.schedule.epoch} step {self.loop.step_in_epoch} "

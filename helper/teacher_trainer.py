@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.checkpoint import atomic_save, atomic_write_json, safe_load
+from core.checkpoint import atomic_save, atomic_write_json
 from core.device import configure_backend, resolve_device
 from core.errors import UserError
 from dataset.augment import DeviceAugment
@@ -46,8 +46,20 @@ from helper.engine import (
     train_epochs,
     train_step,
 )
-from helper.options import teacher_checkpoint_path, teacher_identity_config
+from helper.options import teacher_checkpoint_path
 from helper.resources import LOG_BYTES, Estimate, check_fits, model_footprint
+from helper.run_files import (
+    LOAD_ERRORS,
+    check,
+    damaged,
+    load_run_file,
+    model_mismatch,
+    optimizer_mismatch,
+    scalar_mismatch,
+    structure_mismatch,
+    tensors_mismatch,
+)
+from helper.run_folder import folder_lock, teacher_identity_config
 from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
 from models import model_dict
 
@@ -155,11 +167,15 @@ class TeacherRun:
                 stored = json.loads(self.config_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as err:
                 raise UserError(f"{self.config_path} is unreadable ({err}); {self._how_to_proceed()}") from err
-            if isinstance(stored, dict):
-                return stored
+            problem = f"{type(stored).__name__} where the teacher's flags belong" if not isinstance(stored, dict) else \
+                structure_mismatch(stored, {k: v for k, v in self.config.items() if k in stored}, "flags")
+            if problem:
+                raise damaged(self.config_path, problem, f"restore it from a copy; {self._how_to_proceed()}")
+            return stored
         for path in (self.last_path, self.final_path):
             if path.is_file():
-                ckpt = safe_load(path, map_location="cpu")
+                ckpt = load_run_file(path, self._last_advice() if path == self.last_path else
+                                     f"restore it from a copy, or delete {self.run_dir} to train the teacher again")
                 if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
                     return ckpt["config"]
         if self.run_dir.is_dir() and any(self.run_dir.glob("*.pth")):
@@ -180,7 +196,12 @@ class TeacherRun:
         return self.final_path.is_file()
 
     def _report_finished(self) -> Path:
-        ckpt = safe_load(self.final_path, map_location="cpu")
+        advice = f"restore it from a copy, or delete {self.run_dir} to train the teacher again"
+        ckpt = load_run_file(self.final_path, advice)
+        if not isinstance(ckpt, dict):
+            raise damaged(self.final_path, f"{type(ckpt).__name__} where a checkpoint belongs", advice)
+        check([model_mismatch(self.opt.model, ckpt.get("model")), scalar_mismatch(ckpt.get("epoch"), "epoch", whole=True),
+               scalar_mismatch(ckpt.get("accuracy"), "accuracy")], self.final_path, advice)
         print(f"teacher {self.opt.model} is already trained with these flags: {self.final_path} holds epoch {ckpt['epoch']} "
               f"(test acc {float(ckpt['accuracy']):.2f}%); nothing to do (delete {self.run_dir} to train it again)", flush=True)
         print(f"checkpoint: {self.final_path}", flush=True)
@@ -217,11 +238,19 @@ class TeacherRun:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> Path:
-        cfg, device = self.opt, self.device
+        """Train (or resume, or report the finished teacher); returns the final checkpoint. The teacher folder is
+        locked while this process trains it (a second process is refused, see :func:`helper.run_folder.folder_lock`)."""
         if self.check_folder():
             return self._report_finished()
-        refuse_resume_without_checkpoint(cfg, self.last_path, "train from scratch")
+        refuse_resume_without_checkpoint(self.opt, self.last_path, "train from scratch")
         ensure_writable(self.run_dir)
+        with folder_lock(self.run_dir):
+            if self.check_folder():  # finished by the process that held the lock before
+                return self._report_finished()
+            return self._train()
+
+    def _train(self) -> Path:
+        cfg, device = self.opt, self.device
         train_set, test_set = load_data(cfg)
         self.augment = DeviceAugment.for_images(train_set, 2, device)  # crop + flip; Cars: 56x56 crops of 64x64
         check_fits(self.estimate(len(train_set.labels), len(test_set.labels), int(train_set.images.shape[-1]),
@@ -244,7 +273,7 @@ class TeacherRun:
         wandb_id = None
         if self.last_path.is_file():
             print(f"found {self.last_path}: resuming teacher training (delete it to start over)", flush=True)
-            wandb_id = self.load_state_dict(safe_load(self.last_path, map_location=device))
+            wandb_id = self.load_state_dict(load_run_file(self.last_path, self._last_advice(), map_location=device))
         with open_logger(self.run_dir, cfg.to_dict(), cfg, "teacher", wandb_id) as self.logger:
             self.clock, self.elapsed_before = Stopwatch(), self.loop.elapsed_s
             if self.loop.epochs_done < cfg.epochs:
@@ -301,7 +330,29 @@ class TeacherRun:
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> str | None:
         """Restore a ``last.pth`` (returns the W&B run id to continue)."""
-        require_resumable(ckpt, self.last_path, ("loop", "sampler", "aug_rng", "accum", "best_acc"))
+        require_resumable(ckpt, self.last_path, ("loop", "sampler", "aug_rng", "accum", "best_acc", "model", "optimizer",
+                                                 "accuracy"))
+        accum = ckpt["accum"]
+        check([tensors_mismatch(ckpt["model"], self.model.state_dict(), f"model ({self.opt.model})"),
+               optimizer_mismatch(ckpt["optimizer"], self.optimizer),
+               structure_mismatch(ckpt["loop"], self.loop.state_dict(), "loop"),
+               structure_mismatch(ckpt["sampler"], self.sampler.state_dict(), "sampler", strict_shapes=True),
+               structure_mismatch(ckpt["aug_rng"], self.aug_generator.get_state(), "aug_rng", strict_shapes=True),
+               scalar_mismatch(ckpt["best_acc"], "best_acc"), scalar_mismatch(ckpt["accuracy"], "accuracy"),
+               None if isinstance(accum, dict) and all(isinstance(v, Tensor) and v.dim() == 0 for v in accum.values())
+               else "accum is not a dict of loss sums",
+               None if isinstance(ckpt.get("wandb_id"), (str, type(None))) else "wandb_id is not a string"],
+              self.last_path, self._last_advice())
+        try:
+            return self._load_checked_state(ckpt)
+        except LOAD_ERRORS as err:
+            raise damaged(self.last_path, str(err).splitlines()[0] if str(err) else type(err).__name__,
+                          self._last_advice()) from err
+
+    def _last_advice(self) -> str:
+        return f"delete it to train this teacher from the start (the other files of {self.run_dir} stay)"
+
+    def _load_checked_state(self, ckpt: dict[str, Any]) -> str | None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.loop.load_state_dict(ckpt["loop"])

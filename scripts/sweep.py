@@ -55,7 +55,8 @@ import yaml
 
 from core.errors import UserError, run_main
 from helper.config import student_config_from
-from helper.options import build_student_parser, flag_value_message, student_run_dir
+from helper.options import build_student_parser, flag_value_message
+from helper.run_folder import student_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

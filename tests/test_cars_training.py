@@ -74,7 +74,7 @@ def test_cars_teacher_and_student_paths_and_defaults(tmp_path: Path) -> None:
     for student, teacher in (("resnet32", "resnet110"), ("wrn_16_2", "wrn_40_2"), ("vgg8", "vgg13")):
         opt = parse_student_args(["--dataset", "stanfordcars", "--model_s", student, "--save_dir", str(tmp_path)])
         assert opt.model_t == teacher
-        assert Path(opt.path_t) == teacher_checkpoint_path(tmp_path, "stanfordcars", teacher)
+        assert Path(opt.teacher_path) == teacher_checkpoint_path(tmp_path, "stanfordcars", teacher)
     trial.parent.mkdir(parents=True)
     trial.write_bytes(b"")  # --path_t must name an existing file; the architecture comes from its folder
     opt = parse_student_args(["--dataset", "stanfordcars", "--path_t", str(trial)])

@@ -36,7 +36,7 @@ def test_config_fields_are_the_flags_with_the_parser_defaults(config: type, pars
 def test_config_resolves_the_published_defaults_once() -> None:
     cfg = StudentConfig(model_s="vgg8", relational="ckd")
     assert (cfg.model_t, cfg.learning_rate) == ("vgg13", 0.05)
-    assert cfg.path_t == str(teacher_checkpoint_path("./save", "cifar100", "vgg13"))
+    assert cfg.path_t is None and cfg.teacher_path == str(teacher_checkpoint_path("./save", "cifar100", "vgg13"))
     assert cfg.method.relational is not None and cfg.method.relational.name == "ckd" and cfg.method.sampler == "ckd_tuples"
     assert cfg == parse_student_args(["--model_s", "vgg8", "--relational", "ckd"])
     assert TeacherConfig(dataset="digits").model == "resnet14" and parse_teacher_args([]).model == "resnet110"
@@ -44,7 +44,7 @@ def test_config_resolves_the_published_defaults_once() -> None:
 
 def test_python_values_name_the_same_run_as_the_flags() -> None:
     """``w_kd=1`` from Python and ``--w_kd 1`` from the shell are the same run (same folder, same recorded flags)."""
-    from helper.options import student_run_dir
+    from helper.run_folder import student_run_dir
 
     assert StudentConfig(w_kd=1, relational="None").to_dict() == parse_student_args(["--w_kd", "1"]).to_dict()
     assert student_run_dir(StudentConfig(w_kd=1)) == student_run_dir(parse_student_args(["--w_kd", "1"]))
@@ -131,7 +131,7 @@ def test_sigterm_inside_a_long_teacher_epoch_stops_within_a_step_and_resumes_exa
 
 
 def test_a_last_checkpoint_of_an_earlier_version_is_refused_in_one_sentence(digits_save: Path) -> None:
-    from helper.options import student_run_dir
+    from helper.run_folder import student_run_dir
 
     argv = ["--dataset", "digits", "--model_s", "resnet8", "--model_t", "resnet8", "--subset_size", "80",
             "--batch_size", "32", "--epochs", "1", "--device", "cpu", "--save_dir", str(digits_save)]

@@ -22,8 +22,8 @@ from dataset import (
     make_subset_split,
     min_subset_size,
 )
-from helper.config import StudentConfig, parse_student_args
-from helper.options import check_split_against_data, check_subset_against_data, data_not_found_message
+from helper.config import StudentConfig, check_split_against_data, check_subset_against_data, parse_student_args
+from helper.options import data_not_found_message
 from tests.cifar_fixture import make_fake_cifar100, make_fake_cifar100_archive
 from tests.http_fixture import FileServer, RangeHandler
 

@@ -364,7 +364,7 @@ def test_layout_names_every_test_file() -> None:
 
 
 def test_flags_page_lists_the_run_folder_exclusions_of_the_code() -> None:
-    from helper.options import NON_IDENTITY_FLAGS, TEACHER_NON_IDENTITY_FLAGS
+    from helper.run_folder import NON_IDENTITY_FLAGS, TEACHER_NON_IDENTITY_FLAGS
 
     section = page_section(ROOT / "docs" / "flags.md", "## Run-folder name")
     student, _, teacher = section.partition("`NON_IDENTITY_FLAGS`")
@@ -454,7 +454,7 @@ def test_every_digits_teacher_recipe_is_the_demos() -> None:
     import ast
 
     from helper.config import TeacherConfig, parse_teacher_args
-    from helper.options import teacher_identity_config
+    from helper.run_folder import teacher_identity_config
     from scripts.demo import DIGITS_TEACHER_FLAGS
 
     expected = teacher_identity_config(parse_teacher_args(list(DIGITS_TEACHER_FLAGS)))

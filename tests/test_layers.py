@@ -118,3 +118,58 @@ def test_no_distiller_zoo_export_hides_a_module() -> None:
         assert isinstance(module, types.ModuleType)
     for name in zoo.__all__:
         assert not isinstance(getattr(zoo, name), types.ModuleType), name
+
+
+def helper_import_graph() -> dict[str, set[str]]:
+    """helper/'s modules and the helper modules each imports: every ``import`` and ``from ... import`` anywhere in the
+    file (module level, under ``TYPE_CHECKING``, inside functions), ``from helper import x`` as ``helper.x``."""
+    folder = ROOT / "helper"
+    modules = {f"helper.{path.stem}" for path in folder.glob("*.py") if path.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in sorted(modules):
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(module_path(name).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                edges.add(node.module)
+                edges.update(f"{node.module}.{alias.name}" for alias in node.names)
+        graph[name] = {edge for edge in edges if edge in modules and edge != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` (``[a, b, a]``), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_helper_modules_import_no_circle() -> None:
+    """No import circle among helper/'s modules, counting imports under TYPE_CHECKING and inside functions: the flags
+    and defaults (options) sit below the configuration (config), which sits below a run's identity (run_folder)."""
+    graph = helper_import_graph()
+    assert "helper.options" in graph and "helper.config" in graph["helper.run_folder"]
+    assert not graph["helper.options"] & {"helper.config", "helper.run_folder"}, graph["helper.options"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the search finds one when there is one

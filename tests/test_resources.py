@@ -12,8 +12,9 @@ import train_student
 from core.errors import UserError
 from helper import resources
 from helper.config import parse_student_args
-from helper.options import student_run_dir, teacher_checkpoint_path
+from helper.options import teacher_checkpoint_path
 from helper.resources import GIB, Estimate
+from helper.run_folder import student_run_dir
 from helper.student_trainer import estimate_student_run
 
 

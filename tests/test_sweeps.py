@@ -171,7 +171,7 @@ FAKE_PROGRAM = '''\
 """Stands in for train_student.py: parses the flags, logs the call, writes results.json."""
 import json, os, sys
 sys.path.insert(0, {root!r})
-from helper.options import student_run_dir
+from helper.run_folder import student_run_dir
 from helper.config import parse_student_args
 
 opt = parse_student_args(sys.argv[1:])
@@ -318,7 +318,7 @@ def test_dry_run_marks_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_logging_flags_do_not_change_the_run_folder() -> None:
     from helper.config import parse_student_args
-    from helper.options import student_run_dir
+    from helper.run_folder import student_run_dir
 
     base = ["--relational", "ckd", "--subset_size", "2000", "--seed", "1"]
     folder = student_run_dir(parse_student_args(base))
@@ -347,7 +347,7 @@ def test_finished_configuration_reports_to_the_wandb_agent(tmp_path: Path) -> No
     import os
 
     from helper.config import parse_student_args
-    from helper.options import student_run_dir
+    from helper.run_folder import student_run_dir
     from helper.wandb_offline import read_offline_run
 
     argv = ["--relational=ckd", "--model_s=resnet8", "--dataset=digits", "--subset_size=400", "--seed=2",

@@ -142,7 +142,7 @@ def test_digits_defaults_use_the_readme_teacher() -> None:
     teacher = parse_teacher_args(["--dataset", "digits"])
     student = parse_student_args(["--dataset", "digits", "--model_s", "resnet8"])
     assert teacher.model == student.model_t == DEFAULT_DIGITS_TEACHER
-    assert student.path_t == str(teacher_checkpoint_path("./save", "digits", DEFAULT_DIGITS_TEACHER))
+    assert student.teacher_path == str(teacher_checkpoint_path("./save", "digits", DEFAULT_DIGITS_TEACHER))
     assert parse_teacher_args([]).model == "resnet110"
     assert parse_student_args(["--model_s", "resnet8"]).model_t == "resnet56"  # CIFAR-100 keeps the published pairs
     assert parse_student_args([]).subset_size is None  # the whole training set, resolved when the data is loaded

@@ -10,7 +10,7 @@ import pytest
 import train_student
 from helper import method_table
 from helper.config import parse_student_args
-from helper.options import student_run_dir
+from helper.run_folder import student_run_dir
 
 RESULT_KEYS = {"test_acc", "test_acc_top5", "test_loss", "best_val_acc", "teacher_acc", "teacher_calls", "teacher_eval_calls",
                "n_train", "n_val", "pseudo_epochs", "steps", "wall_time_s", "config", "git_commit", "torch_version", "device",
