@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from core import env, fs
 from core.checkpoint import (
     atomic_save,
     atomic_write_json,
@@ -76,7 +76,8 @@ from models import model_dict
 
 # last.pth is written after the first pseudo-epoch, then at most this often (seconds), on every learning-rate
 # decay, on SIGINT/SIGTERM and at the end; a resumed run replays deterministically from it.
-CHECKPOINT_EVERY_S = float(os.environ.get("CKD_CHECKPOINT_EVERY_S", "60"))
+# ($CKD_CHECKPOINT_EVERY_S, read through core.env when the run starts)
+CHECKPOINT_EVERY_S = env.REGISTRY["CKD_CHECKPOINT_EVERY_S"].default
 
 
 class NonFiniteLoss(UserError):
@@ -264,6 +265,7 @@ class StudentRun:
         self.cache_path = self.run_dir / "teacher_cache.pth"
         self.stop = StopRequest()
         self.state = StudentState()
+        self.checkpoint_every_s: float = env.get("CKD_CHECKPOINT_EVERY_S")
 
     # ----------------------------------------------------------------------------------- the data, built once
     def _decide_resume(self) -> bool:
@@ -442,7 +444,7 @@ class StudentRun:
                   f"{schedule.phases})", flush=True)
             self.save_last()
         done = step.action == STOP
-        if done or schedule.epoch == 1 or time.perf_counter() - self.last_saved_at >= CHECKPOINT_EVERY_S:
+        if done or schedule.epoch == 1 or time.perf_counter() - self.last_saved_at >= self.checkpoint_every_s:
             state.loop.finished = done
             self.save_last()
             self._save_best()
@@ -471,7 +473,7 @@ class StudentRun:
             print(f"this configuration already finished; delete {self.run_dir} to run it again", flush=True)
             report_finished_run(self.run_dir, self.results_path, opt)  # a W&B agent's run still gets the results
             print(f"results: {self.results_path}", flush=True)
-            return json.loads(self.results_path.read_text(encoding="utf-8"))
+            return json.loads(fs.read_text(self.results_path))
         resuming = self._decide_resume()
         self._prepare_data()
         check_white_box_early(self.opt, self.data.num_classes, self.data.input_shape)

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python scripts/teacher_archive.py` without the editable install
     sys.path.insert(0, str(ROOT))
 
+from core import env  # noqa: E402
 from core.errors import UserError, run_main  # noqa: E402
 
 ARCHIVE_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
@@ -60,7 +61,7 @@ def destination(save_dir: Path, name: str) -> Path:
 
 def archive_url() -> str:
     """``$TEACHER_ARCHIVE_URL``, else the mdistiller release archive."""
-    return os.environ.get("TEACHER_ARCHIVE_URL") or ARCHIVE_URL
+    return env.get("TEACHER_ARCHIVE_URL") or ARCHIVE_URL
 
 
 def read_sha256_list(path: Path) -> dict[str, str]:
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             save_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(_write_problem(save_dir, err)) from err
-        timeout = float(os.environ.get("TEACHER_CONNECT_TIMEOUT") or 15)
+        timeout = env.get("TEACHER_CONNECT_TIMEOUT")
         try:
             download(archive_url(), archive, timeout)
         except UserError as err:
