@@ -5,7 +5,7 @@ renamed over the target, so a crash (even SIGKILL) never leaves a half-written c
 Every file is read with ``weights_only=True``: a checkpoint whose pickle would run code is
 refused instead of executed.
 
-Bottom layer: imports nothing from the project but ``core.errors``.
+Bottom layer: imports nothing from the project but ``core.errors`` and ``core.fs`` (where the atomic write lives).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,44 +24,7 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from core.fs import checked, kind_of, require_regular_file, show_path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
-
-    If the write fails (disk full, permissions), the previous file at ``path`` is untouched
-    and the temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)  # an OSError here and below: the callers word it (core.fs.checked)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+from core.fs import atomic_write_bytes, checked, kind_of, require_regular_file, show_path  # noqa: F401 - re-exported
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:

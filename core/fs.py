@@ -17,9 +17,11 @@ Bottom layer: imports nothing from the project but ``core.errors``.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,6 +100,8 @@ def os_error_message(err: OSError, path: str | os.PathLike | None = None, action
     if code == errno.ENOENT and err.filename is not None and path is not None and os.fsdecode(err.filename) != os.fsdecode(path):
         meaning += f": {_show(err.filename)}"
     advice = fix or ADVICE.get(code or -1, DEFAULT_ADVICE).replace("another location", f"another {location}")
+    if target is None:  # the operating system named no file (a write on an open file, a socket)
+        return f"a file operation failed ({meaning}); {note + ', ' if note else ''}{advice}"
     if action is None:  # a path flag's check: "PATH cannot be used (reason); advice"
         return f"{where.strip()} cannot be used ({meaning}); {note + ', ' if note else ''}{advice}"
     return f"could not {action}{where} ({meaning}); {note + ', ' if note else ''}{advice}"
@@ -109,12 +113,15 @@ class PathError(UserError):
 
 @contextmanager
 def checked(path: str | os.PathLike | None, action: str = "read", fix: str | None = None,
-            note: str = "", location: str = "location") -> Iterator[None]:
-    """Run the block; an ``OSError`` in it becomes :class:`PathError` naming ``path``, the errno's meaning and advice
-    (``fix``, ``note``: as :func:`os_error_message`)."""
+            note: str = "", location: str = "location", within: str | os.PathLike | None = None) -> Iterator[None]:
+    """Run the block; an ``OSError`` in it becomes :class:`PathError` naming ``path`` (None: the file the error names,
+    else the folder ``within``), the errno's meaning and advice (``fix``, ``note``, ``location``: as
+    :func:`os_error_message`)."""
     try:
         yield
     except OSError as err:
+        if path is None and err.filename is None and within is not None:
+            path, action = within, f"{action} into"
         raise PathError(os_error_message(err, path, action, fix, note, location)) from err
 
 
@@ -138,13 +145,81 @@ def make_folder(path: str | os.PathLike, location: str = "location") -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
 
 
-def write_text(path: str | os.PathLike, text: str, location: str = "location", encoding: str = "utf-8") -> None:
-    """Write ``text`` to ``path`` atomically (temp file, fsync, rename: ``core.checkpoint.atomic_write_bytes``),
-    checked: a failed write leaves the previous file unchanged and no temporary file."""
-    from core.checkpoint import atomic_write_bytes  # core.checkpoint imports this module
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
+
+    If the write fails (disk full, permissions), the previous file at ``path`` is untouched
+    and the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # an OSError here and below: the callers word it (core.fs.checked)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, location: str = "location") -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write_bytes`), checked: a failed write leaves the previous
+    file unchanged and no temporary file, and says why in one sentence."""
     with checked(path, "write", note="the previous file there is unchanged", location=location):
-        atomic_write_bytes(path, text.encode(encoding))
+        atomic_write_bytes(path, data)
+
+
+def write_text(path: str | os.PathLike, text: str, location: str = "location", encoding: str = "utf-8") -> None:
+    """:func:`write_bytes` of ``text``."""
+    write_bytes(path, text.encode(encoding), location)
+
+
+@contextmanager
+def atomic_writer(path: str | os.PathLike, binary: bool = False, location: str = "location",
+                  encoding: str = "utf-8") -> Iterator[Any]:
+    """A file object for ``path`` (text with ``newline=""``, as csv wants, or binary) whose contents are written by
+    :func:`write_bytes` when the block ends without an exception (never a half-written file)."""
+    buffer: Any = io.BytesIO() if binary else io.StringIO(newline="")
+    yield buffer
+    data = buffer.getvalue()
+    write_bytes(path, data if binary else data.encode(encoding), location)
+
+
+@contextmanager
+def removing_new_folders(path: str | os.PathLike) -> Iterator[None]:
+    """Run the block; when it fails, remove the folders of ``path`` (itself and its parents) that did not exist
+    before it and are empty again, so that a refused write leaves nothing new behind."""
+    path = Path(path)
+    new = [p for p in (path, *path.parents) if kind_of(p) is None]  # innermost first
+    try:
+        yield
+    except BaseException:
+        for folder in new:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def kind_of(path: str | os.PathLike) -> str | None:

@@ -81,7 +81,7 @@ def _read_pickle(path: Path) -> Any:
         raise UserError(f"{path} is missing from the CIFAR-100 folder; {redo}")
     fs.require_regular_file(path, "the CIFAR-100 file")
     try:
-        with fs.checked(path, "read", location="--data_folder"), open(path, "rb") as handle:
+        with fs.checked(path, "read", location="data folder"), open(path, "rb") as handle:
             return _ArrayOnlyUnpickler(handle, encoding="bytes").load()
     except UserError:  # an OSError of the file: its own sentence, not "truncated"
         raise
@@ -225,7 +225,7 @@ def _download_into(data_folder: Path, target: Path, url: str, md5: str, timeout:
         except (urllib.error.URLError, OSError, ValueError) as err:
             if isinstance(err, OSError) and not isinstance(err, urllib.error.URLError) and fs.is_local_error(err):
                 raise UserError(fs.os_error_message(err, err.filename or data_folder, "write",
-                                                    location="--data_folder")) from err
+                                                    location="data folder")) from err
             reason = getattr(err, "reason", None) or err
             raise DataNotFound(f"CIFAR-100 is not in {target} and could not be downloaded from {url} ({reason}); {how_to}") from err
         except Exception as err:  # tar/gzip errors of a broken archive
@@ -242,7 +242,7 @@ def _download_into(data_folder: Path, target: Path, url: str, md5: str, timeout:
 
 def load_cifar100(data_folder: str | Path, download: bool = True) -> tuple[ImageSet, ImageSet]:
     """Read (train, test) CIFAR-100 from ``data_folder/cifar-100-python`` (downloading it when missing)."""
-    with fs.checked(None, "read", location="--data_folder"):  # a folder nobody may search: its own sentence
+    with fs.checked(None, "read", location="data folder", within=data_folder):  # a folder nobody may search: its own sentence
         return _load_cifar100(Path(data_folder).expanduser(), download)
 
 

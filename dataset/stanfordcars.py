@@ -79,7 +79,7 @@ def _load_mat(path: Path, key: str, root: Path) -> np.ndarray:
     import scipy.io
 
     try:
-        with fs.checked(path, "read", location="--data_folder"):
+        with fs.checked(path, "read", location="data folder"):
             contents = scipy.io.loadmat(str(path))
     except UserError:
         raise
@@ -163,7 +163,7 @@ def _decode_image(path: Path, size: int) -> np.ndarray:
         raise UserError(f"the image {path} is missing; copy it back from a Kaggle mirror of Stanford Cars or the original data") from err
     except OSError as err:
         if err.errno is not None:  # a file the operating system refuses (PIL's own decoding errors carry no errno)
-            raise UserError(fs.os_error_message(err, path, "read", location="--data_folder")) from err
+            raise UserError(fs.os_error_message(err, path, "read", location="data folder")) from err
         raise UserError(f"the image {path} cannot be decoded ({_first_line(err)}); replace it with the original from a "
                         "Kaggle mirror of Stanford Cars or the original data") from err
     except Exception as err:  # UnidentifiedImageError, truncated files, decoder errors, decompression bombs
@@ -262,7 +262,7 @@ def load_stanfordcars(data_folder: str | Path, workers: int | None = None, progr
     on every run (with a warning). A missing, unreadable or malformed file raises :class:`UserError` before
     anything is written.
     """
-    with fs.checked(None, "read", location="--data_folder"):  # a folder nobody may search: its own sentence
+    with fs.checked(None, "read", location="data folder", within=data_folder):  # a folder nobody may search: its own sentence
         return _load_stanfordcars(data_folder, workers, progress)
 
 

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from core import fs
 from core.errors import UserError, run_main
 from helper.method_table import method_label, method_order
 from helper.options import OneLineParser, PathKind
@@ -378,7 +379,7 @@ def write_csv(cells: dict[Pair, list[Cell]], path: Path) -> None:
     def num(value: float | None) -> str:
         return "" if value is None else f"{value:.4f}"
 
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with fs.atomic_writer(path, location="--out") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for (dataset, student, teacher), pair_cells in cells.items():
@@ -434,8 +435,8 @@ def plot(cells: dict[Pair, list[Cell]], path: Path) -> None:
         ax.set_visible(False)
     fig.suptitle("Student test accuracy vs. teacher calls (mean ± std over seeds, lr chosen on validation)", fontsize=11)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with fs.atomic_writer(path, binary=True, location="--out") as handle:
+        fig.savefig(handle, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
 
 
@@ -480,9 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     for note in repeated_seeds(cells):
         print(f"warning: {note}", file=sys.stderr)
     out = opt.out or opt.runs_dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
+    fs.make_folder(out, location="--out")
     text = render_markdown(cells, len(records))
-    (out / "summary.md").write_text(text, encoding="utf-8")
+    fs.write_text(out / "summary.md", text, location="--out")
     write_csv(cells, out / "summary.csv")
     plot(cells, out / PLOT_NAME)
     try:
