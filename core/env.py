@@ -94,6 +94,31 @@ def _anything(text: str) -> str:
     return text
 
 
+def _folder(text: str) -> str:
+    if "\0" in text:
+        raise ValueError("must be a folder path, got a text holding a NUL byte")
+    return text
+
+
+def _program(text: str) -> str:
+    """An executable file, or the name of one on PATH."""
+    import shutil
+
+    if shutil.which(text) is None:
+        raise ValueError(f"must be an executable Python interpreter (a path, or a name on PATH), got '{text}'")
+    return text
+
+
+def _words(*allowed: str) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        words = text.split()
+        wrong = [w for w in words if w not in allowed]
+        if not words or wrong:
+            raise ValueError(f"must be some of {' '.join(allowed)} separated by spaces, got '{text}'")
+        return words
+    return parse
+
+
 # W&B refuses these characters in project, entity and run names (and ids), and names over 128 characters
 _WANDB_NAME = _pattern(r"[^/\\#?%:\s][^/\\#?%:]{0,127}", "a W&B name of at most 128 characters without / \\ # ? % :")
 SECONDS = dict(low=0, low_open=True, high=86400)  # a timeout: above 0 and at most a day
@@ -119,6 +144,26 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("TEACHER_MIRRORS", "the base URLs the teacher fetch tries, replacing the published list",
              "http:// or https:// URLs separated by spaces", None, ("scripts/fetch_pretrained_teachers.sh",),
              _urls("http", "https")),
+    Variable("PYTHON", "the interpreter the shell scripts run", "an executable Python interpreter (a path, or a name on "
+             "PATH)", None, ("scripts/fetch_pretrained_teachers.sh", "scripts/gpu_check.sh"), _program),
+    Variable("OUT", "the folder scripts/gpu_check.sh writes gpu_check.json, gpu_check.md and the logs to", "a folder path",
+             "./gpu_check_out", ("scripts/gpu_check.sh",), _folder),
+    Variable("GPU_CHECK_DEVICE", "the device of the GPU measurement", "cuda, cuda:N or cpu", "cuda",
+             ("scripts/gpu_check.sh",), _pattern(r"cpu|cuda(:[0-9]+)?", "cuda, cuda:N or cpu")),
+    Variable("GPU_CHECK_TINY", "tiny models and sizes in the GPU measurement (as --dry-run)", "0 or 1", "0",
+             ("scripts/gpu_check.sh",), _choice("0", "1")),
+    Variable("GPU_CHECK_BUDGET_S", "seconds of steps the GPU measurement may spend", "a whole number of seconds from 1 "
+             "to 86400", "450 (240 with --dry-run)", ("scripts/gpu_check.sh",), _number(int, low=1, high=86400)),
+    Variable("GPU_CHECK_ONLY", "the steps of the GPU measurement to run", "some of bench e2e determinism sweep digits "
+             "compile, separated by spaces", "all six", ("scripts/gpu_check.sh",),
+             _words("bench", "e2e", "determinism", "sweep", "digits", "compile")),
+    Variable("GPU_CHECK_SWEEP_EPOCHS", "pseudo-epochs of each concurrent run of the GPU measurement's sweep step",
+             "a whole number from 1 to 10000", "20 (2 with --dry-run)", ("scripts/gpu_check.sh",),
+             _number(int, low=1, high=10000)),
+    Variable("GPU_CHECK_WORK", "the work folder of the GPU measurement (kept)", "a folder path", "a new temporary folder",
+             ("scripts/gpu_check.sh",), _folder),
+    Variable("GPU_CHECK_KEEP_WORK", "keep the temporary work folder of the GPU measurement", "0 or 1", "0",
+             ("scripts/gpu_check.sh",), _choice("0", "1")),
     Variable("WANDB_MODE", "W&B logging: online, offline or disabled (unset: online when a key and the server are "
              "there, else offline)", "online, offline, disabled (W&B's aliases dryrun and run too)", None,
              ("helper/logger.py",), _choice("online", "offline", "disabled", "dryrun", "run")),
@@ -163,8 +208,8 @@ def get(name: str, environ: dict[str, str] | None = None) -> Any:
 
 
 def _default_words(variable: Variable) -> str:
-    return "" if variable.default is None else f" (default {variable.default:g})" if isinstance(variable.default, float) \
-        else f" (default {variable.default})"
+    return "" if variable.default is None else f" for the default, {variable.default:g}" \
+        if isinstance(variable.default, float) else f" for the default, {variable.default}"
 
 
 def check(names: Iterable[str] | None = None, environ: dict[str, str] | None = None) -> None:

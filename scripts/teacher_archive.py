@@ -378,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     opt = build_parser().parse_args(argv)
+    env.check(("TEACHER_ARCHIVE_URL", "TEACHER_CONNECT_TIMEOUT"))  # refused before anything is made (core/env.py)
     pins = read_sha256_list(PINS) if PINS.is_file() else {}
     required = read_sha256_list(opt.sha256) if opt.sha256 is not None else None
     save_dir: Path = opt.save_dir
