@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from core.errors import UserError
+from core.fs import show_path
 from core.numbers import Number
 
 
@@ -44,6 +45,11 @@ class Variable:
     default: Any  # taken when unset or empty (None: no value)
     readers: tuple[str, ...]  # the files that read it
     parse: Callable[[str], Any]
+
+    @property
+    def is_path(self) -> bool:
+        """A file or folder path (its wrong values are paths, not words)."""
+        return self.parse in (_folder, _program)
 
 
 def _number(kind: type, **limits: Any) -> Callable[[str], Any]:
@@ -95,8 +101,25 @@ def _anything(text: str) -> str:
 
 
 def _folder(text: str) -> str:
-    if "\0" in text:
-        raise ValueError("must be a folder path, got a text holding a NUL byte")
+    """A folder, existing or to be made: never a file or a device, nor below one, no name over 255 bytes (the checks
+    of a ``folder`` path flag)."""
+    from pathlib import Path
+
+    from core import fs
+
+    try:
+        fs.check_name_lengths(text)
+        kind = fs.kind_of(text)
+        probe = Path(text)
+        while fs.kind_of(probe) is None and probe != probe.parent:
+            probe = probe.parent
+        base = fs.kind_of(probe)
+    except (OSError, UserError) as err:
+        raise ValueError(f"must be a folder path that can be used ({getattr(err, 'strerror', None) or err})") from None
+    if kind not in (None, "a folder"):
+        raise ValueError(f"must be a folder, not {kind}")
+    if base not in (None, "a folder"):
+        raise ValueError(f"must be a folder path, but {probe} is {base}")
     return text
 
 
@@ -187,10 +210,6 @@ RUN_VARIABLES = tuple(v.name for v in VARIABLES if set(v.readers) & {"dataset/ci
                                                                       "helper/logger.py"})
 
 
-def _show(text: str) -> str:
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
-
-
 def get(name: str, environ: dict[str, str] | None = None) -> Any:
     """The value of the registered variable ``name`` (its default when unset or empty); raises :class:`EnvError`
     with one sentence when the value is not accepted."""
@@ -203,7 +222,7 @@ def get(name: str, environ: dict[str, str] | None = None) -> Any:
     except (ValueError, argparse.ArgumentTypeError) as err:
         why = str(err).replace(f", got '{text}'", "").replace(f", got '{text.strip()}'", "")
         fix = "correct it" if variable.accepted in why else f"set it to {variable.accepted}"
-        raise EnvError(f"the environment variable {name}={_show(text)!r} is refused: it {why}; {fix}, or unset it"
+        raise EnvError(f"the environment variable {name}={show_path(text)!r} is refused: it {why}; {fix}, or unset it"
                        f"{_default_words(variable)}") from None
 
 
