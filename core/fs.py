@@ -94,6 +94,8 @@ def os_error_message(err: OSError, path: str | os.PathLike | None = None, action
     code = err.errno
     target = path if path is not None else err.filename
     meaning = os.strerror(code) if code else (err.strerror or str(err) or type(err).__name__)
+    if code and err.strerror and err.strerror.startswith(meaning):  # the meaning with what we found (mkdirs)
+        meaning = err.strerror
     where = f" {_show(target)}" if target is not None else ""
     if err.filename2 is not None and path is None:
         where += f" to {_show(err.filename2)}"
@@ -142,7 +144,20 @@ def read_text(path: str | os.PathLike, what: str = "", encoding: str = "utf-8") 
 def make_folder(path: str | os.PathLike, location: str = "location") -> None:
     """``mkdir -p path``, checked (``location``: the flag that chooses another place, as :func:`os_error_message`)."""
     with checked(path, "create the folder", location=location):
+        mkdirs(path)
+
+
+def mkdirs(path: str | os.PathLike) -> None:
+    """``mkdir -p path``; a file (or FIFO, device) in the way is ENOTDIR naming it, not pathlib's "File exists"."""
+    try:
         Path(path).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        for probe in (Path(path), *Path(path).parents):
+            kind = kind_of(probe)
+            if kind is not None and kind != "a folder":
+                raise NotADirectoryError(errno.ENOTDIR, f"{os.strerror(errno.ENOTDIR)}: {probe} is {kind}",
+                                         os.fspath(path)) from None
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -165,7 +180,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     and the temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)  # an OSError here and below: the callers word it (core.fs.checked)
+    mkdirs(path.parent)  # an OSError here and below: the callers word it (checked)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -15,6 +15,7 @@ Finished runs are reused, so an interrupted demo continues where it stopped.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -39,11 +40,12 @@ def _quiet_call(fn, argv: list[str], log_path: Path) -> None:
     from core import fs
 
     fs.make_folder(log_path.parent, location="--out")
+    fs.require_regular_file(log_path, "the log")  # a FIFO there would block the open below
     with fs.checked(log_path, "write", location="--out"), open(log_path, "w") as log, contextlib.redirect_stdout(log):
         fn(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from helper.options import OneLineParser, PathKind, RawDescriptionHelpFormatter
 
     parser = OneLineParser(prog="demo.py", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
@@ -53,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--published-schedule", action="store_true",
                         help="ce, kd, ckd and ckd+cal at subset 400 with the published schedule (--patience 50, "
                              "--lr_decay_times 3, --epochs 1000), reported as test_acc and test_acc_calibrated")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
 
     import torch
