@@ -24,7 +24,16 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from core.fs import atomic_write_bytes, checked, kind_of, require_regular_file, show_path  # noqa: F401 - re-exported
+from core.fs import (  # noqa: F401 - atomic_write_bytes re-exported
+    PathError,
+    atomic_write_bytes,
+    checked,
+    is_local_error,
+    kind_of,
+    os_error_message,
+    require_regular_file,
+    show_path,
+)
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
@@ -92,8 +101,14 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise UserError(f"{path} is not a PyTorch checkpoint (not a zip/pickle file); pass a file written by torch.save, "
                         "or re-download or re-train it")
     try:
-        with checked(path, "read"):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as err:
+        if is_local_error(err):  # the file system's refusal (permissions, an I/O error): its own sentence
+            raise PathError(os_error_message(err, path, "read")) from err
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__  # torch's EINVAL of a cut-off zip
+        raise UserError(
+            f"{path} is truncated or not a PyTorch checkpoint ({first}); delete it and re-download or re-train it"
+        ) from err
     except pickle.UnpicklingError as err:
         text = str(err)
         if "weights_only" in text.lower() or "unsupported global" in text.lower():
