@@ -251,6 +251,7 @@ def _writers(tmp: Path) -> dict[str, Callable[[Path], Any]]:
 
 class _Opt:
     wdb_project = wdb_entity = _tags = None
+    model, seed, dataset = "resnet8", 1, "digits"
 
 
 def _write_csv(path: Path) -> None:
@@ -415,3 +416,39 @@ def test_closed_pipe_and_full_device_on_the_command_line(tmp_path: Path) -> None
     assert to_full.returncode == 2 and err == ("error: could not write the output to stdout (No space left on device); "
                                                "send stdout to a file on a disk with room to see what the command "
                                                "printed\n"), err
+
+
+# ------------------------------------------------------------------------------------------------ W&B on a full disk
+def test_wandb_own_log_errors_are_not_printed_after_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capfd: pytest.CaptureFixture[str]) -> None:
+    """W&B logs through Python's logging into files of the run folder; on a full disk each record used to print a
+    "--- Logging error ---" traceback (about 60 lines at shutdown) after the run's one-line error."""
+    import logging
+
+    import wandb
+
+    from helper.logger import RunLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(logging, "raiseExceptions", True)  # Python's default; the test restores it
+    full = open("/dev/full", "w")  # noqa: SIM115 - closed below, after the handler is removed
+    handler = logging.StreamHandler(full)  # W&B's debug log, on a disk that is full
+
+    class Run:
+        def finish(self, exit_code: int = 0, quiet: bool = True) -> None:
+            logging.getLogger("wandb").error("a record W&B writes while it shuts down")
+
+    def init(**kwargs: Any) -> Run:
+        logging.getLogger("wandb").addHandler(handler)
+        return Run()
+
+    monkeypatch.setattr(wandb, "init", init)
+    try:
+        logger = RunLogger(tmp_path / "run", {}, _Opt(), "teacher", tensorboard=False)
+        assert logger.wandb is not None
+        logger.close(2)
+    finally:
+        logging.getLogger("wandb").removeHandler(handler)
+        with contextlib.suppress(OSError):  # what the handler could not write is still buffered
+            full.close()
+    assert "Logging error" not in capfd.readouterr().err
