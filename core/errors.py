@@ -61,7 +61,7 @@ def run_main(main: Callable[[], T]) -> T:
     finally:
         for stream in streams:
             stream.flush()
-        problem = fs.output_problem(streams)
+        problem = fs.output_problem(streams[:1])  # stdout: what the command printed is lost (stderr: only warnings)
         if problem is not None and code in (0, None):
             print(f"error: {problem}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
