@@ -67,19 +67,14 @@ if hasattr(errno, "ENOTSUP"):
 DEFAULT_ADVICE = "check the path and try again"
 
 
-def _show(path: str | os.PathLike | None) -> str:
-    """``path`` as a message shows it: a component over :data:`NAME_MAX` bytes is shortened, with its length."""
+def show_path(path: str | os.PathLike | None) -> str:
+    """``path`` as the project's messages write it: a name over :data:`NAME_MAX` bytes is shortened, with its length."""
     text = os.fsdecode(path) if path is not None else "?"
     parts = []
     for part in text.split(os.sep):
         size = len(os.fsencode(part))
         parts.append(f"{part[:24]}...({size} bytes)" if size > NAME_MAX else part)
     return os.sep.join(parts)
-
-
-def show_path(path: str | os.PathLike) -> str:
-    """``path`` as the project's messages write it (over-long names shortened)."""
-    return _show(path)
 
 
 def os_error_message(err: OSError, path: str | os.PathLike | None = None, action: str | None = "read",
@@ -96,11 +91,11 @@ def os_error_message(err: OSError, path: str | os.PathLike | None = None, action
     meaning = os.strerror(code) if code else (err.strerror or str(err) or type(err).__name__)
     if code and err.strerror and err.strerror.startswith(meaning):  # the meaning with what we found (mkdirs)
         meaning = err.strerror
-    where = f" {_show(target)}" if target is not None else ""
+    where = f" {show_path(target)}" if target is not None else ""
     if err.filename2 is not None and path is None:
-        where += f" to {_show(err.filename2)}"
+        where += f" to {show_path(err.filename2)}"
     if code == errno.ENOENT and err.filename is not None and path is not None and os.fsdecode(err.filename) != os.fsdecode(path):
-        meaning += f": {_show(err.filename)}"
+        meaning += f": {show_path(err.filename)}"
     advice = fix or ADVICE.get(code or -1, DEFAULT_ADVICE).replace("another location", f"another {location}")
     if target is None:  # the operating system named no file (a write on an open file, a socket)
         return f"a file operation failed ({meaning}); {note + ', ' if note else ''}{advice}"
@@ -293,8 +288,8 @@ def require_regular_file(path: str | os.PathLike, what: str = "") -> None:
     if kind not in (None, "a regular file"):
         label = f"{what} " if what else ""
         if kind == "a folder":
-            raise UserError(f"{label}{_show(path)} is a folder, not a file; pass the file inside it")
-        raise UserError(f"{label}{_show(path)} is {kind}, not a regular file; pass a regular file")
+            raise UserError(f"{label}{show_path(path)} is a folder, not a file; pass the file inside it")
+        raise UserError(f"{label}{show_path(path)} is {kind}, not a regular file; pass a regular file")
 
 
 # ------------------------------------------------------------------------------------------------ standard streams
