@@ -3,9 +3,9 @@ operating system said, what to do; exit code 2, no traceback, nothing new left, 
 
 The walk: every path flag of every parser, every written path (checkpoints, JSON, summaries, plots, exports, logs, run
 folders) and every read path (checkpoints, data, run files), each with ENAMETOOLONG (a real 256-byte name), ENOTDIR (a
-real path below a file), a real FIFO and /dev/null, and EACCES, EROFS, ENOSPC injected at the operating-system call
-(the tests run as root, whom permissions do not stop). Standard output into a closed pipe or /dev/full is tested on
-the real command line.
+real path below a file), a symbolic-link loop (ELOOP), a real FIFO and /dev/null, and EACCES, EROFS, ENOSPC injected
+at the operating-system call (the tests run as root, whom permissions do not stop). Standard output into a closed pipe
+or /dev/full is tested on the real command line.
 """
 
 from __future__ import annotations
@@ -161,8 +161,10 @@ def test_every_path_flag_with_every_os_error(tmp_path: Path, monkeypatch: pytest
     _fixtures(tmp_path)
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "locked").mkdir()
+    os.symlink("loop", tmp_path / "loop")  # a link to itself
     cases = {
         "ENAMETOOLONG": (str(tmp_path / LONG / "x"), None),
+        "ELOOP": (str(tmp_path / "loop" / "x"), None),
         "ENOTDIR": (str(tmp_path / "afile" / "x"), None),
         "FIFO": (str(tmp_path / "fifo"), None),
         "/dev/null": (os.devnull, None),
@@ -191,6 +193,8 @@ def test_every_path_flag_with_every_os_error(tmp_path: Path, monkeypatch: pytest
                 assert flag in line or fs.show_path(value) in line, (entry, flag, case, line)
                 if case == "ENAMETOOLONG":
                     assert "File name too long" in line and "(256 bytes)" in line, line
+                if case == "ELOOP":
+                    assert "symbolic links" in line, line
                 if case in ("FIFO", "/dev/null"):
                     assert "FIFO" in line or "character device" in line, line
                 if code == errno.EACCES:
