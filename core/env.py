@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from core import fs
 from core.errors import UserError
-from core.fs import show_path
 from core.numbers import Number
 
 
@@ -103,16 +103,10 @@ def _anything(text: str) -> str:
 def _folder(text: str) -> str:
     """A folder, existing or to be made: never a file or a device, nor below one, no name over 255 bytes (the checks
     of a ``folder`` path flag)."""
-    from pathlib import Path
-
-    from core import fs
-
     try:
         fs.check_name_lengths(text)
         kind = fs.kind_of(text)
-        probe = Path(text)
-        while fs.kind_of(probe) is None and probe != probe.parent:
-            probe = probe.parent
+        probe = fs.existing_ancestor(text)
         base = fs.kind_of(probe)
     except (OSError, UserError) as err:
         raise ValueError(f"must be a folder path that can be used ({getattr(err, 'strerror', None) or err})") from None
@@ -222,7 +216,7 @@ def get(name: str, environ: dict[str, str] | None = None) -> Any:
     except (ValueError, argparse.ArgumentTypeError) as err:
         why = str(err).replace(f", got '{text}'", "").replace(f", got '{text.strip()}'", "")
         fix = "correct it" if variable.accepted in why else f"set it to {variable.accepted}"
-        raise EnvError(f"the environment variable {name}={show_path(text)!r} is refused: it {why}; {fix}, or unset it"
+        raise EnvError(f"the environment variable {name}={fs.show_path(text)!r} is refused: it {why}; {fix}, or unset it"
                        f"{_default_words(variable)}") from None
 
 

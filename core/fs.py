@@ -265,6 +265,14 @@ def is_local_error(err: OSError) -> bool:
     return err.errno in LOCAL_ERRNOS
 
 
+def existing_ancestor(path: str | os.PathLike) -> Path:
+    """``path`` or its nearest parent that exists (what a folder still to be made would be made in)."""
+    probe = Path(path)
+    while kind_of(probe) is None and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
 def check_name_lengths(path: str | os.PathLike) -> None:
     """Raise ``OSError(ENAMETOOLONG)`` for a ``path`` with a name over :data:`NAME_MAX` bytes (a folder still to be
     created: the operating system would refuse it only at mkdir)."""

@@ -152,13 +152,6 @@ FRACTION = Number(float, low=0, high=1, low_open=True, high_open=True)
 PAIR_SIZE = Number(int, low=2, why=" (one positive and one negative image)")
 
 
-def _existing_ancestor(path: Path) -> Path:
-    probe = path
-    while fs.kind_of(probe) is None and probe != probe.parent:
-        probe = probe.parent
-    return probe
-
-
 def check_path(flag: str, value: str | Path | None, kind: str) -> None:
     """The kind of a path flag ``flag`` (``--save_dir``, or a positional's metavar) (raises UserError): ``file`` (an
     existing file), ``maybe_file`` (a file when it exists, checked again before it is read), ``folder`` (a folder,
@@ -195,7 +188,7 @@ def _check_path(flag: str, path: Path, kind: str) -> None:
         raise UserError(f"{flag} {shown} is {what}, not a folder; pass a folder")
     if kind == "input_folder" and what is None:
         raise UserError(f"{flag} {shown} does not exist; pass an existing folder")
-    base = _existing_ancestor(path)
+    base = fs.existing_ancestor(path)
     if not base.is_dir():
         raise UserError(f"cannot write to {shown} ({fs.show_path(base)} is a file: Not a directory); choose a writable {flag}"
                         if kind == "output" else f"{flag} {shown} lies below the file {fs.show_path(base)}, not a folder; pass a folder")

@@ -30,9 +30,7 @@ if TYPE_CHECKING:
 def ensure_writable(folder: Path) -> None:
     """Check, before any expensive work and without creating anything, that ``folder`` can be made and written:
     its nearest existing parent must be a writable folder. The folder is made when its first file is written."""
-    existing = Path(folder)
-    while fs.kind_of(existing) is None and existing != existing.parent:  # one that cannot be searched: core.fs's sentence
-        existing = existing.parent
+    existing = fs.existing_ancestor(folder)  # one that cannot be searched: core.fs's sentence
     if fs.kind_of(existing) != "a folder":
         reason = os.strerror(errno.ENOTDIR)
     elif not os.access(existing, os.W_OK | os.X_OK):
