@@ -11,7 +11,7 @@ The table of docs/reliability.md is :func:`markdown_table` (``python -m core.env
 the environment (all, or the names given): one ``error:`` line and exit code 2 for the first one refused (the shell
 scripts can call it before they use one).
 
-Bottom layer: imports nothing from the project but ``core.errors`` and ``core.numbers``.
+Bottom layer: imports nothing from the project but ``core.errors``, ``core.fs`` and ``core.numbers``.
 """
 
 from __future__ import annotations
