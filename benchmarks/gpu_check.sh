@@ -40,12 +40,15 @@ done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
-OUT=${OUT:-$ROOT/gpu_check_out}
-mkdir -p "$OUT" || { echo "error: cannot create OUT=$OUT" >&2; exit 2; }
-OUT=$(cd "$OUT" && pwd)
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
 elif [ -x "$ROOT/.venv/bin/python" ]; then PY=$ROOT/.venv/bin/python
 else PY=python3; fi
+# the environment variables this script reads, checked by the project's registry (core/env.py) before anything is made
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m core.env PYTHON OUT GPU_CHECK_DEVICE GPU_CHECK_TINY GPU_CHECK_BUDGET_S \
+    GPU_CHECK_ONLY GPU_CHECK_SWEEP_EPOCHS GPU_CHECK_WORK GPU_CHECK_KEEP_WORK || exit 2
+OUT=${OUT:-$ROOT/gpu_check_out}
+mkdir -p "$OUT" || { echo "error: cannot create OUT=$OUT" >&2; exit 2; }
+OUT=$(cd "$OUT" && pwd)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled WANDB_SILENT=true
 
 if [ "$DRY" = 1 ]; then

@@ -5,7 +5,7 @@ renamed over the target, so a crash (even SIGKILL) never leaves a half-written c
 Every file is read with ``weights_only=True``: a checkpoint whose pickle would run code is
 refused instead of executed.
 
-Bottom layer: imports nothing from the project but ``core.errors``.
+Bottom layer: imports nothing from the project but ``core.errors`` and ``core.fs`` (where the atomic write lives).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,43 +24,16 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
-
-    If the write fails (disk full, permissions), the previous file at ``path`` is untouched
-    and the temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+from core.fs import (  # noqa: F401 - atomic_write_bytes re-exported
+    PathError,
+    atomic_write_bytes,
+    checked,
+    is_local_error,
+    kind_of,
+    os_error_message,
+    require_regular_file,
+    show_path,
+)
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
@@ -85,24 +57,15 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path`` atomically; raise :class:`UserError` on an OS failure."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    try:
+    with checked(path, "write", note="the previous file there is unchanged", location="--save_dir"):
         atomic_write_bytes(path, buffer.getvalue())
-    except OSError as err:
-        raise UserError(
-            f"could not write {path} ({err.strerror or err}); the previous file there is unchanged, "
-            "free some space or choose another --save_dir"
-        ) from err
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
-    try:
+    with checked(path, "write", note="the previous file there is unchanged", location="--save_dir"):
         atomic_write_bytes(path, text.encode("utf-8"))
-    except OSError as err:
-        raise UserError(
-            f"could not write {path} ({err.strerror or err}); free some space or choose another --save_dir"
-        ) from err
 
 
 def _json_default(value: Any) -> Any:
@@ -120,11 +83,8 @@ def _looks_like_checkpoint(path: Path) -> bool:
 
     Anything else (a text file, an HTML error page) is not a checkpoint, whatever torch.load would say about it.
     """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(2)
-    except OSError:
-        return True  # let torch.load report the read error
+    with checked(path, "read"), open(path, "rb") as handle:
+        head = handle.read(2)
     return head[:2] == b"PK" or head[:1] == b"\x80"
 
 
@@ -134,13 +94,21 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     Raises :class:`UserError` for a missing, truncated, non-checkpoint or code-carrying file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+    if kind_of(path) is None:
+        raise UserError(f"checkpoint {show_path(path)} does not exist")
+    require_regular_file(path, "checkpoint")
     if not _looks_like_checkpoint(path):
         raise UserError(f"{path} is not a PyTorch checkpoint (not a zip/pickle file); pass a file written by torch.save, "
                         "or re-download or re-train it")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as err:
+        if is_local_error(err):  # the file system's refusal (permissions, an I/O error): its own sentence
+            raise PathError(os_error_message(err, path, "read")) from err
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__  # torch's EINVAL of a cut-off zip
+        raise UserError(
+            f"{path} is truncated or not a PyTorch checkpoint ({first}); delete it and re-download or re-train it"
+        ) from err
     except pickle.UnpicklingError as err:
         text = str(err)
         if "weights_only" in text.lower() or "unsupported global" in text.lower():
@@ -150,7 +118,7 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
                 "and re-save them as plain state_dicts"
             ) from err
         raise UserError(f"{path} is not a readable checkpoint ({text.splitlines()[0]}); re-download or re-train it") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, struct.error, UnicodeDecodeError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, struct.error, UnicodeDecodeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(
             f"{path} is truncated or not a PyTorch checkpoint ({first}); delete it and re-download or re-train it"
@@ -211,8 +179,9 @@ def _preview(keys: list[str], limit: int = 3) -> str:
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks."""
+    require_regular_file(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with checked(path, "read"), open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()

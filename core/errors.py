@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 EXIT_USER_ERROR = 2
 
@@ -37,8 +37,31 @@ def fail(message: str) -> NoReturn:
 
 
 def run_main(main: Callable[[], T]) -> T:
-    """Call ``main()`` and turn a :class:`UserError` into one stderr line and exit code 2."""
+    """Call ``main()`` as every entry point does: a :class:`UserError` becomes one stderr line and exit code 2, so does
+    an ``OSError`` no call site wrapped (``core.fs.os_error_message``: the path, the errno's meaning, what to do), and
+    stdout/stderr never end the command with a traceback (``core.fs.guard_output_streams``: a closed pipe is silenced,
+    a full or failing one is said in one line at the end, exit code 2)."""
+    from core import fs  # core.fs imports this module
+
+    streams = fs.guard_output_streams()
+    code: Any = 0
     try:
-        return main()
+        result = main()
+        code = result if isinstance(result, int) else 0
+        return result
     except UserError as err:
+        code = EXIT_USER_ERROR
         fail(str(err))
+    except OSError as err:  # a path no call site wrapped: still one sentence, never a traceback
+        code = EXIT_USER_ERROR
+        fail(fs.os_error_message(err, action="use"))
+    except SystemExit as err:
+        code = err.code
+        raise
+    finally:
+        for stream in streams:
+            stream.flush()
+        problem = fs.output_problem(streams[:1])  # stdout: what the command printed is lost (stderr: only warnings)
+        if problem is not None and code in (0, None):
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)

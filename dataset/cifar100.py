@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core import env, fs
 from core.errors import DataNotFound, UserError
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
@@ -37,7 +38,7 @@ CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 CIFAR100_FOLDER = "cifar-100-python"
 CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
 CIFAR100_CLASSES = 100
-DOWNLOAD_TIMEOUT_S = 30.0
+DOWNLOAD_TIMEOUT_S = env.REGISTRY["CIFAR100_TIMEOUT"].default  # seconds; $CIFAR100_TIMEOUT overrides it
 
 
 @dataclass
@@ -79,11 +80,14 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 def _read_pickle(path: Path) -> Any:
     redo = f"delete {path.parent} and download CIFAR-100 again"
-    if not path.is_file():
+    if fs.kind_of(path) is None:
         raise UserError(f"{path} is missing from the CIFAR-100 folder; {redo}")
+    fs.require_regular_file(path, "the CIFAR-100 file")
     try:
-        with open(path, "rb") as handle:
+        with fs.checked(path, "read", location="data folder"), open(path, "rb") as handle:
             return _ArrayOnlyUnpickler(handle, encoding="bytes").load()
+    except UserError:  # an OSError of the file: its own sentence, not "truncated"
+        raise
     except Exception as err:  # a damaged pickle fails in many ways (EOFError, UnpicklingError, ValueError, ...)
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"{path} is truncated or not a CIFAR-100 pickle ({first}); {redo}") from err
@@ -175,9 +179,9 @@ def download_cifar100(data_folder: str | Path) -> Path:
 
     data_folder = Path(data_folder)
     target = data_folder / CIFAR100_FOLDER
-    url = os.environ.get("CIFAR100_URL") or CIFAR100_URL
-    md5 = os.environ.get("CIFAR100_MD5") or CIFAR100_MD5
-    timeout = float(os.environ.get("CIFAR100_TIMEOUT") or DOWNLOAD_TIMEOUT_S)
+    url = env.get("CIFAR100_URL") or CIFAR100_URL
+    md5 = env.get("CIFAR100_MD5") or CIFAR100_MD5
+    timeout = env.get("CIFAR100_TIMEOUT")
     how_to = f"download {CIFAR100_ARCHIVE} from {CIFAR100_URL} and extract it into {data_folder}"
     created = [p for p in (data_folder, *data_folder.parents) if not p.exists()]  # innermost first
     try:
@@ -266,6 +270,9 @@ def _download_into(data_folder: Path, target: Path, url: str, md5: str, timeout:
                 ) from err
             raise DataNotFound(f"CIFAR-100 downloaded from {url} could not be extracted ({err}); {how_to}") from err
         except (urllib.error.URLError, OSError, ValueError) as err:
+            if isinstance(err, OSError) and not isinstance(err, urllib.error.URLError) and fs.is_local_error(err):
+                raise UserError(fs.os_error_message(err, err.filename or data_folder, "write",
+                                                    location="data folder")) from err
             reason = getattr(err, "reason", None) or err
             raise DataNotFound(f"CIFAR-100 is not in {target} and could not be downloaded from {url} ({reason}); {how_to}") from err
         except Exception as err:  # tar/gzip errors of a broken archive
@@ -282,7 +289,11 @@ def _download_into(data_folder: Path, target: Path, url: str, md5: str, timeout:
 
 def load_cifar100(data_folder: str | Path, download: bool = True) -> tuple[ImageSet, ImageSet]:
     """Read (train, test) CIFAR-100 from ``data_folder/cifar-100-python`` (downloading it when missing)."""
-    data_folder = Path(data_folder).expanduser()
+    with fs.checked(None, "read", location="data folder", within=data_folder):  # a folder nobody may search: its own sentence
+        return _load_cifar100(Path(data_folder).expanduser(), download)
+
+
+def _load_cifar100(data_folder: Path, download: bool) -> tuple[ImageSet, ImageSet]:
     folder = _cifar_dir(data_folder)
     if not folder.is_dir():
         if not download:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core import fs
 from core.errors import DataNotFound, UserError
 from dataset.cifar100 import ImageSet
 
@@ -72,12 +73,16 @@ def _first_line(err: BaseException) -> str:
 
 
 def _load_mat(path: Path, key: str, root: Path) -> np.ndarray:
-    if not path.is_file():
+    if fs.kind_of(path) is None:
         raise DataNotFound(f"{path} is missing; {_where_to_get(root)}")
+    fs.require_regular_file(path)
     import scipy.io
 
     try:
-        contents = scipy.io.loadmat(str(path))
+        with fs.checked(path, "read", location="data folder"):
+            contents = scipy.io.loadmat(str(path))
+    except UserError:
+        raise
     except Exception as err:  # a damaged .mat fails in many ways (ValueError, MatReadError, TypeError, zlib.error, ...)
         raise UserError(f"{path} is not a readable MATLAB file ({_first_line(err)}); replace it with the original from a "
                         "Kaggle mirror of Stanford Cars or the original devkit") from err
@@ -156,6 +161,11 @@ def _decode_image(path: Path, size: int) -> np.ndarray:
             small = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     except FileNotFoundError as err:
         raise UserError(f"the image {path} is missing; copy it back from a Kaggle mirror of Stanford Cars or the original data") from err
+    except OSError as err:
+        if err.errno is not None:  # a file the operating system refuses (PIL's own decoding errors carry no errno)
+            raise UserError(fs.os_error_message(err, path, "read", location="data folder")) from err
+        raise UserError(f"the image {path} cannot be decoded ({_first_line(err)}); replace it with the original from a "
+                        "Kaggle mirror of Stanford Cars or the original data") from err
     except Exception as err:  # UnidentifiedImageError, truncated files, decoder errors, decompression bombs
         raise UserError(f"the image {path} cannot be decoded ({_first_line(err)}); replace it with the original from a "
                         "Kaggle mirror of Stanford Cars or the original data") from err
@@ -252,6 +262,11 @@ def load_stanfordcars(data_folder: str | Path, workers: int | None = None, progr
     on every run (with a warning). A missing, unreadable or malformed file raises :class:`UserError` before
     anything is written.
     """
+    with fs.checked(None, "read", location="data folder", within=data_folder):  # a folder nobody may search: its own sentence
+        return _load_stanfordcars(data_folder, workers, progress)
+
+
+def _load_stanfordcars(data_folder: str | Path, workers: int | None, progress: bool) -> tuple[ImageSet, ImageSet]:
     root = cars_root(data_folder)
     meta_mat, train_mat, test_mat = root / META_MAT, root / TRAIN_MAT, root / TEST_MAT
     class_names = _read_class_names(meta_mat, root)
@@ -277,7 +292,7 @@ def load_stanfordcars(data_folder: str | Path, workers: int | None = None, progr
         try:
             _save_atomic(blob, cache)
         except OSError as err:
-            warnings.warn(f"could not write the decoded Stanford Cars images to {cache} ({err.strerror or err}); "
+            warnings.warn(f"{fs.os_error_message(err, cache, 'write the decoded Stanford Cars images to')}; "
                           "they will be decoded again next run", stacklevel=2)
     sets = tuple(
         ImageSet(images=blob[f"{split}_images"], labels=blob[f"{split}_labels"].to(torch.int64), num_classes=CARS_CLASSES,

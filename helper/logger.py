@@ -18,14 +18,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import netrc
-import os
 import socket
 import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+from core import env, fs
 
 if TYPE_CHECKING:
     from helper.config import StudentConfig, TeacherConfig
@@ -41,9 +43,9 @@ def _say(message: str) -> None:
 
 def wandb_api_key_configured() -> bool:
     """True when W&B would find an API key (environment or ~/.netrc)."""
-    if os.environ.get("WANDB_API_KEY"):
+    if env.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    host = urlparse(env.get("WANDB_BASE_URL")).hostname or "api.wandb.ai"
     try:
         return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
@@ -52,7 +54,7 @@ def wandb_api_key_configured() -> bool:
 
 def wandb_server_reachable(timeout: float = WANDB_PROBE_TIMEOUT_S) -> bool:
     """Open (and close) one TCP connection to the W&B server, within ``timeout`` seconds."""
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    url = urlparse(env.get("WANDB_BASE_URL"))
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout):
@@ -63,11 +65,13 @@ def wandb_server_reachable(timeout: float = WANDB_PROBE_TIMEOUT_S) -> bool:
 
 def resolve_wandb_mode() -> str:
     """Pick online/offline/disabled as documented in the module docstring."""
-    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    mode = env.get("WANDB_MODE")  # a value W&B does not know is refused here, in one sentence (core.env)
     if mode in ("online", "offline", "disabled"):
         return mode
-    if mode in ("dryrun",):
+    if mode == "dryrun":
         return "offline"
+    if mode == "run":
+        return "online"
     if not wandb_api_key_configured():
         _say("wandb: no API key configured, logging offline (sync later with `wandb sync`, or set WANDB_MODE=disabled)")
         return "offline"
@@ -79,7 +83,7 @@ def resolve_wandb_mode() -> str:
 
 def under_wandb_agent() -> bool:
     """True when ``wandb agent`` started this process (it sets the sweep id and the run id it expects)."""
-    return bool(os.environ.get("WANDB_SWEEP_ID"))
+    return bool(env.get("WANDB_SWEEP_ID"))
 
 
 def wandb_name_and_group(opt: RunConfig, job_type: str) -> tuple[str, str]:
@@ -108,10 +112,10 @@ class RunLogger:
                  wandb_id: str | None = None, tensorboard: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.wandb = None
-        self.wandb_id = os.environ.get("WANDB_RUN_ID") if under_wandb_agent() else wandb_id  # the agent's run wins
+        self.wandb_id = env.get("WANDB_RUN_ID") if under_wandb_agent() else wandb_id  # the agent's run wins
         self.tb = None
         if tensorboard:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fs.make_folder(self.run_dir, location="--save_dir")
             self._init_tensorboard()
         self._init_wandb(config, opt, job_type)
 
@@ -128,16 +132,20 @@ class RunLogger:
         mode = resolve_wandb_mode()
         if mode == "disabled":
             return
+        # W&B writes its own log (wandb/debug*.log) through Python's logging; on a full or failing disk every record
+        # would print a "--- Logging error ---" traceback after our one-line error. Its log is W&B's to lose, not ours
+        # to report: logging drops such errors silently (the project itself logs nothing through logging).
+        logging.raiseExceptions = False
+        fs.make_folder(self.run_dir, location="--save_dir")  # W&B writes into it: a folder we cannot make is our error
         try:
             import wandb
 
-            project = getattr(opt, "wdb_project", None) or os.environ.get("WANDB_PROJECT")
-            entity = getattr(opt, "wdb_entity", None) or os.environ.get("WANDB_ENTITY")
+            project = getattr(opt, "wdb_project", None) or env.get("WANDB_PROJECT")
+            entity = getattr(opt, "wdb_entity", None) or env.get("WANDB_ENTITY")
             tags = [t for t in (getattr(opt, "_tags", None) or "").split(",") if t.strip()]
             if self.wandb_id is None:
                 self.wandb_id = uuid.uuid4().hex[:12]
             name, group = wandb_name_and_group(opt, job_type)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             self.wandb = wandb.init(
                 project=project, entity=entity, tags=tags or None, config=config, dir=str(self.run_dir),
                 mode=mode, id=self.wandb_id, resume="allow", job_type=job_type, reinit="finish_previous",
@@ -175,7 +183,10 @@ class RunLogger:
 
     def close(self, exit_code: int = 0) -> None:
         if self.tb is not None:
-            self.tb.close()
+            try:
+                self.tb.close()
+            except OSError:  # its last events cannot be written (disk full): the run's own error says so
+                pass
             self.tb = None
         if self.wandb is not None:
             try:

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from core import fs
 from core.errors import EXIT_USER_ERROR, UserError
+from core.numbers import INT64_MAX, Number  # noqa: F401 - the type of every numeric flag; INT64_MAX re-exported
 from helper import method_table
 from helper.method_table import none_or_str
 
@@ -125,82 +127,6 @@ def int_like(value: str) -> int:
     return int(number)
 
 
-INT64_MAX = 2**63 - 1  # the largest seed (and count) torch and numpy take; beyond it they raise OverflowError
-
-
-class Number:
-    """The ``type=`` of a numeric flag, carrying its range: ``Number(int, low=1)`` (a whole number, at least 1),
-    ``Number(float, low=0, low_open=True)`` (a finite positive number). NaN and infinity are never accepted, whole
-    numbers are at most :data:`INT64_MAX` unless ``high`` says otherwise.
-
-    argparse calls it on the flag's text (a bad value: one sentence, exit 2); :meth:`check` applies the same range to a
-    value a Python caller gave :class:`helper.config.StudentConfig` (raises UserError), so both read
-    ``--flag must be ..., got X``.
-    """
-
-    def __init__(self, kind: type, *, low: float | None = None, high: float | None = None, low_open: bool = False,
-                 high_open: bool = False, why: str = "") -> None:
-        self.kind, self.low, self.low_open, self.high_open, self.why = kind, low, low_open, high_open, why
-        self.high = INT64_MAX if high is None and kind is int else high
-        self.__name__ = "whole number" if kind is int else "number"  # argparse names the type in some messages
-
-    def __repr__(self) -> str:
-        return f"Number({self.kind.__name__}, {self.describe()})"
-
-    def describe(self) -> str:
-        """The range in words, as the error messages and the tests say it."""
-        low, high = self.low, self.high
-        if self.kind is float and low == 0 and high is None:
-            return "a finite positive number" if self.low_open else "a finite number, 0 or more"
-        if low is not None and high is not None and not (self.kind is int and high == INT64_MAX):
-            if self.low_open and self.high_open:
-                return f"strictly between {low:g} and {high:g}"
-            return f"between {low:g} and {high:g}" if self.kind is float else f"a whole number from {low} to {high}"
-        if low is not None:
-            return f"at least {low}" if self.kind is int else f"a finite number {'above' if self.low_open else 'at least'} {low:g}"
-        return "a whole number" if self.kind is int else "a finite number"
-
-    def problem(self, value: float) -> str | None:
-        """Why ``value`` is refused (``must be ..., got X``), or None."""
-        ok = math.isfinite(value)
-        if ok and self.low is not None:
-            ok = value > self.low if self.low_open else value >= self.low
-        if ok and self.high is not None:
-            ok = value < self.high if self.high_open else value <= self.high
-        if ok:
-            return None
-        if self.kind is int and self.high is not None and value > self.high and self.high == INT64_MAX:
-            return f"must be at most {INT64_MAX} (2**63 - 1){self.why}, got {value}"
-        return f"must be {self.describe()}{self.why}, got {value}"
-
-    def __call__(self, text: str) -> int | float:
-        try:
-            number = float(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be {'a whole number' if self.kind is int else 'a number'}, "
-                                             f"got '{text}'") from None
-        if self.kind is int:
-            if not math.isfinite(number) or number != int(number):
-                raise argparse.ArgumentTypeError(f"must be a whole number, got '{text}'")
-            try:  # "12345678901234567890" keeps its digits; 2.0 (as W&B writes grid integers) is 2
-                value: int | float = int(text)
-            except ValueError:
-                value = int(number)
-        else:
-            value = number
-        why = self.problem(value)
-        if why:
-            raise argparse.ArgumentTypeError(why)
-        return value
-
-    def check(self, flag: str, value: Any) -> None:
-        """The parser's check of ``value`` for a Python caller (raises UserError)."""
-        if value is not None:
-            why = self.problem(value)
-            if why:
-                raise UserError(f"--{flag} {why}")
-
-
 def number_type(action: argparse.Action) -> Number | None:
     """The :class:`Number` of a flag, when it is numeric."""
     return action.type if isinstance(action.type, Number) else None
@@ -216,39 +142,51 @@ FRACTION = Number(float, low=0, high=1, low_open=True, high_open=True)
 PAIR_SIZE = Number(int, low=2, why=" (one positive and one negative image)")
 
 
-def _existing_ancestor(path: Path) -> Path:
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return probe
-
-
 def check_path(flag: str, value: str | Path | None, kind: str) -> None:
     """The kind of a path flag ``flag`` (``--save_dir``, or a positional's metavar) (raises UserError): ``file`` (an
     existing file), ``maybe_file`` (a file when it exists, checked again before it is read), ``folder`` (a folder,
     existing or not, never a file or below one), ``input_folder`` (an existing folder), ``output`` (a folder this run
-    may create: as ``folder``, and writable)."""
+    may create: as ``folder``, and writable). A path the operating system refuses to examine (a name over 255 bytes, no
+    permission to search a folder above it, a symbolic-link loop) is named with its reason (``core.fs``), and a FIFO or
+    device is never taken for a file or a folder."""
     if value is None or value == "":
         if value == "":
             raise UserError(f"{flag} is empty; pass a path")
         return
-    path = Path(value)
+    try:
+        _check_path(flag, Path(value), kind)
+    except fs.PathError as err:  # from core.fs: the OSError is its cause
+        raise UserError(f"{flag} {fs.os_error_message(err.__cause__, value, None, location=flag)}") from err
+    except OSError as err:
+        raise UserError(f"{flag} {fs.os_error_message(err, value, None, location=flag)}") from err
+
+
+def _check_path(flag: str, path: Path, kind: str) -> None:
+    shown = fs.show_path(path)
+    what = fs.kind_of(path)
     if kind in ("file", "maybe_file"):
-        if path.is_dir():
-            raise UserError(f"{flag} {path} is a directory, not a file; pass the file inside it")
-        if not path.exists() and kind == "file":
-            raise UserError(f"{flag} {path} does not exist; check the path")
+        if what == "a folder":
+            raise UserError(f"{flag} {shown} is a directory, not a file; pass the file inside it")
+        if what is None and kind == "file":
+            raise UserError(f"{flag} {shown} does not exist; check the path")
+        if what not in (None, "a regular file"):
+            raise UserError(f"{flag} {shown} is {what}, not a regular file; pass a regular file")
         return
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} is a file, not a folder; pass a folder")
-    if kind == "input_folder" and not path.exists():
-        raise UserError(f"{flag} {path} does not exist; pass an existing folder")
-    base = _existing_ancestor(path)
+    if what == "a regular file":
+        raise UserError(f"{flag} {shown} is a file, not a folder; pass a folder")
+    if what not in (None, "a folder"):
+        raise UserError(f"{flag} {shown} is {what}, not a folder; pass a folder")
+    if kind == "input_folder" and what is None:
+        raise UserError(f"{flag} {shown} does not exist; pass an existing folder")
+    base = fs.existing_ancestor(path)
     if not base.is_dir():
-        raise UserError(f"cannot write to {path} ({base} is a file: Not a directory); choose a writable {flag}"
-                        if kind == "output" else f"{flag} {path} lies below the file {base}, not a folder; pass a folder")
+        raise UserError(f"cannot write to {shown} ({fs.show_path(base)} is a file: Not a directory); choose a writable {flag}"
+                        if kind == "output" else f"{flag} {shown} lies below the file {fs.show_path(base)}, not a folder; pass a folder")
+    if kind == "output" and what is None:
+        fs.check_name_lengths(path)  # a folder to create: a name the file system cannot hold is refused now, not at mkdir
     if kind == "output" and not os.access(base, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {path} ({base} is read-only: Permission denied); choose a writable {flag}")
+        reason = "read-only file system" if fs.read_only_mount(base) else "Permission denied"
+        raise UserError(f"cannot write to {shown} ({fs.show_path(base)} is read-only: {reason}); choose a writable {flag}")
 
 
 # the kind of each path flag of train_student.py / train_teacher.py (str fields of the configuration, checked when it
@@ -475,10 +413,16 @@ def check_teacher_path(path_t: str, model_t: str | None, dataset: str) -> None:
     built, before the folder name is read as an architecture: a mistyped path is named as missing, not as a folder
     whose name is no architecture."""
     path = Path(path_t)
-    if path.is_dir():
+    try:
+        what = fs.kind_of(path)
+    except fs.PathError as err:
+        raise UserError(f"--path_t {fs.os_error_message(err.__cause__, path, None, location='--path_t')}") from err
+    if what == "a folder":
         raise UserError(f"--path_t {path} is a directory, not a checkpoint; pass the checkpoint file inside it "
                         f"(e.g. {path / 'ckpt_epoch_240.pth'})")
-    if path.exists():
+    if what is not None:
+        if what != "a regular file":
+            raise UserError(f"--path_t {path} is {what}, not a checkpoint file; pass the checkpoint file")
         return
     if model_t is None:
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from core import env
 from helper.config import StudentConfig, TeacherConfig
 
 
@@ -24,6 +25,7 @@ def run_teacher(cfg: TeacherConfig) -> Path:
     """Train (or resume, or find finished) the teacher of ``cfg``; returns its final checkpoint."""
     from helper.teacher_trainer import TeacherRun  # deferred: flag errors and --help stay instant
 
+    env.check(env.RUN_VARIABLES)  # a bad environment variable is refused before anything is read or written
     return TeacherRun(cfg).run()
 
 
@@ -31,4 +33,5 @@ def run_student(cfg: StudentConfig) -> dict[str, Any]:
     """Train (or resume, or find finished) the student run of ``cfg``; returns its results (as in results.json)."""
     from helper.student_trainer import StudentRun  # deferred: flag errors and --help stay instant
 
+    env.check(env.RUN_VARIABLES)  # a bad environment variable is refused before anything is read or written
     return StudentRun(cfg).run()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import fs
 from core.checkpoint import remove_stale_temp_files
 from core.errors import DataNotFound, UserError
 from dataset import ImageSet, load_dataset
@@ -29,13 +30,11 @@ if TYPE_CHECKING:
 def ensure_writable(folder: Path) -> None:
     """Check, before any expensive work and without creating anything, that ``folder`` can be made and written:
     its nearest existing parent must be a writable folder. The folder is made when its first file is written."""
-    existing = Path(folder)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
+    existing = fs.existing_ancestor(folder)  # one that cannot be searched: core.fs's sentence
+    if fs.kind_of(existing) != "a folder":
         reason = os.strerror(errno.ENOTDIR)
     elif not os.access(existing, os.W_OK | os.X_OK):
-        reason = os.strerror(errno.EACCES)
+        reason = os.strerror(errno.EROFS if fs.read_only_mount(existing) else errno.EACCES)
     else:
         return
     raise UserError(f"cannot write to {folder} ({reason}); choose a writable --save_dir")

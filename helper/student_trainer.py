@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from core import env
 from core.checkpoint import (
     atomic_save,
     atomic_write_json,
@@ -95,7 +95,8 @@ from models.published import PUBLISHED_CIFAR100_ACCURACY, low_accuracy_problem
 
 # last.pth is written after the first pseudo-epoch, then at most this often (seconds), on every learning-rate
 # decay, on SIGINT/SIGTERM and at the end; a resumed run replays deterministically from it.
-CHECKPOINT_EVERY_S = float(os.environ.get("CKD_CHECKPOINT_EVERY_S", "60"))
+# ($CKD_CHECKPOINT_EVERY_S, read through core.env when the run starts)
+CHECKPOINT_EVERY_S = env.REGISTRY["CKD_CHECKPOINT_EVERY_S"].default
 
 
 class NonFiniteLoss(UserError):
@@ -299,6 +300,7 @@ class StudentRun:
         self.cache_path = self.run_dir / "teacher_cache.pth"
         self.stop = StopRequest()
         self.state = StudentState()
+        self.checkpoint_every_s: float = env.get("CKD_CHECKPOINT_EVERY_S")
 
     # ----------------------------------------------------------------------------------- the data, built once
     def _decide_resume(self) -> bool:
@@ -558,7 +560,7 @@ class StudentRun:
                   f"{schedule.phases})", flush=True)
             self.save_last()
         done = step.action == STOP
-        if done or schedule.epoch == 1 or time.perf_counter() - self.last_saved_at >= CHECKPOINT_EVERY_S:
+        if done or schedule.epoch == 1 or time.perf_counter() - self.last_saved_at >= self.checkpoint_every_s:
             state.loop.finished = done
             self.save_last()
             self._save_best()

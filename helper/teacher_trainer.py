@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core import fs
 from core.checkpoint import atomic_save, atomic_write_json
 from core.device import configure_backend, resolve_device
 from core.errors import UserError
@@ -164,7 +165,7 @@ class TeacherRun:
         """
         if self.config_path.is_file():
             try:
-                stored = json.loads(self.config_path.read_text(encoding="utf-8"))
+                stored = json.loads(fs.read_text(self.config_path))  # an OSError: its own sentence (core.fs)
             except (OSError, ValueError) as err:
                 raise UserError(f"{self.config_path} is unreadable ({err}); {self._how_to_proceed()}") from err
             problem = f"{type(stored).__name__} where the teacher's flags belong" if not isinstance(stored, dict) else \

@@ -67,8 +67,11 @@ STUDY_SIZE, STUDY_SEEDS = 400, (1, 2)
 
 def _quiet_call(fn, argv: list[str], log_path: Path) -> None:
     """Run an entry point in this process with its output going to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+    from core import fs
+
+    fs.make_folder(log_path.parent, location="--out")
+    fs.require_regular_file(log_path, "the log")  # a FIFO there would block the open below
+    with fs.checked(log_path, "write", location="--out"), open(log_path, "w") as log, contextlib.redirect_stdout(log):
         fn(argv)
 
 
@@ -85,8 +88,11 @@ def print_calibration_study(results: dict[tuple[str, int], dict], methods: list[
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_out", help="folder for checkpoints, runs, logs, table and plot")
+    from helper.options import OneLineParser, PathKind, RawDescriptionHelpFormatter
+
+    parser = OneLineParser(prog="demo.py", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=PathKind("output", "--out"), default="demo_out",
+                        help="folder for checkpoints, runs, logs, table and plot")
     parser.add_argument("--quick", action="store_true", help="one seed, one size, few epochs (a smoke test)")
     parser.add_argument("--published-schedule", action="store_true",
                         help="ce, kd, ckd and ckd+cal at subset 400 with the published schedule (--patience 50, "
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import train_student
     import train_teacher
-    from core.errors import UserError
+    from core import fs
     from helper.options import teacher_checkpoint_path
     from scripts import summarize
 
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         flags_of = {**STUDY, **{f"{m}+cal": [*f, "--calibrate=train_mean"] for m, f in STUDY.items()}}
         sizes, seeds, methods = (STUDY_SIZE,), STUDY_SEEDS[:1] if args.quick else STUDY_SEEDS, list(flags_of)
     start = time.perf_counter()
-    try:
+    with fs.removing_new_folders(out):  # a demo refused at its first write leaves no empty --out behind
         teacher_path = teacher_checkpoint_path(save_dir, "digits", TEACHER)
         if teacher_path.is_file():
             print(f"[teacher] reusing {teacher_path}", flush=True)
@@ -146,22 +152,21 @@ def main(argv: list[str] | None = None) -> int:
                                              "--use_DA", "1",
                                              "--save_dir", str(save_dir), "--device", "cpu", *student_epochs,
                                              *flags_of[method]], log)
-            result_line = log.read_text().strip().splitlines()[-1]
+            result_line = fs.read_text(log).strip().splitlines()[-1]
             print(f"[{i:2d}/{len(runs)}] {method:7s} subset {size:4d} seed {seed}: {time.perf_counter() - t0:5.1f}s "
                   f"({result_line})", flush=True)
-            results[(method, seed)] = json.loads(Path(result_line.removeprefix("results: ")).read_text())
+            results[(method, seed)] = json.loads(fs.read_text(Path(result_line.removeprefix("results: "))))
         if args.calibration_study:
             print_calibration_study(results, list(STUDY), seeds)
         else:
             summarize.main([str(save_dir / "student"), "--out", str(out)])
         if args.published_schedule:
             summarize.main([str(save_dir / "student"), "--out", str(out / "calibrated"), "--metric", "test_acc_calibrated"])
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(f"demo finished in {time.perf_counter() - start:.0f}s; logs in {logs}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.errors import run_main
+
+    sys.exit(run_main(main))

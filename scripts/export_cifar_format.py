@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core import fs
 from core.errors import UserError, run_main
 from dataset import DATASETS, ImageSet, load_dataset
 from helper.options import OneLineParser, PathKind
@@ -156,10 +157,12 @@ def export_cifar_format(train: ImageSet, test: ImageSet, out: str | Path, source
     target = out / CIFAR_FOLDER
     if target.exists() and not force:
         raise UserError(f"{target} already exists; pass --force to replace it or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create {out} ({err.strerror or err}); choose a writable --out") from err
+    with fs.removing_new_folders(out), fs.checked(None, "write", location="--out", within=out):
+        fs.make_folder(out, location="--out")
+        return _write_folder(train, test, out, target, source)
+
+
+def _write_folder(train: ImageSet, test: ImageSet, out: Path, target: Path, source: str) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=f".{CIFAR_FOLDER}.tmp-", dir=out))
     try:
         files = {

@@ -53,8 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core import env
 from core.errors import UserError, run_main
-from helper.options import Number, OneLineParser, PathKind, check_path
+from helper.options import OneLineParser, PathKind, check_path
 from models.published import low_accuracy_problem
 from scripts.verify_teacher import (
     LOADING_CHECKED,
@@ -79,20 +80,14 @@ ARCHIVE_URL = "https://github.com/megvii-research/mdistiller/releases/download/c
 ARCHIVE_NAME = "cifar_teachers.tar"
 CHECKPOINT = "ckpt_epoch_240.pth"
 CHUNK = 1 << 20
-DEFAULT_CONNECT_TIMEOUT = 15.0
 BY_HAND = "get it by hand as docs/teachers.md describes"
 T = TypeVar("T")
 
 # ------------------------------------------------------------------------------------------- environment variables
 
-# every environment variable of the fetch path, with what it sets (parse_fetch_environment checks each)
-FETCH_ENVIRONMENT = {
-    "TEACHER_MIRROR": "a per-file mirror (base URL) tried after RepDistiller's own; empty means unset",
-    "TEACHER_MIRRORS": "space-separated base URLs replacing the whole per-file mirror list (not empty)",
-    "TEACHER_ARCHIVE_URL": "the release archive's URL; empty means unset",
-    "TEACHER_CONNECT_TIMEOUT": f"seconds a connection or a read may wait, above 0 and at most 3600 (default {DEFAULT_CONNECT_TIMEOUT:g})",
-}
-CONNECT_TIMEOUT = Number(float, low=0, high=3600, low_open=True)
+# every environment variable of the fetch path, with what it sets (registered, parsed and documented in core/env.py)
+FETCH_ENVIRONMENT = {name: f"{env.REGISTRY[name].meaning} ({env.REGISTRY[name].accepted})"
+                     for name in ("TEACHER_MIRROR", "TEACHER_MIRRORS", "TEACHER_ARCHIVE_URL", "TEACHER_CONNECT_TIMEOUT")}
 
 
 @dataclass(frozen=True)
@@ -102,42 +97,23 @@ class FetchEnvironment:
     connect_timeout: float
 
 
-def _http_url(variable: str, value: str) -> str:
-    try:
-        parts = urllib.parse.urlsplit(value)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise UserError(f"{variable}={value!r} is not an http(s) URL; set it to one such as https://host/path, or unset it")
-    return value
-
-
 def parse_fetch_environment(environ: Mapping[str, str] | None = None) -> FetchEnvironment:
-    """The fetch path's environment variables (FETCH_ENVIRONMENT), each checked as a flag would be: a bad value is
-    refused with one sentence naming the variable (UserError)."""
-    env = os.environ if environ is None else environ
-    extra = env.get("TEACHER_MIRROR", "").strip()
-    if extra:
-        _http_url("TEACHER_MIRROR", extra)
-    if "TEACHER_MIRRORS" in env:
+    """The fetch path's environment variables (FETCH_ENVIRONMENT), each parsed by the project's one registry
+    (core/env.py) as a flag would be: a bad value is refused with one sentence naming the variable (UserError)."""
+    environ = dict(os.environ if environ is None else environ)
+    env.check(FETCH_ENVIRONMENT, environ)
+    extra = env.get("TEACHER_MIRROR", environ)
+    if "TEACHER_MIRRORS" in environ:
         if extra:
             raise UserError("TEACHER_MIRROR and TEACHER_MIRRORS are both set, and TEACHER_MIRRORS replaces the whole mirror "
                             "list; add the mirror to TEACHER_MIRRORS and unset TEACHER_MIRROR")
-        mirrors = tuple(_http_url("TEACHER_MIRRORS", url) for url in env["TEACHER_MIRRORS"].split())
+        mirrors = tuple(env.get("TEACHER_MIRRORS", environ) or ())
         if not mirrors:
             raise UserError("TEACHER_MIRRORS is set but empty; unset it or list at least one base URL")
     else:
         mirrors = (ORIGINAL_MIRROR, *([extra] if extra else []))
-    archive = env.get("TEACHER_ARCHIVE_URL", "").strip()
-    timeout_text = env.get("TEACHER_CONNECT_TIMEOUT", "").strip()
-    timeout = DEFAULT_CONNECT_TIMEOUT
-    if timeout_text:
-        try:
-            timeout = float(CONNECT_TIMEOUT(timeout_text))
-        except argparse.ArgumentTypeError as err:
-            raise UserError(f"TEACHER_CONNECT_TIMEOUT {err}; set it to a number of seconds such as 15, or unset it") from None
-    return FetchEnvironment(mirrors, _http_url("TEACHER_ARCHIVE_URL", archive) if archive else ARCHIVE_URL, timeout)
+    return FetchEnvironment(mirrors, env.get("TEACHER_ARCHIVE_URL", environ) or ARCHIVE_URL,
+                            float(env.get("TEACHER_CONNECT_TIMEOUT", environ)))
 
 
 # ------------------------------------------------------------------------------------------- the checked invocation

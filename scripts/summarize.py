@@ -76,6 +76,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from core import fs
 from core.errors import UserError, run_main
 from helper.method_table import method_label, method_order, reports_calibrated
 from helper.options import OneLineParser, PathKind
@@ -703,7 +704,7 @@ def _num(value: float | None) -> str:
 
 def write_csv(cells: dict[Pair, list[Cell]], path: Path, metric: str = "test_acc") -> None:
     """One row per cell; the test_acc_* columns hold ``metric`` (named in the metric column)."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with fs.atomic_writer(path, location="--out") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for (dataset, student, teacher), pair_cells in cells.items():
@@ -717,7 +718,7 @@ def write_csv(cells: dict[Pair, list[Cell]], path: Path, metric: str = "test_acc
 
 
 def write_paired_csv(paired: list[Paired], path: Path, metric: str) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with fs.atomic_writer(path, location="--out") as handle:
         writer = csv.writer(handle)
         writer.writerow(PAIRED_COLUMNS)
         for p in paired:
@@ -777,8 +778,8 @@ def plot(cells: dict[Pair, list[Cell]], path: Path, metric: str = "test_acc") ->
     fig.suptitle(f"Student {metric} vs. teacher calls: mean over seeds, lr chosen on validation\n"
                  f"error bars: 95% confidence interval of the mean (Student t)\n{metric} = {meaning}", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with fs.atomic_writer(path, binary=True, location="--out") as handle:
+        fig.savefig(handle, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
 
 
@@ -856,9 +857,9 @@ def main(argv: list[str] | None = None) -> int:
               "(dataset/subset.py)", file=sys.stderr)
     calibrated = calibrated_cells(records) if opt.metric == "test_acc" else None
     out = opt.out or opt.runs_dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
+    fs.make_folder(out, location="--out")
     text = render_markdown(cells, len(records), opt.metric, paired, baseline, calibrated)
-    (out / "summary.md").write_text(text, encoding="utf-8")
+    fs.write_text(out / "summary.md", text, location="--out")
     write_csv(cells, out / "summary.csv", opt.metric)
     write_paired_csv(paired, out / "summary_paired.csv", opt.metric)
     plot(cells, out / PLOT_NAME, opt.metric)
