@@ -101,14 +101,22 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, normalize: Callab
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so no write is ever cut in half.
+    """SIGINT/SIGTERM for a whole run, honoured within seconds wherever the run is, and never by cutting a write in half.
 
-    A second signal while stopping ends the process at once with one line on stderr and exit code 128 + its number
-    (a ``SystemExit``, so no traceback; a checkpoint write in flight leaves only a temporary file, removed next time)."""
+    Installed (:meth:`installed`) for the whole run, from before its data is loaded to its results. Where the run
+    only computes (loading and preparing data, building the teacher cache, the init stage, evaluating), a signal stops
+    the process at once: one line on stderr naming the phase (:attr:`phase`), exit code 128 + the signal number, no
+    traceback (a ``SystemExit``). Inside :meth:`deferred` blocks (the training steps, checkpoint and result writes) the
+    signal only sets :attr:`signum`: the training loop finishes the step in flight, saves ``last.pth`` and exits; any
+    other deferred block exits as soon as it ends. A second signal while stopping ends the process at once with one line
+    and exit code 128 + its number (a checkpoint write in flight leaves only a temporary file, removed next time)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.phase = "start-up"
+        self.after_stop = "the same command starts the run again"  # what a stop outside the training steps leaves
         self._previous: dict[int, Any] = {}
+        self._deferred = 0
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.signum is not None:  # a second signal: give up waiting for the step to finish, in one line
@@ -116,12 +124,33 @@ class StopRequest:
                   "from the last checkpoint written", file=sys.stderr, flush=True)
             raise SystemExit(128 + int(signum))
         self.signum = signum
-        print(f"\nreceived {signal.Signals(signum).name}: finishing this step, then saving a checkpoint", file=sys.stderr,
-              flush=True)
+        if self._deferred:
+            print(f"\nreceived {signal.Signals(signum).name}: finishing this step, then saving a checkpoint",
+                  file=sys.stderr, flush=True)
+            return
+        self.stop_now()
+
+    def stop_now(self) -> None:
+        """Exit at once for the signal received (one line, exit code 128 + its number)."""
+        print(f"received {signal.Signals(self.signum or signal.SIGINT).name} during {self.phase}: stopped; "
+              f"{self.after_stop}", file=sys.stderr, flush=True)
+        raise SystemExit(self.exit_code())
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+    @contextlib.contextmanager
+    def deferred(self, stop_after: bool = True) -> Iterator[None]:
+        """A block a signal never interrupts (a write, a training step): the signal is noted and, with ``stop_after``,
+        honoured when the block ends; without it the caller checks :attr:`requested` itself (the training loop)."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+        if stop_after and self._deferred == 0 and self.requested:
+            self.stop_now()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopRequest]:
@@ -135,6 +164,7 @@ class StopRequest:
         finally:
             for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
+            self._previous.clear()
 
     def exit_code(self) -> int:
         return 128 + int(self.signum or signal.SIGINT)
@@ -264,18 +294,20 @@ def train_epochs(run: EpochRun, stop: StopRequest, device: torch.device) -> None
     loop = run.loop
     check_every_step = device.type != "cuda"
     while not loop.finished:
+        stop.phase = "training"
         run.begin_epoch()
         progress = Progress(run.steps_per_epoch, f"epoch {loop.epochs_done + 1}", loop.step_in_epoch)
         try:
-            while loop.step_in_epoch < run.steps_per_epoch:
-                terms = run.train_step(run.next_batch())
-                loop.global_step += 1
-                loop.step_in_epoch += 1
-                accumulate(run.accum, terms, device)
-                if check_every_step and not bool(torch.isfinite(terms["train_loss"]).item()):
-                    raise run.non_finite(terms)
-                progress.update()
-                if stop.requested:
+            with stop.deferred(stop_after=False):
+                while loop.step_in_epoch < run.steps_per_epoch and not stop.requested:
+                    terms = run.train_step(run.next_batch())
+                    loop.global_step += 1
+                    loop.step_in_epoch += 1
+                    accumulate(run.accum, terms, device)
+                    if check_every_step and not bool(torch.isfinite(terms["train_loss"]).item()):
+                        raise run.non_finite(terms)
+                    progress.update()
+                if stop.requested:  # after the step in flight (or at the epoch's end: resumed, it evaluates first)
                     run.save_last()
                     print(f"stopped: saved {run.last_path}; resume with the same command (or add --resume)", flush=True)
                     raise SystemExit(stop.exit_code())
@@ -288,4 +320,6 @@ def train_epochs(run: EpochRun, stop: StopRequest, device: torch.device) -> None
         run.accum.clear()
         loop.step_in_epoch = 0
         loop.epochs_done += 1
+        stop.phase, stop.after_stop = "evaluation", f"the same command resumes from {run.last_path}" \
+            if run.last_path.is_file() else "the same command starts the run again"
         loop.finished = run.end_epoch(train_terms)

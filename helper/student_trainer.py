@@ -70,7 +70,16 @@ from helper.methods import (
 )
 from helper.options import check_split_against_data, check_subset_against_data, missing_teacher_message, student_run_dir
 from helper.resources import LOG_BYTES, Estimate, check_fits, model_footprint
-from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
+from helper.run_setup import (
+    clean_leftovers,
+    ensure_writable,
+    load_data,
+    mark_failed,
+    open_logger,
+    refuse_failed_run,
+    refuse_resume_without_checkpoint,
+    remove_if_empty,
+)
 from helper.schedule import DECAY, STOP, PlateauSchedule
 from models import model_dict
 
@@ -83,6 +92,42 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; nothing is reported as a result."""
 
 
+# a loss weight above this is named as the cause of an overflowing term before the term's temperature
+EXTREME_WEIGHT = 1e6
+
+
+def non_finite_cause(opt: StudentConfig, terms: dict[str, float], weights: dict[str, float], teacher_logits: Tensor) -> str:
+    """What most likely made the loss non-finite, from which weighted terms are (``terms``: the step's or the epoch's
+    means; ``weights``: each term's weight): the student's cross-entropy means the student's weights diverged (the
+    learning rate); another term alone means its weight, its temperature or the teacher's logits; every term finite
+    but their sum not means the weights."""
+    bad = [k for k, v in terms.items() if k != "train_loss" and not math.isfinite(v)]
+    if "cls" in bad:
+        return (f"the student's weights diverged (its cross-entropy is {terms['cls']:.4g}): lower --learning_rate "
+                f"(now {opt.learning_rate:g})")
+    if not bad:
+        big = {k: w for k, w in weights.items() if w}
+        shown = ", ".join(f"{k} {w:g}" for k, w in big.items())
+        return f"every term is finite but their weighted sum is not: lower the loss weights (the terms' weights are {shown})"
+    causes = []
+    teacher_peak = float(teacher_logits.abs().max()) if teacher_logits.numel() else 0.0
+    for term in bad:
+        weight = weights.get(term, 1.0)
+        flag = {"cls": "--w_cls", "rel": "--w_rel_scale", "inter": "--w_inter_scale"}.get(term, f"--w_{term}")
+        if abs(weight) > EXTREME_WEIGHT:
+            causes.append(f"the weight of the {term} term ({weight:g}, from {flag}) is extreme: lower {flag}")
+        elif term == "rel" and opt.relational == "crd":
+            causes.append(f"the crd term overflowed: raise its temperature --nce_t (now {opt.nce_t:g})")
+        elif term == "inter":
+            causes.append(f"the {opt.distill} term overflowed: lower --w_inter_scale (now {opt.w_inter_scale:g}) or "
+                          f"--learning_rate (now {opt.learning_rate:g})")
+        elif teacher_peak > 1e4:
+            causes.append(f"the teacher's cached logits are extreme (up to {teacher_peak:.4g}): check the teacher {opt.path_t}")
+        else:
+            causes.append(f"the {term} term overflowed at the temperature --kd_T {opt.kd_T:g}: raise --kd_T or lower {flag}")
+    return "; ".join(causes)
+
+
 def load_teacher(opt: StudentConfig, num_classes: int, device: torch.device) -> nn.Module:
     """Build ``opt.model_t`` and load ``opt.path_t`` into it (weights_only, strict keys and shapes)."""
     path = Path(opt.path_t)
@@ -92,6 +137,24 @@ def load_teacher(opt: StudentConfig, num_classes: int, device: torch.device) -> 
     state = extract_state_dict(safe_load(path, map_location="cpu"), path)
     load_weights_strict(teacher, state, opt.model_t, path)
     return teacher.to(device).eval()
+
+
+def check_finite_teacher(opt: StudentConfig, teacher: nn.Module, pool: TrainPool) -> None:
+    """Refuse a teacher whose cached outputs (logits, feature maps) hold NaN or infinity, naming its file: a teacher
+    with damaged weights would otherwise show up later as a non-finite loss blamed on the learning rate."""
+    outputs = {"logits": pool.teacher_logits, **{f"feature map {i}": f for i, f in pool.teacher_feats.items()}}
+    for what, values in outputs.items():
+        finite = torch.isfinite(values.float()).flatten(1).all(dim=1) if values.dim() > 1 else torch.isfinite(values)
+        n_bad = int((~finite).sum())
+        if n_bad:
+            damaged = sum(int((~torch.isfinite(p)).sum()) for p in teacher.state_dict().values() if p.is_floating_point())
+            if not damaged and what != "logits" and values.dtype == torch.float16:
+                raise UserError(f"the teacher {opt.path_t} gives {what} beyond the float16 range for {n_bad} of "
+                                f"{finite.numel()} training items; pass --cache_dtype float32, nothing was written")
+            why = f"{damaged} of its weights are NaN or infinite" if damaged else "its weights are finite but its outputs overflow"
+            raise UserError(f"the teacher {opt.path_t} gives non-finite {what} for {n_bad} of {finite.numel()} training "
+                            f"items ({why}); it is damaged: re-download it (sh scripts/fetch_pretrained_teachers.sh) or "
+                            f"train it again, nothing was written")
 
 
 def cache_teacher(opt: StudentConfig, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
@@ -295,6 +358,7 @@ class StudentRun:
             test_stats = evaluate(counted, self.data.test_images, self.data.test_labels, self.data.augment.normalize_eval, amp=opt.amp)
             pool, feat_shapes = cache_teacher(opt, teacher, self.data.train_images, self.data.train_labels, self.data.augment, device,
                                               self.data.num_classes)
+            check_finite_teacher(opt, teacher, pool)  # before the cache is written: a damaged teacher leaves nothing
             meta = {"teacher_acc": test_stats["acc"], "teacher_acc_top5": test_stats["acc_top5"],
                     "teacher_calls": int(pool.teacher_calls), "teacher_eval_calls": int(counted.calls),
                     "teacher_sha256": teacher_sha256 or file_sha256(opt.path_t),
@@ -405,12 +469,13 @@ class StudentRun:
         return train_step(self.method, self.optimizer, batch, self.device, self.opt.amp)
 
     def non_finite(self, terms: dict[str, Tensor]) -> Exception:
-        values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        values = {k: float(v.item()) for k, v in terms.items()}
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         where = f"the last good checkpoint is {self.last_path}" if self.last_path.is_file() else "no checkpoint was written yet"
         return NonFiniteLoss(
             f"the loss became non-finite at step {self.loop.global_step} (pseudo-epoch {self.schedule.epoch + 1}; "
-            f"{values}); nothing was reported as a result, {where}: lower --learning_rate "
-            "or the loss weights and start a new run"
+            f"{shown}); nothing was reported as a result, {where}; likely cause: "
+            f"{non_finite_cause(self.opt, values, self.method.weights, self.pool.teacher_logits)}, then start a new run"
         )
 
     def end_epoch(self, train_terms: dict[str, float]) -> bool:
@@ -440,12 +505,14 @@ class StudentRun:
             print(f"no improvement for {opt.patience} pseudo-epochs: back to the best weights (epoch "
                   f"{schedule.best_epoch}), learning rate -> {schedule.lr:.4g} (phase {schedule.phase + 1} of "
                   f"{schedule.phases})", flush=True)
-            self.save_last()
+            with self.stop.deferred():
+                self.save_last()
         done = step.action == STOP
         if done or schedule.epoch == 1 or time.perf_counter() - self.last_saved_at >= CHECKPOINT_EVERY_S:
-            state.loop.finished = done
-            self.save_last()
-            self._save_best()
+            with self.stop.deferred():  # last.pth and best.pth together: a resumed run never finishes on a stale best.pth
+                state.loop.finished = done
+                self.save_last()
+                self._save_best()
         return done
 
     # ------------------------------------------------------------------------------ the run
@@ -463,8 +530,20 @@ class StudentRun:
             self.save_last()
 
     def run(self) -> dict[str, Any]:
-        """Train (or resume, or report the finished run) and return the results (also in ``results.json``)."""
-        opt = self.opt
+        """Train (or resume, or report the finished run) and return the results (also in ``results.json``).
+
+        SIGINT/SIGTERM are honoured in every phase (see :class:`helper.engine.StopRequest`); a run whose loss became
+        non-finite is marked failed (:data:`FAILED_NAME`) and not resumed by the same command."""
+        with self.stop.installed():
+            try:
+                return self._run()
+            except SystemExit:
+                remove_if_empty(self.run_dir)  # stopped before its first file: no empty run folder
+                raise
+
+    def _run(self) -> dict[str, Any]:
+        opt, stop = self.opt, self.stop
+        stop.phase = "the checks of the run folder"
         ensure_writable(self.run_dir)
         clean_leftovers(self.run_dir)
         if self.results_path.is_file():
@@ -472,11 +551,17 @@ class StudentRun:
             report_finished_run(self.run_dir, self.results_path, opt)  # a W&B agent's run still gets the results
             print(f"results: {self.results_path}", flush=True)
             return json.loads(self.results_path.read_text(encoding="utf-8"))
+        refuse_failed_run(self.run_dir)
         resuming = self._decide_resume()
+        if resuming:
+            stop.after_stop = f"the same command resumes from {self.last_path}"
+        stop.phase = "data preparation"
         self._prepare_data()
         check_white_box_early(self.opt, self.data.num_classes, self.data.input_shape)
         self._check_fits()
+        stop.phase = "the teacher cache"
         self._prepare_teacher_cache()
+        stop.phase = "the student set-up"
         self._prepare_student()
         wandb_id = None
         if resuming:
@@ -491,10 +576,18 @@ class StudentRun:
         with open_logger(self.run_dir, config, opt, "student", wandb_id) as self.logger:
             self.clock, self.elapsed_before = Stopwatch(), float(self.loop.elapsed_s)
             self.last_saved_at = -math.inf
-            with self.stop.installed():
+            try:
                 if not self.loop.finished and not self.state.init_done:
+                    stop.phase = "the init stage"
                     self._init_stage()
-                train_epochs(self, self.stop, self.device)
+                train_epochs(self, stop, self.device)
+            except NonFiniteLoss as err:
+                with stop.deferred():
+                    mark_failed(self.run_dir, str(err))
+                    if not opt.keep_cache:
+                        self.cache_path.unlink(missing_ok=True)
+                raise
+            stop.phase, stop.after_stop = "the final test", f"the same command resumes from {self.last_path}"
             results = self._finish()
         print(f"results: {self.results_path}", flush=True)
         return results
@@ -525,11 +618,12 @@ class StudentRun:
             "wall_time_s": self.elapsed_before + self.clock.elapsed(), "config": self._resolved_config(),
             **provenance(self.device),
         }
-        atomic_write_json(results, self.results_path)
-        if not opt.keep_cache:
-            self.cache_path.unlink(missing_ok=True)
-        if not opt.keep_last:  # a finished run is reported from results.json and best.pth; nothing resumes from last.pth
-            self.last_path.unlink(missing_ok=True)
+        with self.stop.deferred():
+            atomic_write_json(results, self.results_path)
+            if not opt.keep_cache:
+                self.cache_path.unlink(missing_ok=True)
+            if not opt.keep_last:  # a finished run is reported from results.json and best.pth; nothing resumes from last.pth
+                self.last_path.unlink(missing_ok=True)
         summary = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.logger.summary(summary)
         print(f"test_acc {results['test_acc']:.2f} (top-5 {results['test_acc_top5']:.2f}) with the best-validation weights "

@@ -48,8 +48,20 @@ from helper.engine import (
 )
 from helper.options import teacher_checkpoint_path, teacher_identity_config
 from helper.resources import LOG_BYTES, Estimate, check_fits, model_footprint
-from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
+from helper.run_setup import (
+    clean_leftovers,
+    ensure_writable,
+    load_data,
+    mark_failed,
+    open_logger,
+    refuse_failed_run,
+    refuse_resume_without_checkpoint,
+)
 from models import model_dict
+
+
+class NonFiniteTeacherLoss(UserError):
+    """The teacher's training loss became NaN or infinite (the folder is marked failed)."""
 
 
 def _flag_value(value: Any) -> str:
@@ -217,11 +229,22 @@ class TeacherRun:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> Path:
-        cfg, device = self.opt, self.device
+        """Train (or resume, or report the finished teacher); SIGINT/SIGTERM are honoured in every phase (see
+        :class:`helper.engine.StopRequest`), a non-finite loss marks the folder failed (``FAILED``)."""
+        with self.stop.installed():
+            return self._run()
+
+    def _run(self) -> Path:
+        cfg, device, stop = self.opt, self.device, self.stop
+        stop.phase = "the checks of the teacher folder"
         if self.check_folder():
             return self._report_finished()
+        refuse_failed_run(self.run_dir)
         refuse_resume_without_checkpoint(cfg, self.last_path, "train from scratch")
         ensure_writable(self.run_dir)
+        if self.last_path.is_file():
+            stop.after_stop = f"the same command resumes from {self.last_path}"
+        stop.phase = "data preparation"
         train_set, test_set = load_data(cfg)
         self.augment = DeviceAugment.for_images(train_set, 2, device)  # crop + flip; Cars: 56x56 crops of 64x64
         check_fits(self.estimate(len(train_set.labels), len(test_set.labels), int(train_set.images.shape[-1]),
@@ -239,7 +262,8 @@ class TeacherRun:
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         self.loss = Classifier(self.model, forward, images, labels, self.augment, self.aug_generator, cfg.channels_last)
-        self._create_folder()  # only now that the run can start: an early failure leaves no folder behind
+        with stop.deferred():
+            self._create_folder()  # only now that the run can start: an early failure leaves no folder behind
         clean_leftovers(self.run_dir)
         wandb_id = None
         if self.last_path.is_file():
@@ -248,11 +272,16 @@ class TeacherRun:
         with open_logger(self.run_dir, cfg.to_dict(), cfg, "teacher", wandb_id) as self.logger:
             self.clock, self.elapsed_before = Stopwatch(), self.loop.elapsed_s
             if self.loop.epochs_done < cfg.epochs:
-                with self.stop.installed():
-                    train_epochs(self, self.stop, device)
-            atomic_save(self._checkpoint(cfg.epochs), self.final_path)
-            if not cfg.keep_last:  # the final checkpoint says the teacher finished (check_folder); nothing resumes
-                self.last_path.unlink(missing_ok=True)
+                try:
+                    train_epochs(self, stop, device)
+                except NonFiniteTeacherLoss as err:
+                    with stop.deferred():
+                        mark_failed(self.run_dir, str(err))
+                    raise
+            with stop.deferred():
+                atomic_save(self._checkpoint(cfg.epochs), self.final_path)
+                if not cfg.keep_last:  # the final checkpoint says the teacher finished (check_folder); nothing resumes
+                    self.last_path.unlink(missing_ok=True)
             self.logger.summary({"test_acc": self.test["acc"], "best_test_acc": self.best_acc})
         print(f"teacher {cfg.model}: test acc {self.test['acc']:.2f}% after {cfg.epochs} epochs", flush=True)
         print(f"checkpoint: {self.final_path}", flush=True)
@@ -270,8 +299,11 @@ class TeacherRun:
         return train_step(self.loss, self.optimizer, batch, self.device, self.opt.amp)
 
     def non_finite(self, terms: dict[str, Tensor]) -> Exception:
-        return UserError(f"the training loss became non-finite in epoch {self.loop.epochs_done + 1}; lower "
-                         f"--learning_rate (the last good checkpoint is {self.last_path})")
+        where = f"the last good checkpoint is {self.last_path}" if self.last_path.is_file() else "no checkpoint was written yet"
+        return NonFiniteTeacherLoss(f"the training loss became non-finite in epoch {self.loop.epochs_done + 1}: the weights "
+                                    f"diverged at --learning_rate {self.opt.learning_rate:g}; lower --learning_rate "
+                                    f"(that is a new teacher folder with --trial, or the same after deleting this one; "
+                                    f"{where})")
 
     def end_epoch(self, train_terms: dict[str, float]) -> bool:
         cfg, epoch = self.opt, self.loop.epochs_done
@@ -286,9 +318,10 @@ class TeacherRun:
         done = epoch >= cfg.epochs
         self.loop.finished = done
         periodic = self.run_dir / f"ckpt_epoch_{epoch}.pth"
-        if epoch % cfg.save_freq == 0 and epoch != cfg.epochs and periodic != self.final_path:
-            atomic_save(self._checkpoint(epoch), periodic)
-        self.save_last()
+        with self.stop.deferred():
+            if epoch % cfg.save_freq == 0 and epoch != cfg.epochs and periodic != self.final_path:
+                atomic_save(self._checkpoint(epoch), periodic)
+            self.save_last()
         return done
 
     # ------------------------------------------------------------------ checkpoints
