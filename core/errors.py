@@ -5,6 +5,7 @@ Bottom layer (``core/``): imports nothing from the project. Every other folder m
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
@@ -36,9 +37,34 @@ def fail(message: str) -> NoReturn:
     sys.exit(EXIT_USER_ERROR)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM received where no run handles signals yet (SIGINT raises KeyboardInterrupt there)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
 def run_main(main: Callable[[], T]) -> T:
-    """Call ``main()`` and turn a :class:`UserError` into one stderr line and exit code 2."""
+    """Call ``main()`` and turn a :class:`UserError` into one stderr line and exit code 2, and SIGINT or SIGTERM that
+    no run handles yet (while flags are checked and modules imported) into one line and exit code 128 + the signal
+    number (a run installs its own handling, :class:`helper.engine.StopRequest`)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    except ValueError:  # not the main thread
+        previous = None
     try:
         return main()
     except UserError as err:
         fail(str(err))
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"received {signal.Signals(signum).name}: stopped", file=sys.stderr, flush=True)
+        sys.exit(128 + int(signum))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

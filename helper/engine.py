@@ -100,6 +100,11 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, normalize: Callab
     return {"acc": 100.0 * stats[0] / n, "acc_top5": 100.0 * stats[1] / n, "loss": stats[2] / n}
 
 
+class StepInterrupted(BaseException):
+    """A stop request that arrived while the next batch was drawn (:meth:`StopRequest.interruptible`): the run's state
+    is that of the last finished step, so the loop saves it and exits."""
+
+
 class StopRequest:
     """SIGINT/SIGTERM for a whole run, honoured within seconds wherever the run is, and never by cutting a write in half.
 
@@ -117,6 +122,7 @@ class StopRequest:
         self.after_stop = "the same command starts the run again"  # what a stop outside the training steps leaves
         self._previous: dict[int, Any] = {}
         self._deferred = 0
+        self._interruptible = False
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.signum is not None:  # a second signal: give up waiting for the step to finish, in one line
@@ -124,6 +130,9 @@ class StopRequest:
                   "from the last checkpoint written", file=sys.stderr, flush=True)
             raise SystemExit(128 + int(signum))
         self.signum = signum
+        if self._interruptible:
+            print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint", file=sys.stderr, flush=True)
+            raise StepInterrupted
         if self._deferred:
             print(f"\nreceived {signal.Signals(signum).name}: finishing this step, then saving a checkpoint",
                   file=sys.stderr, flush=True)
@@ -151,6 +160,18 @@ class StopRequest:
             self._deferred -= 1
         if stop_after and self._deferred == 0 and self.requested:
             self.stop_now()
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Inside a deferred block, a stretch a signal may cut short with :class:`StepInterrupted` (drawing the next
+        batch, which may build a whole sampler pass: the draw undoes itself, see :meth:`EpochRun.next_batch`)."""
+        self._interruptible = True
+        try:
+            if self.requested:
+                raise StepInterrupted
+            yield
+        finally:
+            self._interruptible = False
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopRequest]:
@@ -250,7 +271,8 @@ class EpochRun(Protocol):
         """Set up the coming (or resumed) epoch: train mode, learning rate, the 1-based epoch of the method."""
 
     def next_batch(self) -> dict[str, Tensor]:
-        """The next batch of the data order (resumable)."""
+        """The next batch of the data order (resumable), drawn inside ``StopRequest.interruptible``: a draw cut short
+        by a stop request raises :class:`StepInterrupted` with the data order where it was (the loop then saves it)."""
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """One optimiser step; the detached loss terms and ``train_loss``, on the device."""
@@ -300,7 +322,11 @@ def train_epochs(run: EpochRun, stop: StopRequest, device: torch.device) -> None
         try:
             with stop.deferred(stop_after=False):
                 while loop.step_in_epoch < run.steps_per_epoch and not stop.requested:
-                    terms = run.train_step(run.next_batch())
+                    try:
+                        batch = run.next_batch()
+                    except StepInterrupted:
+                        break  # the sampler is back where the last step left it
+                    terms = run.train_step(batch)
                     loop.global_step += 1
                     loop.step_in_epoch += 1
                     accumulate(run.accum, terms, device)

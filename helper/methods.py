@@ -47,7 +47,7 @@ from distiller_zoo import CKDLoss, FeatureTerm, MixupLoss, ckd_group_sizes, grou
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights
 from distiller_zoo.terms import LogitPairs, TermContext, apply_to_pairs
 from helper.engine import train_step
-from helper.method_table import LOGIT_PAIR, MethodRow, images_per_item, resolve, rows
+from helper.method_table import LOGIT_PAIR, MethodRow, images_per_item, queries_teacher, resolve, rows
 from helper.method_table import method_label as method_label  # noqa: F401  (re-exported for callers of helper.methods)
 from models import model_dict
 
@@ -92,8 +92,7 @@ def build_term(row: MethodRow, ctx: MethodContext, **extra: Any) -> nn.Module:
 def uses_teacher_outputs(opt: StudentConfig) -> bool:
     """False only for the cross-entropy-only student (no relational method, no white-box loss, no logit-pair term:
     w_kd 0), which needs no teacher output at all and therefore makes no teacher call."""
-    pair_terms = any(row.weight * float(getattr(opt, row.scale_flag)) != 0 for row in rows(kind=LOGIT_PAIR))
-    return not (opt.method.relational is None and opt.method.distill is None and not pair_terms)
+    return queries_teacher(opt.method, {row.weight_flag: getattr(opt, row.scale_flag) for row in rows(kind=LOGIT_PAIR)})
 
 
 def white_box_class(opt: StudentConfig) -> type[FeatureTerm] | None:

@@ -12,8 +12,9 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from core.errors import EXIT_USER_ERROR, UserError
 from helper import method_table
@@ -21,6 +22,8 @@ from helper.method_table import none_or_str
 
 if TYPE_CHECKING:
     from helper.config import StudentConfig, TeacherConfig
+
+T = TypeVar("T")
 
 DATASET_CHOICES = ("cifar100", "digits", "stanfordcars")
 # data sets whose teachers live in SAVE_DIR/models/ (RepDistiller's folder); the others get SAVE_DIR/models_{dataset}/
@@ -491,12 +494,28 @@ def data_not_found_message(err: Exception) -> str:
     return f"{err}, or pass --data_folder with the folder that holds it"
 
 
+def parse_list(flag: str, text: str, example: str, item: Callable[[str], T], what: str = "values") -> list[T]:
+    """A comma-separated flag value (``--lr_decay_epochs 150,180,210``, ``--_tags a,b``) as a list, in the given order
+    (raises UserError): an empty value, an empty item (``1,,2``), an item ``item`` refuses (ValueError) and an item
+    given twice are each refused in one sentence."""
+    if not text.strip():
+        raise UserError(f"{flag} is empty; pass comma-separated values such as {example}, or leave {flag} out")
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise UserError(f"{flag} '{text}' has an empty item; pass comma-separated values such as {example}")
+    try:
+        values = [item(part) for part in parts]
+    except ValueError as err:
+        raise UserError(f"{flag} must be comma-separated {what} such as {example}, got '{text}'") from err
+    repeated = sorted({str(v) for i, v in enumerate(values) if v in values[:i]})
+    if repeated:
+        raise UserError(f"{flag} '{text}' gives {', '.join(repeated)} more than once; give each value once")
+    return values
+
+
 def parse_decay_epochs(text: str) -> list[int]:
     """``--lr_decay_epochs 150,180,210`` as a sorted list (raises UserError)."""
-    try:
-        epochs = sorted(int(x) for x in text.split(",") if x.strip())
-    except ValueError as err:
-        raise UserError(f"--lr_decay_epochs must be comma-separated whole numbers such as 150,180,210, got '{text}'") from err
+    epochs = sorted(parse_list("--lr_decay_epochs", text, "150,180,210", int, "whole numbers"))
     if any(e < 1 for e in epochs):
         raise UserError(f"--lr_decay_epochs must hold epochs of 1 or more, got '{text}'")
     return epochs

@@ -45,6 +45,7 @@ from helper.calibration import fold_shift, shifted, train_mean_shift, validation
 from helper.config import StudentConfig
 from helper.engine import (
     LoopState,
+    StepInterrupted,
     StopRequest,
     Stopwatch,
     eval_batch_size,
@@ -463,7 +464,14 @@ class StudentRun:
         self.method.set_epoch(self.schedule.epoch + 1)
 
     def next_batch(self) -> dict[str, Tensor]:
-        return self.sampler.next_batch()
+        state = self.sampler.state_dict()
+        try:
+            with self.stop.interruptible():  # a whole sampler pass may be drawn here
+                batch = self.sampler.next_batch()
+        except StepInterrupted:  # the data order stays where the last step left it; the loop saves that
+            self.sampler.load_state_dict(state)
+            raise
+        return batch
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return train_step(self.method, self.optimizer, batch, self.device, self.opt.amp)

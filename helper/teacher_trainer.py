@@ -36,6 +36,7 @@ from dataset.augment import DeviceAugment
 from helper.config import TeacherConfig
 from helper.engine import (
     LoopState,
+    StepInterrupted,
     StopRequest,
     Stopwatch,
     eval_batch_size,
@@ -246,6 +247,9 @@ class TeacherRun:
             stop.after_stop = f"the same command resumes from {self.last_path}"
         stop.phase = "data preparation"
         train_set, test_set = load_data(cfg)
+        if cfg.batch_size > len(train_set.labels):  # as a student's --subset_size check: a batch never exceeds the data
+            raise UserError(f"--batch_size {cfg.batch_size} is larger than the {len(train_set.labels)}-image training set of "
+                            f"--dataset {cfg.dataset}; pass --batch_size {len(train_set.labels)} or less")
         self.augment = DeviceAugment.for_images(train_set, 2, device)  # crop + flip; Cars: 56x56 crops of 64x64
         check_fits(self.estimate(len(train_set.labels), len(test_set.labels), int(train_set.images.shape[-1]),
                                  train_set.num_classes), device, self.run_dir)
@@ -293,7 +297,14 @@ class TeacherRun:
         self.model.train()
 
     def next_batch(self) -> dict[str, Tensor]:
-        return self.sampler.next_batch()
+        state = self.sampler.state_dict()
+        try:
+            with self.stop.interruptible():  # a whole sampler pass may be drawn here
+                batch = self.sampler.next_batch()
+        except StepInterrupted:  # the data order stays where the last step left it; the loop saves that
+            self.sampler.load_state_dict(state)
+            raise
+        return batch
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return train_step(self.loss, self.optimizer, batch, self.device, self.opt.amp)
