@@ -41,6 +41,7 @@ from dataset import TrainPool, build_train_pool, make_subset_split
 from dataset.augment import DeviceAugment
 from dataset.samplers import steps_per_epoch
 from dataset.teacher_cache import CountingModule, load_or_build_cache
+from helper import method_table
 from helper.calibration import fold_shift, shifted, train_mean_shift, validation_sample
 from helper.config import StudentConfig
 from helper.engine import (
@@ -57,6 +58,7 @@ from helper.engine import (
     train_step,
 )
 from helper.logger import report_finished_run
+from helper.method_table import resolve
 from helper.methods import (
     Method,
     MethodContext,
@@ -180,6 +182,13 @@ def build_student(opt: StudentConfig, num_classes: int, device: torch.device) ->
     return student
 
 
+def uses_feat_dim(opt: StudentConfig) -> bool:
+    """Whether a term of the method builds ``--feat_dim`` embedding heads (its class reads ``feat_dim``, ``ARGS``:
+    CRD, CC)."""
+    terms = [resolve(row.builder) for row in (opt.method.relational, opt.method.distill) if row is not None]
+    return uses_teacher_outputs(opt) and any("feat_dim" in getattr(term, "ARGS", ()) for term in terms)
+
+
 def estimate_student_run(opt: StudentConfig, n_train: int, n_val: int, n_test: int, stored_size: int,
                          input_shape: Sequence[int], num_classes: int, device: torch.device) -> Estimate:
     """What a student run will hold, before its teacher is queried (see :mod:`helper.resources`): the teacher cache
@@ -195,6 +204,10 @@ def estimate_student_run(opt: StudentConfig, n_train: int, n_val: int, n_test: i
         if uses_teacher_outputs(opt) and white_box_class(opt) is not None:
             t_shapes = feature_shapes(teacher, torch.device("cpu"), tuple(input_shape))
             feat_layers = tuple(teacher_feature_layers(opt, len(t_shapes)))
+        embeds = uses_feat_dim(opt)
+        if embeds:  # the --feat_dim linear heads embed the last (pooled) feature of each model
+            s_last = math.prod(feature_shapes(student, torch.device("cpu"), tuple(input_shape))[-1])
+            t_last = math.prod(feature_shapes(teacher, torch.device("cpu"), tuple(input_shape))[-1])
     del student, teacher
     items = n_train * opt.teacher_views
     image_bytes = 3 * stored_size * stored_size
@@ -222,11 +235,22 @@ def estimate_student_run(opt: StudentConfig, n_train: int, n_val: int, n_test: i
         rows = candidates * opt.feat_dim * 4 * 2 if items > candidates else 2 * (opt.batch_size * items * 4) + bank
         device_parts += [("CRD memory banks", bank, "--feat_dim (or --subset_size)"),
                          ("CRD negatives", candidates * (6 * 8 + 8 * 4) + rows, "--nce_k")]
+    embed_params = 0
+    if embeds:
+        embed_params = 4 * opt.feat_dim * (s_last + t_last + 2)
+        device_parts += [("--feat_dim embedding heads", 6 * embed_params, "--feat_dim"),  # weights, grads, momentum, copies
+                         ("embedding activations", 4 * images_per_step * opt.feat_dim * 4, "--feat_dim")]
+    tuple_images = method_table.images_per_item(opt.method.sampler, opt.pos_and_neg)
+    if tuple_images > 1:  # a pass of up to --max_rel_samples tuples, and the draw's copies of it (rows, sort, de-dup)
+        pass_bytes = opt.max_rel_samples * tuple_images * 8
+        device_parts.append(("sampler pass of tuples", pass_bytes * (5 if device.type == "cpu" else 1), "--max_rel_samples"))
     cache_file = Estimate.total(cache_parts) - items * image_bytes  # the file holds the pool, not the teacher views
-    last = 6 * s_fp.parameters + bank  # student, momentum, best snapshot, with room for the method's modules
+    last = 6 * s_fp.parameters + bank + 3 * embed_params  # student, momentum, best snapshot, the method's modules
     disk = [("teacher cache file", cache_file, views_flag), ("last.pth and best.pth", 2 * (last + 2 * s_fp.parameters),
                                                              "--model_s"), ("logs", LOG_BYTES, "--save_dir")]
     host = [("teacher cache file", cache_file, views_flag)] if device.type == "cuda" else []  # saved from a CPU copy
+    if tuple_images > 1 and device.type != "cpu":  # the draw runs on the CPU
+        host.append(("sampler draw", 4 * opt.max_rel_samples * tuple_images * 8, "--max_rel_samples"))
     return Estimate(device=device_parts, host=host, disk=disk)
 
 
