@@ -43,7 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError, run_main
-from helper.options import NON_NEGATIVE_INT, POSITIVE_INT, SEED, Number, OneLineParser, PathKind, parse_list
+from helper.options import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    SEED,
+    Number,
+    OneLineParser,
+    PathKind,
+    check_architecture,
+    parse_list,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(opt: argparse.Namespace) -> None:
+    check_architecture(opt.model_s, "model_s")
     unknown = [m for m in opt.methods if m not in METHODS]
     if unknown or not opt.methods:
         raise UserError(f"unknown --methods {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
