@@ -423,3 +423,24 @@ if __name__ == "__main__":  # print the per-flag table of docs/reliability.md
         os.chdir(folder)
         _table_folder(Path(folder))
         print(bad_input_table(Path(folder)))
+
+
+def test_every_batch_size_is_checked_against_its_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch larger than the training data is refused in one sentence by every script that trains or benchmarks:
+    train_teacher.py (1,437 digits images), train_student.py (its training split) and bench.py (its synthetic split),
+    before anything is written."""
+    import train_student
+    import train_teacher
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^--batch_size 5000 is larger than the 1437-image training set of --dataset "
+                                        r"digits; pass --batch_size 1437 or less$"):
+        train_teacher.main(["--dataset", "digits", "--batch_size", "5000", "--device", "cpu", "--save_dir", "save"])
+    with pytest.raises(UserError, match=r"^--subset_size 1437 with --train_val_frac 0.8 leaves 1150 training images, "
+                                        r"fewer than one batch of --batch_size 5000; lower --batch_size to 1150 or less$"):
+        train_student.main(["--dataset", "digits", "--batch_size", "5000", "--device", "cpu", "--save_dir", "save",
+                            "--model_s", "resnet8", "--model_t", "resnet8"])
+    _, opt = bench.check_args(["--batch_size", "5000", "--subset_size", "300", "--device", "cpu"])
+    with pytest.raises(UserError, match=r"fewer than one batch of --batch_size 5000"):
+        bench.synthetic_training_set(opt)
+    assert list(tmp_path.iterdir()) == []
