@@ -100,6 +100,11 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, normalize: Callab
     return {"acc": 100.0 * stats[0] / n, "acc_top5": 100.0 * stats[1] / n, "loss": stats[2] / n}
 
 
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: nothing is reported as a result, and the run (or teacher) folder is marked failed
+    (``helper.run_setup.mark_failed``), since the same flags diverge the same way."""
+
+
 class StepInterrupted(BaseException):
     """A stop request that arrived while the next batch was drawn (:meth:`StopRequest.interruptible`): the run's state
     is that of the last finished step, so the loop saves it and exits."""

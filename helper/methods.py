@@ -46,7 +46,7 @@ from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, Tup
 from distiller_zoo import CKDLoss, FeatureTerm, MixupLoss, ckd_group_sizes, group_mean, label_histogram
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights
 from distiller_zoo.terms import LogitPairs, TermContext, apply_to_pairs
-from helper.engine import train_step
+from helper.engine import NonFiniteLoss, train_step
 from helper.method_table import LOGIT_PAIR, MethodRow, images_per_item, queries_teacher, resolve, rows
 from helper.method_table import method_label as method_label  # noqa: F401  (re-exported for callers of helper.methods)
 from models import model_dict
@@ -305,8 +305,9 @@ class InitStage:
                         return False
                 mean = total.item() / self.steps_per_epoch
                 if not torch.isfinite(torch.tensor(mean)):
-                    raise UserError(f"the init-stage loss of --distill {self.method.distill_row.name} became non-finite at "
-                                    f"init epoch {epoch}; lower --learning_rate and start a new run")
+                    raise NonFiniteLoss(f"the init-stage loss of --distill {self.method.distill_row.name} became non-finite "
+                                        f"at init epoch {epoch}; likely cause: the init modules' weights diverged: lower "
+                                        f"--learning_rate, then start a new run")
                 print(f"init epoch {epoch:3d}/{self.epochs} | {self.method.distill_row.name} init loss {mean:.4f}", flush=True)
         finally:
             for p, requires_grad in zip(self.params, saved):

@@ -46,6 +46,7 @@ from helper.calibration import fold_shift, shifted, train_mean_shift, validation
 from helper.config import StudentConfig
 from helper.engine import (
     LoopState,
+    NonFiniteLoss,
     StepInterrupted,
     StopRequest,
     Stopwatch,
@@ -89,10 +90,6 @@ from models import model_dict
 # last.pth is written after the first pseudo-epoch, then at most this often (seconds), on every learning-rate
 # decay, on SIGINT/SIGTERM and at the end; a resumed run replays deterministically from it.
 CHECKPOINT_EVERY_S = float(os.environ.get("CKD_CHECKPOINT_EVERY_S", "60"))
-
-
-class NonFiniteLoss(UserError):
-    """The loss became NaN or infinite; nothing is reported as a result."""
 
 
 # a loss weight above this is named as the cause of an overflowing term before the term's temperature

@@ -36,6 +36,7 @@ from dataset.augment import DeviceAugment
 from helper.config import TeacherConfig
 from helper.engine import (
     LoopState,
+    NonFiniteLoss,
     StepInterrupted,
     StopRequest,
     Stopwatch,
@@ -59,10 +60,6 @@ from helper.run_setup import (
     refuse_resume_without_checkpoint,
 )
 from models import model_dict
-
-
-class NonFiniteTeacherLoss(UserError):
-    """The teacher's training loss became NaN or infinite (the folder is marked failed)."""
 
 
 def _flag_value(value: Any) -> str:
@@ -278,7 +275,7 @@ class TeacherRun:
             if self.loop.epochs_done < cfg.epochs:
                 try:
                     train_epochs(self, stop, device)
-                except NonFiniteTeacherLoss as err:
+                except NonFiniteLoss as err:
                     with stop.deferred():
                         mark_failed(self.run_dir, str(err))
                     raise
@@ -311,7 +308,7 @@ class TeacherRun:
 
     def non_finite(self, terms: dict[str, Tensor]) -> Exception:
         where = f"the last good checkpoint is {self.last_path}" if self.last_path.is_file() else "no checkpoint was written yet"
-        return NonFiniteTeacherLoss(f"the training loss became non-finite in epoch {self.loop.epochs_done + 1}: the weights "
+        return NonFiniteLoss(f"the training loss became non-finite in epoch {self.loop.epochs_done + 1}: the weights "
                                     f"diverged at --learning_rate {self.opt.learning_rate:g}; lower --learning_rate "
                                     f"(that is a new teacher folder with --trial, or the same after deleting this one; "
                                     f"{where})")
