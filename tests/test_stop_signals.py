@@ -102,7 +102,7 @@ def _command(driver: Path, phase: str, flag: Path, teacher_save: Path, save: Pat
     script, extra = PHASES[phase]
     common = ["--dataset", "digits", "--device", "cpu", "--save_dir", str(save), "--batch_size", "32"]
     if script == "student":
-        args = ["--model_s", "resnet8", "--model_t", "resnet8", "--subset_size", "200", "--epochs", "100",
+        args = ["--model_s", "resnet8", "--model_t", "resnet8", "--subset_size", "100", "--epochs", "100",
                 "--path_t", str(teacher_checkpoint_path(teacher_save, "digits", "resnet8")), *common, *extra]
     else:
         args = ["--model", "resnet8", "--epochs", "100", "--lr_decay_epochs", "50", *common, *extra]
