@@ -56,6 +56,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,17 +83,20 @@ from helper.methods import (
     teacher_needs_preact,
 )
 from helper.options import (
-    NON_NEGATIVE_INT,
+    COUNT,
+    EPOCHS,
+    EPOCHS_OR_NONE,
     PAIR_SIZE,
-    POSITIVE_INT,
     SEED,
+    SUBSET_SIZE,
     Number,
     OneLineParser,
     RawDescriptionHelpFormatter,
     build_student_parser,
     str2bool,
 )
-from helper.student_trainer import build_student, build_training, cache_teacher
+from helper.resources import check_fits
+from helper.student_trainer import build_student, build_training, cache_teacher, estimate_student_run
 from models import model_dict
 
 # --dataset -> (classes, stored image size, model input crop, crop padding, mean, std) of the synthetic images
@@ -101,6 +105,8 @@ SYNTHETIC_SHAPES = {
     "stanfordcars": (CARS_CLASSES, CARS_STORED, CARS_CROP, 0, CARS_MEAN, CARS_STD),  # as dataset/stanfordcars.py
 }
 EVAL_BATCH_SIZES = (32, 64, 128, 256, EVAL_BATCH_SIZE)  # the forward batches of evaluate that are measured
+THREADS = Number(int, low=1, high=4096)
+REPEATS = Number(int, low=1, high=1000)  # measurement blocks and cache builds: each one takes the whole measurement again
 CALIBRATION_IMAGES = 128  # images of the BatchNorm calibration of the random teacher
 # the teacher batch of build_train_pool; the plain forward uses the same one
 CACHE_BATCH = int(inspect.signature(build_train_pool).parameters["batch_size"].default)
@@ -122,21 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--dataset", type=str, default="cifar100", choices=tuple(SYNTHETIC_SHAPES),
          help="shape of the synthetic images: cifar100 (32x32) or stanfordcars (64x64 stored, 56x56 crops)")
     flag("--pos_and_neg", type=PAIR_SIZE, default=2, help="CKD group size P+N")
-    flag("--batch_size", type=POSITIVE_INT, default=64, help="batch size (CKD: tuples per batch)")
+    flag("--batch_size", type=COUNT, default=64, help="batch size (CKD: tuples per batch)")
     flag("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    flag("--steps", type=POSITIVE_INT, default=10, help="timed steps per measurement block")
-    flag("--warmup", type=NON_NEGATIVE_INT, default=5, help="untimed steps before the measurements (bound, step and data path each)")
-    flag("--repeats", type=POSITIVE_INT, default=9,
+    flag("--steps", type=EPOCHS, default=10, help="timed steps per measurement block")
+    flag("--warmup", type=EPOCHS_OR_NONE, default=5, help="untimed steps before the measurements (bound, step and data path each)")
+    flag("--repeats", type=REPEATS, default=9,
          help="rounds of interleaved blocks (step, bound, data, calibrate shift); rates: the best round, ratios: the "
               "median of the per-round ratios")
-    flag("--cache_repeats", type=POSITIVE_INT, default=2,
+    flag("--cache_repeats", type=REPEATS, default=2,
          help="rounds of an interleaved plain forward and cache build; rates: the best, cache_vs_forward: the median ratio")
-    flag("--subset_size", type=Number(int, low=2), default=2000, help="synthetic images (train + validation)")
-    flag("--nce_k", type=POSITIVE_INT, default=None, help="CRD negatives (default: train_student.py's)")
+    flag("--subset_size", type=SUBSET_SIZE, default=2000, help="synthetic images (train + validation)")
+    flag("--nce_k", type=COUNT, default=None, help="CRD negatives (default: train_student.py's)")
     flag("--amp", type=str2bool, nargs="?", const=True, default=False, help="bf16 autocast")
     flag("--channels_last", type=str2bool, nargs="?", const=True, default=False, help="channels-last student and inputs")
     flag("--compile", type=str2bool, nargs="?", const=True, default=False, help="torch.compile the student")
-    flag("--threads", type=POSITIVE_INT, default=None, help="torch.set_num_threads (default: all cores this process may use)")
+    flag("--threads", type=THREADS, default=None, help="torch.set_num_threads (default: all cores this process may use)")
     flag("--seed", type=SEED, default=0, help="seed of the synthetic data, the models and the samplers")
     return parser
 
@@ -173,6 +179,18 @@ def synthetic_training_set(opt: StudentConfig) -> ImageSet:
     train_idx = torch.as_tensor(split.train_idx, dtype=torch.long)
     return ImageSet(images=images[train_idx], labels=labels[train_idx], num_classes=num_classes, mean=mean, std=std,
                     crop_size=crop, crop_padding=padding)
+
+
+def check_bench_fits(opt: StudentConfig, train_set: ImageSet, augment: DeviceAugment, device: torch.device) -> None:
+    """Refuse, before the teacher is built, a benchmark that cannot fit in memory: the run's own estimate
+    (:func:`helper.student_trainer.estimate_student_run`, without validation and test images and without files) plus
+    the normalised copy of the training images that the plain teacher forward reads."""
+    n_train, crop = len(train_set.labels), augment.crop
+    estimate = estimate_student_run(opt, n_train, 0, 0, int(train_set.images.shape[-1]), (3, crop, crop),
+                                    train_set.num_classes, device)
+    estimate.device.append(("normalised images of the plain forward", n_train * 3 * crop * crop * 4, "--subset_size"))
+    estimate.host, estimate.disk = [], []  # the benchmark writes no file
+    check_fits(estimate, device, Path.cwd())
 
 
 def timed(fn: Callable[[], Any], device: torch.device, clock: Clock = time.perf_counter) -> float:
@@ -379,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_set = synthetic_training_set(opt)
     train_images, train_labels, num_classes = train_set.images, train_set.labels, train_set.num_classes
     augment = DeviceAugment.for_images(train_set, opt.use_DA, device)
+    check_bench_fits(opt, train_set, augment, device)
     torch.manual_seed(opt.seed)
     teacher = model_dict[opt.model_t](num_classes=num_classes).to(device)
     calibrate_batchnorm(teacher, train_images[:CALIBRATION_IMAGES].to(device), augment)

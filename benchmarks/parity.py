@@ -46,12 +46,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError, run_main
-from helper.options import NON_NEGATIVE_INT, POSITIVE_INT, SEED, Number, OneLineParser, PathKind
+from helper.options import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    SEED,
+    Number,
+    OneLineParser,
+    PathKind,
+    check_architecture,
+    parse_list,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,8 +102,12 @@ class Job:
         return f"{self.side} {self.method} seed {self.seed}"
 
 
-def comma_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
+def comma_list(flag: str, example: str) -> Callable[[str], list[str]]:
+    """The ``type=`` of a comma-separated flag: an empty value, an empty item or a repeated one is refused in one
+    sentence (helper.options.parse_list)."""
+    def parse(text: str) -> list[str]:
+        return parse_list(flag, text, example, str)
+    return parse
 
 
 def teacher_arch(path_t: Path) -> str:
@@ -113,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--path_t", type=PathKind("maybe_file", "--path_t"), required=True,
                         help="teacher checkpoint in ARCH_vanilla/ (RepDistiller format)")
     parser.add_argument("--model_s", default="resnet8", help="student architecture")
-    parser.add_argument("--methods", type=comma_list, default=["kd", "ce", "mixup", "ckd"],
+    parser.add_argument("--methods", type=comma_list("--methods", "kd,ckd"), default=["kd", "ce", "mixup", "ckd"],
                         help=f"comma list of {', '.join(METHODS)}")
     parser.add_argument("--seeds", default="1,2,3", help="comma list of seeds (each 0 to 2**63 - 1)")
     parser.add_argument("--subset_size", type=Number(int, low=2), default=1000, help="training images drawn (train + validation)")
-    parser.add_argument("--sides", type=comma_list, default=list(SIDES), help="comma list of published, project")
+    parser.add_argument("--sides", type=comma_list("--sides", "published,project"), default=list(SIDES),
+                        help="comma list of published, project")
     parser.add_argument("--patience", type=NON_NEGATIVE_INT, default=10, help="pseudo-epochs without improvement before a decay")
     parser.add_argument("--lr_decay_times", type=POSITIVE_INT, default=3, help="passed as --lr_decay_times to both sides")
     parser.add_argument("--epochs", type=POSITIVE_INT, default=200, help="maximum pseudo-epochs")
@@ -132,18 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(opt: argparse.Namespace) -> None:
+    check_architecture(opt.model_s, "model_s")
     unknown = [m for m in opt.methods if m not in METHODS]
     if unknown or not opt.methods:
         raise UserError(f"unknown --methods {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
     bad_sides = [s for s in opt.sides if s not in SIDES]
     if bad_sides or not opt.sides:
         raise UserError(f"unknown --sides {', '.join(bad_sides) or '(none)'}; choose from published, project")
-    try:
-        opt.seeds = [int(s) for s in comma_list(opt.seeds)]
-    except ValueError as err:
-        raise UserError(f"--seeds must be comma-separated whole numbers such as 1,2,3, got '{opt.seeds}'") from err
-    if not opt.seeds:
-        raise UserError("--seeds is empty; pass e.g. --seeds 1,2,3")
+    opt.seeds = parse_list("--seeds", opt.seeds, "1,2,3", int, "whole numbers")
     for seed in opt.seeds:
         SEED.check("seeds", seed)
     opt.model_t = teacher_arch(opt.path_t)

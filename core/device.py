@@ -25,6 +25,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     ``auto`` picks CUDA when available, else MPS, else the CPU. Asking for an accelerator
     that is not there is a user error rather than a crash deep inside a forward pass.
     """
+    if name is not None and not name.strip():  # an empty --device is a mistake, not a request for auto
+        raise UserError("--device is empty; pass auto, cpu, cuda, cuda:N or mps (or leave --device out: auto)")
     name = (name or "auto").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():

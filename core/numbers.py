@@ -39,15 +39,22 @@ class Number:
     def describe(self) -> str:
         """The range in words, as the error messages and the tests say it."""
         low, high = self.low, self.high
-        if self.kind is float and low == 0 and high is None:
-            return "a finite positive number" if self.low_open else "a finite number, 0 or more"
-        if low is not None and high is not None and not (self.kind is int and high == INT64_MAX):
-            if self.low_open and self.high_open:
-                return f"strictly between {low:g} and {high:g}"
-            return f"between {low:g} and {high:g}" if self.kind is float else f"a whole number from {low} to {high}"
+        if high is not None and self.kind is int and high == INT64_MAX:
+            high = None  # the implicit bound of whole numbers is named only when it is crossed
+        if self.kind is int:
+            if low is not None:
+                return f"at least {low}" + (f" and at most {high}" if high is not None else "")
+            return "a whole number" + (f" of at most {high}" if high is not None else "")
+        if low is not None and high is not None and self.low_open and self.high_open:
+            return f"strictly between {low:g} and {high:g}"
+        if low == 0:
+            text = "a finite positive number" if self.low_open else "a finite number, 0 or more"
+            return text + (f", {'below' if self.high_open else 'at most'} {high:g}" if high is not None else "")
+        if low is not None and high is not None:
+            return f"between {low:g} and {high:g}"
         if low is not None:
-            return f"at least {low}" if self.kind is int else f"a finite number {'above' if self.low_open else 'at least'} {low:g}"
-        return "a whole number" if self.kind is int else "a finite number"
+            return f"a finite number {'above' if self.low_open else 'at least'} {low:g}"
+        return "a finite number"
 
     def problem(self, value: float) -> str | None:
         """Why ``value`` is refused (``must be ..., got X``), or None."""

@@ -24,6 +24,11 @@ STREAM_CRD = 3
 STREAM_CLASS_BALANCED = 4
 
 _SEED_MOD = 2**63
+# TupleSampler's draw: random rows with a repeated image are rejected while at least this share of rows is kept, for at
+# most this many rounds; otherwise rows are drawn without rejection, in chunks of at most this many random keys
+MIN_REJECTION_ACCEPTANCE = 0.5
+REJECTION_ROUNDS = 20
+DRAW_CHUNK_ELEMENTS = 1 << 22
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -129,16 +134,21 @@ def _count_tuples(image_ids: np.ndarray, group_sizes: Sequence[int], unordered: 
 
     Choosing k distinct images weighted by their number of items is the elementary symmetric polynomial
     e_k of the per-image item counts; the k slots are then arranged in k! orders, of which prod(g!) are the
-    same tuple when groups are unordered.
+    same tuple when groups are unordered. When every image has the same number v of items (the teacher cache:
+    ``--teacher_views`` per image), e_k = C(m, k) v^k, computed directly (the polynomial costs k^2 big-number steps).
     """
     k = int(sum(group_sizes))
     _, per_image = np.unique(image_ids, return_counts=True)
     weights, multiplicity = np.unique(per_image, return_counts=True)
-    poly = [1] + [0] * k  # coefficients of prod_i (1 + w_i x), truncated at x^k
-    for w, c in zip(weights.tolist(), multiplicity.tolist()):
-        factor = [math.comb(c, j) * w**j for j in range(k + 1)]
-        poly = [sum(poly[i] * factor[j - i] for i in range(j + 1)) for j in range(k + 1)]
-    count = math.factorial(k) * poly[k]
+    if weights.shape[0] == 1:
+        e_k = math.comb(int(multiplicity[0]), k) * int(weights[0]) ** k
+    else:
+        poly = [1] + [0] * k  # coefficients of prod_i (1 + w_i x), truncated at x^k
+        for w, c in zip(weights.tolist(), multiplicity.tolist()):
+            factor = [math.comb(c, j) * w**j for j in range(k + 1)]
+            poly = [sum(poly[i] * factor[j - i] for i in range(j + 1)) for j in range(k + 1)]
+        e_k = poly[k]
+    count = math.factorial(k) * e_k
     if unordered:
         for g in group_sizes:
             count //= math.factorial(g)
@@ -229,6 +239,16 @@ class TupleSampler(_PassSampler):
         else:
             self._mode = "draw"
             self._all = None
+        # the chance that k random items come from k distinct images (the rejection draw keeps that share of its rows)
+        self._p_distinct = _count_tuples(ids, self.group_sizes, False) / self.n_items ** self.k
+        images, inverse = np.unique(ids, return_inverse=True)
+        per_image = np.bincount(inverse)
+        self._images = images
+        self._items_per_image = per_image
+        self._image_items = np.zeros((images.shape[0], int(per_image.max())), dtype=np.int64)
+        by_image = np.argsort(inverse, kind="stable")  # items grouped by image, each image's items in their order
+        first = np.cumsum(per_image) - per_image
+        self._image_items[inverse[by_image], np.arange(by_image.shape[0]) - first[inverse[by_image]]] = by_image
 
     def num_distinct_tuples(self) -> int:
         """The exact number of distinct tuples that exist (a Python int)."""
@@ -238,16 +258,46 @@ class TupleSampler(_PassSampler):
         """Tuples per pass: ``min(max_samples, num_distinct_tuples())``."""
         return min(self.max_samples, self._total)
 
+    def _draw_rows(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """``count`` uniformly random rows of ``k`` items from ``k`` distinct images, without rejection: the images of
+        a row are the ``k`` smallest of ``m`` random keys (in key order: a uniformly random ordered choice), drawn in
+        chunks of bounded size; then one of each image's items, uniformly (every image has the same number of items
+        in the teacher cache; with uneven numbers a row is uniform over its images, not over item tuples)."""
+        m, k = self._images.shape[0], self.k
+        chunk = max(1, DRAW_CHUNK_ELEMENTS // m)
+        parts = []
+        for start in range(0, count, chunk):
+            n = min(chunk, count - start)
+            keys = rng.random((n, m))
+            chosen = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (n, 1))
+            order = np.argsort(np.take_along_axis(keys, chosen, axis=1), axis=1)
+            parts.append(np.take_along_axis(chosen, order, axis=1))
+        image_rows = np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
+        pick = (rng.random(image_rows.shape) * self._items_per_image[image_rows]).astype(np.int64)
+        return self._image_items[image_rows, pick]
+
     def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        """``max_samples`` distinct tuples (there are more than twice as many, so a fresh row repeats an earlier one
+        with probability below 1/2). Rows of ``k`` items are drawn at random and the ones with a repeated image
+        dropped while that keeps most of them (the draw of the published runs, bit for bit); a tuple of many images
+        out of few, where almost every random row repeats an image, is drawn without rejection instead
+        (:meth:`_draw_rows`), and so is whatever the first ``REJECTION_ROUNDS`` rounds left missing: every pass ends in
+        bounded time."""
         collected = np.zeros((0, self.k), dtype=np.int64)
         acceptance = 1.0
+        rounds = 0
         while collected.shape[0] < self.max_samples:
             missing = self.max_samples - collected.shape[0]
-            count = min(int(missing / max(acceptance, 1e-3) * 1.2) + 64, 4_000_000)
-            rows = rng.integers(0, self.n_items, size=(count, self.k), dtype=np.int64)
-            images = np.sort(self._ids[rows], axis=1)
-            distinct = np.all(images[:, 1:] != images[:, :-1], axis=1) if self.k > 1 else np.ones(count, dtype=bool)
-            rows = rows[distinct]
+            rounds += 1
+            if self._p_distinct >= MIN_REJECTION_ACCEPTANCE and rounds <= REJECTION_ROUNDS:
+                count = min(int(missing / max(acceptance, 1e-3) * 1.2) + 64, 4_000_000)
+                rows = rng.integers(0, self.n_items, size=(count, self.k), dtype=np.int64)
+                images = np.sort(self._ids[rows], axis=1)
+                distinct = np.all(images[:, 1:] != images[:, :-1], axis=1) if self.k > 1 else np.ones(count, dtype=bool)
+                rows = rows[distinct]
+            else:
+                count = int(missing * 1.2) + 64
+                rows = self._draw_rows(rng, count)
             if self.unordered:
                 rows = _canonical(rows, self.group_sizes)
             before = collected.shape[0]

@@ -22,6 +22,8 @@ import argparse
 import dataclasses
 import functools
 import math
+import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,33 @@ from helper.options import (
     default_learning_rate,
     number_type,
     parse_decay_epochs,
+    parse_list,
     teacher_checkpoint_path,
     teacher_from_path,
 )
+
+# string flags whose empty value means something (--relational '': no relational method, as W&B agents write it; the
+# path flags: check_path's own sentence); every other empty string is refused with one sentence
+EMPTY_MEANS = ("relational", "save_dir", "data_folder")
+EMPTY_ADVICE = {
+    "device": "pass auto, cpu, cuda, cuda:N or mps (or leave --device out: auto)",
+    "path_t": "pass the teacher checkpoint, or leave --path_t out to use the default one",
+    "lr_decay_epochs": "pass comma-separated epochs such as 150,180,210 (--lr_decay_rate 1 keeps the learning rate constant)",
+}
+
+
+def np_bool() -> type:
+    """numpy's bool type (imported only when a configuration is checked: numpy comes with torch anyway)."""
+    import numpy
+
+    return numpy.bool_
+
+
+def np_floating() -> type:
+    """numpy's floating types (float16, float32, float64)."""
+    import numpy
+
+    return numpy.floating
 
 
 @functools.cache
@@ -75,20 +101,33 @@ class _Config:
                     raise UserError(f"--{f.name} needs a value, got None")
                 continue
             if kind.startswith("bool"):
-                if not isinstance(value, bool):
+                if isinstance(value, np_bool()):  # numpy.bool_, as a mask or a comparison gives it
+                    self._set(f.name, bool(value))
+                elif not isinstance(value, bool):
                     raise UserError(f"--{f.name} must be true or false, got {value!r}")
             elif kind.startswith("int"):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-                        self._set(f.name, int(value))
-                    else:
-                        raise UserError(f"--{f.name} must be a whole number, got {value!r}")
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    raise UserError(f"--{f.name} must be a whole number, got {value!r}")
+                if isinstance(value, numbers.Integral):  # int, numpy.int64, ...
+                    self._set(f.name, int(value))
+                elif math.isfinite(value) and value == int(value):
+                    self._set(f.name, int(value))
+                else:
+                    raise UserError(f"--{f.name} must be a whole number, got {value!r}")
             elif kind.startswith("float"):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
                     raise UserError(f"--{f.name} must be a number, got {value!r}")
-                self._set(f.name, float(value))  # 1 and 1.0 name the same run
-            elif kind.startswith("str") and not isinstance(value, str):
-                raise UserError(f"--{f.name} must be a string, got {value!r}")
+                # 1 and 1.0 name the same run; a float32 0.1 is the 0.1 it prints as, not 0.10000000149
+                self._set(f.name, float(str(value)) if isinstance(value, np_floating()) else float(value))
+            elif kind.startswith("str"):
+                if isinstance(value, str) and not value.strip() and f.name not in EMPTY_MEANS:
+                    raise UserError(f"--{f.name} is empty; {EMPTY_ADVICE.get(f.name, f'pass a value or leave --{f.name} out')}")
+                if f.name in CONFIG_PATH_KINDS and isinstance(value, os.PathLike):
+                    self._set(f.name, os.fspath(value))  # a pathlib.Path save folder is the same folder as its text
+                elif not isinstance(value, str):
+                    raise UserError(f"--{f.name} must be a string, got {value!r}")
+                elif value != str(value):
+                    self._set(f.name, str(value))
             action = _actions(self._PROG).get(f.name) if f.name not in ("relational", "distill") else None  # method_spec
             if action is not None and action.choices is not None and getattr(self, f.name) not in action.choices:
                 choices = ", ".join(str(c) for c in action.choices)
@@ -99,6 +138,8 @@ class _Config:
         for name, kind in CONFIG_PATH_KINDS.items():
             if name != "path_t" and hasattr(self, name):
                 check_path(f"--{name}", getattr(self, name), kind)
+        if self._tags is not None:
+            parse_list("--_tags", self._tags, "baseline,seed-sweep", str, "tags")
 
     def to_dict(self) -> dict[str, Any]:
         """The flags as a plain dict (what results.json, the logs and the run-folder name record)."""
@@ -199,6 +240,10 @@ class StudentConfig(_CommonFlags):
         method_table.check_modifiers(self.method, logit_stand=self.logit_stand, teacher_views=self.teacher_views,
                                      pair_scales=pair_scales)
         method_table.check_weights(self.method, {flag: getattr(self, flag) for flag in method_table.active_weight_flags(self.method)})
+        if self.calibrate != "none" and not method_table.queries_teacher(self.method, pair_scales):
+            raise UserError(f"--calibrate {self.calibrate} shifts the student's logits by the teacher's mean logits, but this "
+                            "run (no --relational, no --distill, --w_kd 0) never queries the teacher; drop --calibrate, or "
+                            "pick a method that distils (--calibrate is meant for --relational ckd and ckd_inter)")
 
     @property
     def teacher_path(self) -> str:

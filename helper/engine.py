@@ -100,15 +100,34 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, normalize: Callab
     return {"acc": 100.0 * stats[0] / n, "acc_top5": 100.0 * stats[1] / n, "loss": stats[2] / n}
 
 
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so no write is ever cut in half.
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: nothing is reported as a result, and the run (or teacher) folder is marked failed
+    (``helper.run_setup.mark_failed``), since the same flags diverge the same way."""
 
-    A second signal while stopping ends the process at once with one line on stderr and exit code 128 + its number
-    (a ``SystemExit``, so no traceback; a checkpoint write in flight leaves only a temporary file, removed next time)."""
+
+class StepInterrupted(BaseException):
+    """A stop request that arrived while the next batch was drawn (:meth:`StopRequest.interruptible`): the run's state
+    is that of the last finished step, so the loop saves it and exits."""
+
+
+class StopRequest:
+    """SIGINT/SIGTERM for a whole run, honoured within seconds wherever the run is, and never by cutting a write in half.
+
+    Installed (:meth:`installed`) for the whole run, from before its data is loaded to its results. Where the run
+    only computes (loading and preparing data, building the teacher cache, the init stage, evaluating), a signal stops
+    the process at once: one line on stderr naming the phase (:attr:`phase`), exit code 128 + the signal number, no
+    traceback (a ``SystemExit``). Inside :meth:`deferred` blocks (the training steps, checkpoint and result writes) the
+    signal only sets :attr:`signum`: the training loop finishes the step in flight, saves ``last.pth`` and exits; any
+    other deferred block exits as soon as it ends. A second signal while stopping ends the process at once with one line
+    and exit code 128 + its number (a checkpoint write in flight leaves only a temporary file, removed next time)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.phase = "start-up"
+        self.after_stop = "the same command starts the run again"  # what a stop outside the training steps leaves
         self._previous: dict[int, Any] = {}
+        self._deferred = 0
+        self._interruptible = False
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.signum is not None:  # a second signal: give up waiting for the step to finish, in one line
@@ -116,12 +135,48 @@ class StopRequest:
                   "from the last checkpoint written", file=sys.stderr, flush=True)
             raise SystemExit(128 + int(signum))
         self.signum = signum
-        print(f"\nreceived {signal.Signals(signum).name}: finishing this step, then saving a checkpoint", file=sys.stderr,
-              flush=True)
+        if self._interruptible:
+            print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint", file=sys.stderr, flush=True)
+            raise StepInterrupted
+        if self._deferred:
+            print(f"\nreceived {signal.Signals(signum).name}: finishing this step, then saving a checkpoint",
+                  file=sys.stderr, flush=True)
+            return
+        self.stop_now()
+
+    def stop_now(self) -> None:
+        """Exit at once for the signal received (one line, exit code 128 + its number)."""
+        print(f"received {signal.Signals(self.signum or signal.SIGINT).name} during {self.phase}: stopped; "
+              f"{self.after_stop}", file=sys.stderr, flush=True)
+        raise SystemExit(self.exit_code())
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+    @contextlib.contextmanager
+    def deferred(self, stop_after: bool = True) -> Iterator[None]:
+        """A block a signal never interrupts (a write, a training step): the signal is noted and, with ``stop_after``,
+        honoured when the block ends; without it the caller checks :attr:`requested` itself (the training loop)."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+        if stop_after and self._deferred == 0 and self.requested:
+            self.stop_now()
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Inside a deferred block, a stretch a signal may cut short with :class:`StepInterrupted` (drawing the next
+        batch, which may build a whole sampler pass: the draw undoes itself, see :meth:`EpochRun.next_batch`)."""
+        self._interruptible = True
+        try:
+            if self.requested:
+                raise StepInterrupted
+            yield
+        finally:
+            self._interruptible = False
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopRequest]:
@@ -135,6 +190,7 @@ class StopRequest:
         finally:
             for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
+            self._previous.clear()
 
     def exit_code(self) -> int:
         return 128 + int(self.signum or signal.SIGINT)
@@ -220,7 +276,8 @@ class EpochRun(Protocol):
         """Set up the coming (or resumed) epoch: train mode, learning rate, the 1-based epoch of the method."""
 
     def next_batch(self) -> dict[str, Tensor]:
-        """The next batch of the data order (resumable)."""
+        """The next batch of the data order (resumable), drawn inside ``StopRequest.interruptible``: a draw cut short
+        by a stop request raises :class:`StepInterrupted` with the data order where it was (the loop then saves it)."""
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """One optimiser step; the detached loss terms and ``train_loss``, on the device."""
@@ -264,18 +321,24 @@ def train_epochs(run: EpochRun, stop: StopRequest, device: torch.device) -> None
     loop = run.loop
     check_every_step = device.type != "cuda"
     while not loop.finished:
+        stop.phase = "training"
         run.begin_epoch()
         progress = Progress(run.steps_per_epoch, f"epoch {loop.epochs_done + 1}", loop.step_in_epoch)
         try:
-            while loop.step_in_epoch < run.steps_per_epoch:
-                terms = run.train_step(run.next_batch())
-                loop.global_step += 1
-                loop.step_in_epoch += 1
-                accumulate(run.accum, terms, device)
-                if check_every_step and not bool(torch.isfinite(terms["train_loss"]).item()):
-                    raise run.non_finite(terms)
-                progress.update()
-                if stop.requested:
+            with stop.deferred(stop_after=False):
+                while loop.step_in_epoch < run.steps_per_epoch and not stop.requested:
+                    try:
+                        batch = run.next_batch()
+                    except StepInterrupted:
+                        break  # the sampler is back where the last step left it
+                    terms = run.train_step(batch)
+                    loop.global_step += 1
+                    loop.step_in_epoch += 1
+                    accumulate(run.accum, terms, device)
+                    if check_every_step and not bool(torch.isfinite(terms["train_loss"]).item()):
+                        raise run.non_finite(terms)
+                    progress.update()
+                if stop.requested:  # after the step in flight (or at the epoch's end: resumed, it evaluates first)
                     run.save_last()
                     print(f"stopped: saved {run.last_path}; resume with the same command (or add --resume)", flush=True)
                     raise SystemExit(stop.exit_code())
@@ -288,4 +351,6 @@ def train_epochs(run: EpochRun, stop: StopRequest, device: torch.device) -> None
         run.accum.clear()
         loop.step_in_epoch = 0
         loop.epochs_done += 1
+        stop.phase, stop.after_stop = "evaluation", f"the same command resumes from {run.last_path}" \
+            if run.last_path.is_file() else "the same command starts the run again"
         loop.finished = run.end_epoch(train_terms)

@@ -262,6 +262,13 @@ def check_modifiers(spec: MethodSpec, *, logit_stand: bool, teacher_views: int, 
                         f"--teacher_views {relational.image_views} or less")
 
 
+def queries_teacher(spec: MethodSpec, pair_scales: dict[str, float]) -> bool:
+    """False only for the cross-entropy-only student (no relational method, no white-box loss, every logit-pair term's
+    weight flag 0, ``pair_scales``), which needs no teacher output and makes no teacher call."""
+    pair_terms = any(row.weight * float(pair_scales.get(row.weight_flag, 0.0)) != 0 for row in rows(kind=LOGIT_PAIR))
+    return not (spec.relational is None and spec.distill is None and not pair_terms)
+
+
 def active_weight_flags(spec: MethodSpec) -> tuple[str, ...]:
     """The weight flags whose terms a run of ``spec`` computes: --w_cls, every logit-pair row's flag (--w_kd), and the
     scale flag of its relational and white-box rows (--w_rel_scale, --w_inter_scale)."""

@@ -46,8 +46,8 @@ from dataset.samplers import ClassBalancedSampler, CRDSampler, PlainSampler, Tup
 from distiller_zoo import CKDLoss, FeatureTerm, MixupLoss, ckd_group_sizes, group_mean, label_histogram
 from distiller_zoo.mixup import apply_cutmix, cutmix_box, mix_images, sample_mixup_weights
 from distiller_zoo.terms import LogitPairs, TermContext, apply_to_pairs
-from helper.engine import train_step
-from helper.method_table import LOGIT_PAIR, MethodRow, images_per_item, resolve, rows
+from helper.engine import NonFiniteLoss, train_step
+from helper.method_table import LOGIT_PAIR, MethodRow, images_per_item, queries_teacher, resolve, rows
 from helper.method_table import method_label as method_label  # noqa: F401  (re-exported for callers of helper.methods)
 from models import model_dict
 
@@ -92,8 +92,7 @@ def build_term(row: MethodRow, ctx: MethodContext, **extra: Any) -> nn.Module:
 def uses_teacher_outputs(opt: StudentConfig) -> bool:
     """False only for the cross-entropy-only student (no relational method, no white-box loss, no logit-pair term:
     w_kd 0), which needs no teacher output at all and therefore makes no teacher call."""
-    pair_terms = any(row.weight * float(getattr(opt, row.scale_flag)) != 0 for row in rows(kind=LOGIT_PAIR))
-    return not (opt.method.relational is None and opt.method.distill is None and not pair_terms)
+    return queries_teacher(opt.method, {row.weight_flag: getattr(opt, row.scale_flag) for row in rows(kind=LOGIT_PAIR)})
 
 
 def white_box_class(opt: StudentConfig) -> type[FeatureTerm] | None:
@@ -306,8 +305,9 @@ class InitStage:
                         return False
                 mean = total.item() / self.steps_per_epoch
                 if not torch.isfinite(torch.tensor(mean)):
-                    raise UserError(f"the init-stage loss of --distill {self.method.distill_row.name} became non-finite at "
-                                    f"init epoch {epoch}; lower --learning_rate and start a new run")
+                    raise NonFiniteLoss(f"the init-stage loss of --distill {self.method.distill_row.name} became non-finite "
+                                        f"at init epoch {epoch}; likely cause: the init modules' weights diverged: lower "
+                                        f"--learning_rate, then start a new run")
                 print(f"init epoch {epoch:3d}/{self.epochs} | {self.method.distill_row.name} init loss {mean:.4f}", flush=True)
         finally:
             for p, requires_grad in zip(self.params, saved):

@@ -10,14 +10,17 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from core import fs
 from core.errors import EXIT_USER_ERROR, UserError
 from core.numbers import INT64_MAX, Number  # noqa: F401 - the type of every numeric flag; INT64_MAX re-exported
 from helper import method_table
 from helper.method_table import none_or_str
+
+T = TypeVar("T")
 
 DATASET_CHOICES = ("cifar100", "digits", "stanfordcars")
 # data sets whose teachers live in SAVE_DIR/models/ (RepDistiller's folder); the others get SAVE_DIR/models_{dataset}/
@@ -139,8 +142,24 @@ POSITIVE_FLOAT = Number(float, low=0, low_open=True)
 NON_NEGATIVE_FLOAT = Number(float, low=0)
 FINITE_FLOAT = Number(float)
 FRACTION = Number(float, low=0, high=1, low_open=True, high_open=True)
-PAIR_SIZE = Number(int, low=2, why=" (one positive and one negative image)")
 
+# The ranges of the run flags: what a real run can use. Counts that only size memory (images, tuples, negatives,
+# embedding widths, views) stop at COUNT_MAX and are then weighed by the resource estimate (helper/resources.py);
+# rates, factors, weights and temperatures stop where training can only diverge or overflow.
+COUNT_MAX = 10**9
+EPOCHS_MAX = 10**6
+EPOCHS = Number(int, low=1, high=EPOCHS_MAX)
+EPOCHS_OR_NONE = Number(int, low=0, high=EPOCHS_MAX)
+COUNT = Number(int, low=1, high=COUNT_MAX)
+SUBSET_SIZE = Number(int, low=2, high=COUNT_MAX)
+PAIR_SIZE = Number(int, low=2, high=COUNT_MAX, why=" (one positive and one negative image)")
+TRIAL = Number(int, low=1, high=10**6)
+LEARNING_RATE = Number(float, low=0, high=10, low_open=True)  # above 10 SGD only diverges (1e308 overflows it)
+DECAY_RATE = Number(float, low=0, high=1, low_open=True)  # a decay never raises the rate; 1 keeps it constant
+LOSS_WEIGHT = Number(float, low=0, high=1e4)
+TEMPERATURE = Number(float, low=0, high=1e3, low_open=True)
+EXPONENT = Number(float, low=0, high=10, low_open=True)
+UNIT_INTERVAL = Number(float, low=0, high=1)  # momentum, weight decay, CRD memory momentum
 
 def check_path(flag: str, value: str | Path | None, kind: str) -> None:
     """The kind of a path flag ``flag`` (``--save_dir``, or a positional's metavar) (raises UserError): ``file`` (an
@@ -255,16 +274,16 @@ TEACHER_HELP = {
 
 
 def add_common_flags(parser: argparse.ArgumentParser, helps: dict[str, str] = COMMON_HELP,
-                     batch_size_type: Number = POSITIVE_INT) -> None:
+                     batch_size_type: Number = COUNT) -> None:
     """Flags shared by the teacher and the student scripts; ``helps`` words them for the script at hand."""
     _flag(parser, "dataset", helps["dataset"], type=str, default="cifar100", choices=DATASET_CHOICES)
     _flag(parser, "data_folder", helps["data_folder"], type=str, default="./data")
     _flag(parser, "device", helps["device"], type=str, default="auto")
     _flag(parser, "batch_size", helps["batch_size"], type=batch_size_type, default=64)
-    _flag(parser, "momentum", helps["momentum"], type=NON_NEGATIVE_FLOAT, default=0.9)
-    _flag(parser, "weight_decay", helps["weight_decay"], type=NON_NEGATIVE_FLOAT, default=5e-4)
+    _flag(parser, "momentum", helps["momentum"], type=UNIT_INTERVAL, default=0.9)
+    _flag(parser, "weight_decay", helps["weight_decay"], type=UNIT_INTERVAL, default=5e-4)
     _flag(parser, "seed", helps["seed"], type=SEED, default=42)
-    _flag(parser, "trial", helps["trial"], type=POSITIVE_INT, default=1)
+    _flag(parser, "trial", helps["trial"], type=TRIAL, default=1)
     _flag(parser, "save_dir", helps["save_dir"], type=str, default="./save")
     _flag(parser, "resume", helps["resume"], type=str2bool, nargs="?", const=True, default=False)
     _flag(parser, "keep_last", helps["keep_last"], type=str2bool, nargs="?", const=True, default=False)
@@ -295,42 +314,42 @@ def build_student_parser() -> OneLineParser:
     _flag(parser, "relational", method_table.help_of("relational"), type=none_or_str, default=None,
           choices=method_table.choices_of("relational"))
     _flag(parser, "subset_size", "number of training images drawn from the training set, train + validation (default: "
-          "the whole training set: 50000 for cifar100, 1437 for digits, 8144 for stanfordcars)", type=Number(int, low=2), default=None)
+          "the whole training set: 50000 for cifar100, 1437 for digits, 8144 for stanfordcars)", type=SUBSET_SIZE, default=None)
     _flag(parser, "train_val_frac", "fraction of the subset used for training; the rest validates", type=FRACTION, default=0.8)
     _flag(parser, "use_DA", "data augmentation: 0 none, 1 random crop, 2 random crop + horizontal flip",
           type=int_like, default=2, choices=(0, 1, 2))
     _flag(parser, "learning_rate", "SGD learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleV1/ShuffleV2)",
-          type=POSITIVE_FLOAT, default=None)
-    _flag(parser, "epochs", "maximum number of pseudo-epochs (ceil(n_train / batch_size) steps each)", type=POSITIVE_INT, default=1000)
+          type=LEARNING_RATE, default=None)
+    _flag(parser, "epochs", "maximum number of pseudo-epochs (ceil(n_train / batch_size) steps each)", type=EPOCHS, default=1000)
     _flag(parser, "patience", "pseudo-epochs without validation improvement before the learning rate decays",
-          type=NON_NEGATIVE_INT, default=50)
-    _flag(parser, "lr_decay_rate", "factor applied to the learning rate at each decay", type=POSITIVE_FLOAT, default=0.1)
+          type=EPOCHS_OR_NONE, default=50)
+    _flag(parser, "lr_decay_rate", "factor applied to the learning rate at each decay", type=DECAY_RATE, default=0.1)
     _flag(parser, "lr_decay_times", "number of learning-rate phases, as published (3: the initial rate and two decays); "
-          "the plateau that ends the last phase ends the run", type=POSITIVE_INT, default=3)
-    _flag(parser, "w_cls", "weight of the classification (cross-entropy) term", type=NON_NEGATIVE_FLOAT, default=1.0)
+          "the plateau that ends the last phase ends the run", type=Number(int, low=1, high=100), default=3)
+    _flag(parser, "w_cls", "weight of the classification (cross-entropy) term", type=LOSS_WEIGHT, default=1.0)
     _flag(parser, "w_kd", "weight of the KL distillation term (Hinton KD at --kd_T); 0, as published, leaves it off: with "
-          "--relational None the student then trains on labels only", type=NON_NEGATIVE_FLOAT, default=0.0)
-    _flag(parser, "w_rel_scale", "scale of the relational method's default weight", type=NON_NEGATIVE_FLOAT, default=1.0)
-    _flag(parser, "w_inter_scale", "scale of the white-box method's default weight", type=NON_NEGATIVE_FLOAT, default=1.0)
-    _flag(parser, "kd_T", "distillation temperature", type=POSITIVE_FLOAT, default=4.0)
+          "--relational None the student then trains on labels only", type=LOSS_WEIGHT, default=0.0)
+    _flag(parser, "w_rel_scale", "scale of the relational method's default weight", type=LOSS_WEIGHT, default=1.0)
+    _flag(parser, "w_inter_scale", "scale of the white-box method's default weight", type=LOSS_WEIGHT, default=1.0)
+    _flag(parser, "kd_T", "distillation temperature", type=TEMPERATURE, default=4.0)
     _flag(parser, "logit_stand", "logit standardization (Sun et al., CVPR 2024): z-score the student and teacher logits "
           "inside KD (--w_kd), --relational dkd (then at T = --kd_T) and mlkd; official recipe --kd_T 2 with KD weight 9 "
           "(see docs/logit_methods.md)", type=str2bool, nargs="?", const=True, default=False)
     _flag(parser, "ttm_l", "exponent l of the teacher power transform of --relational ttm and wttm (default: the official "
-          "0.1 for ttm, 0.2 for wttm)", type=POSITIVE_FLOAT, default=None)
+          "0.1 for ttm, 0.2 for wttm)", type=EXPONENT, default=None)
     _flag(parser, "loss_fn", "mixup teacher term: 0 soft cross-entropy, 1 KL(T)", type=int_like, default=0, choices=(0, 1))
     _flag(parser, "pos_and_neg", "CKD group size P+N (N = pos_and_neg // 2)", type=PAIR_SIZE, default=2)
-    _flag(parser, "max_rel_samples", "distinct tuples per sampler pass", type=POSITIVE_INT, default=100000)
-    _flag(parser, "feat_dim", "embedding size of CRD and CC", type=POSITIVE_INT, default=128)
+    _flag(parser, "max_rel_samples", "distinct tuples per sampler pass", type=COUNT, default=100000)
+    _flag(parser, "feat_dim", "embedding size of CRD and CC", type=COUNT, default=128)
     _flag(parser, "mode", "CRD positive: exact or relax", type=str, default="exact", choices=("exact", "relax"))
-    _flag(parser, "nce_k", "CRD negatives per sample", type=POSITIVE_INT, default=16384)
-    _flag(parser, "nce_t", "CRD temperature", type=POSITIVE_FLOAT, default=0.07)
-    _flag(parser, "nce_m", "CRD memory momentum", type=Number(float, low=0, high=1), default=0.5)
-    _flag(parser, "hint_layer", "feature index used by FitNet (hint)", type=Number(int), default=2)
+    _flag(parser, "nce_k", "CRD negatives per sample", type=COUNT, default=16384)
+    _flag(parser, "nce_t", "CRD temperature", type=TEMPERATURE, default=0.07)
+    _flag(parser, "nce_m", "CRD memory momentum", type=UNIT_INTERVAL, default=0.5)
+    _flag(parser, "hint_layer", "feature index used by FitNet (hint)", type=Number(int, low=-1000, high=1000), default=2)
     _flag(parser, "init_epochs", "pseudo-epochs of the init stage of two-stage white-box methods (abound, factor, fsp), "
-          "trained from the teacher cache before the main schedule", type=NON_NEGATIVE_INT, default=30)
+          "trained from the teacher cache before the main schedule", type=EPOCHS_OR_NONE, default=30)
     _flag(parser, "teacher_views", "teacher queries per training image (random views drawn once; teacher calls = "
-          "n_train x this)", type=POSITIVE_INT, default=1)
+          "n_train x this)", type=COUNT, default=1)
     _flag(parser, "teacher_view", "what the teacher sees: augmented (as published: one random crop/flip view per image "
           "and --teacher_views, drawn with --seed) or clean (the clean image, plus --teacher_views - 1 random views)",
           type=str, default="augmented", choices=("augmented", "clean"))
@@ -351,14 +370,14 @@ def build_teacher_parser() -> OneLineParser:
     parser = OneLineParser(prog="train_teacher.py", description="Train a teacher from scratch (RepDistiller recipe).")
     _flag(parser, "model", f"architecture, one of: {MODEL_NAMES_MARK} (default: {DEFAULT_CIFAR_TEACHER} for cifar100, "
           f"{DEFAULT_DIGITS_TEACHER} for digits)", type=str, default=None)
-    _flag(parser, "epochs", "training epochs", type=POSITIVE_INT, default=240)
+    _flag(parser, "epochs", "training epochs", type=EPOCHS, default=240)
     _flag(parser, "learning_rate", "SGD learning rate (default 0.05; 0.01 for MobileNetV2/ShuffleV1/ShuffleV2)",
-          type=POSITIVE_FLOAT, default=None)
+          type=LEARNING_RATE, default=None)
     _flag(parser, "lr_decay_epochs", "comma-separated epochs after which the learning rate decays, each below --epochs "
           "(the published default is kept with a shorter --epochs: it then never decays)", type=str, default=PUBLISHED_DECAY_EPOCHS)
-    _flag(parser, "lr_decay_rate", "factor applied at each decay epoch", type=POSITIVE_FLOAT, default=0.1)
-    _flag(parser, "save_freq", "save a periodic checkpoint ckpt_epoch_N.pth every this many epochs", type=POSITIVE_INT, default=40)
-    add_common_flags(parser, TEACHER_HELP, Number(int, low=2, why=" (BatchNorm cannot train on one image)"))
+    _flag(parser, "lr_decay_rate", "factor applied at each decay epoch", type=DECAY_RATE, default=0.1)
+    _flag(parser, "save_freq", "save a periodic checkpoint ckpt_epoch_N.pth every this many epochs", type=EPOCHS, default=40)
+    add_common_flags(parser, TEACHER_HELP, Number(int, low=2, high=COUNT_MAX, why=" (BatchNorm cannot train on one image)"))
     return parser
 
 
@@ -383,12 +402,28 @@ def data_not_found_message(err: Exception) -> str:
     return f"{err}, or pass --data_folder with the folder that holds it"
 
 
+def parse_list(flag: str, text: str, example: str, item: Callable[[str], T], what: str = "values") -> list[T]:
+    """A comma-separated flag value (``--lr_decay_epochs 150,180,210``, ``--_tags a,b``) as a list, in the given order
+    (raises UserError): an empty value, an empty item (``1,,2``), an item ``item`` refuses (ValueError) and an item
+    given twice are each refused in one sentence."""
+    if not text.strip():
+        raise UserError(f"{flag} is empty; pass comma-separated values such as {example}, or leave {flag} out")
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise UserError(f"{flag} '{text}' has an empty item; pass comma-separated values such as {example}")
+    try:
+        values = [item(part) for part in parts]
+    except ValueError as err:
+        raise UserError(f"{flag} must be comma-separated {what} such as {example}, got '{text}'") from err
+    repeated = sorted({str(v) for i, v in enumerate(values) if v in values[:i]})
+    if repeated:
+        raise UserError(f"{flag} '{text}' gives {', '.join(repeated)} more than once; give each value once")
+    return values
+
+
 def parse_decay_epochs(text: str) -> list[int]:
     """``--lr_decay_epochs 150,180,210`` as a sorted list (raises UserError)."""
-    try:
-        epochs = sorted(int(x) for x in text.split(",") if x.strip())
-    except ValueError as err:
-        raise UserError(f"--lr_decay_epochs must be comma-separated whole numbers such as 150,180,210, got '{text}'") from err
+    epochs = sorted(parse_list("--lr_decay_epochs", text, "150,180,210", int, "whole numbers"))
     if any(e < 1 for e in epochs):
         raise UserError(f"--lr_decay_epochs must hold epochs of 1 or more, got '{text}'")
     return epochs

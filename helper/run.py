@@ -18,11 +18,25 @@ from pathlib import Path
 from typing import Any
 
 from core import env
+from core.errors import UserError
 from helper.config import StudentConfig, TeacherConfig
+
+
+def check_config_type(cfg: object, expected: type, entry: str) -> None:
+    """Refuse, in one sentence, a configuration of the wrong kind (``run_student(TeacherConfig(...))``, a dict, an
+    argparse namespace) before anything runs."""
+    if isinstance(cfg, expected):
+        return
+    other = {StudentConfig: ("run_student", "train_student.py"), TeacherConfig: ("run_teacher", "train_teacher.py")}
+    hint = f"; a {type(cfg).__name__} goes to {other[type(cfg)][0]}" if type(cfg) in other else ""
+    raise UserError(f"{entry} takes a {expected.__name__} (built with {expected.__name__}(...) or "
+                    f"parse_{'student' if expected is StudentConfig else 'teacher'}_args([...])), got "
+                    f"{type(cfg).__name__}{hint}")
 
 
 def run_teacher(cfg: TeacherConfig) -> Path:
     """Train (or resume, or find finished) the teacher of ``cfg``; returns its final checkpoint."""
+    check_config_type(cfg, TeacherConfig, "run_teacher")
     from helper.teacher_trainer import TeacherRun  # deferred: flag errors and --help stay instant
 
     env.check(env.RUN_VARIABLES)  # a bad environment variable is refused before anything is read or written
@@ -31,6 +45,7 @@ def run_teacher(cfg: TeacherConfig) -> Path:
 
 def run_student(cfg: StudentConfig) -> dict[str, Any]:
     """Train (or resume, or find finished) the student run of ``cfg``; returns its results (as in results.json)."""
+    check_config_type(cfg, StudentConfig, "run_student")
     from helper.student_trainer import StudentRun  # deferred: flag errors and --help stay instant
 
     env.check(env.RUN_VARIABLES)  # a bad environment variable is refused before anything is read or written

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import fs
-from core.checkpoint import remove_stale_temp_files
+from core.checkpoint import atomic_write_bytes, remove_stale_temp_files
 from core.errors import DataNotFound, UserError
 from dataset import ImageSet, load_dataset
 from helper.logger import RunLogger
@@ -50,6 +50,34 @@ def refuse_resume_without_checkpoint(opt: RunConfig, last_path: Path, start_fres
     """``--resume`` needs ``last_path``; without it, one sentence saying how to ``start_fresh`` instead."""
     if opt.resume and not last_path.is_file():
         raise UserError(f"--resume was given but {last_path} does not exist; drop --resume to {start_fresh}")
+
+
+FAILED_NAME = "FAILED"  # the mark of a run that failed in a way the same flags repeat (a non-finite loss)
+
+
+def mark_failed(run_dir: Path, reason: str) -> None:
+    """Mark ``run_dir`` as a failed run: ``FAILED`` holds the one-sentence reason; the same command then refuses to
+    resume it (:func:`refuse_failed_run`) instead of diverging again."""
+    atomic_write_bytes(Path(run_dir) / FAILED_NAME, (reason.strip() + "\n").encode("utf-8"))
+
+
+def refuse_failed_run(run_dir: Path) -> None:
+    """One sentence when ``run_dir`` holds a run marked failed: what failed and what to do."""
+    path = Path(run_dir) / FAILED_NAME
+    if not path.is_file():
+        return
+    try:
+        reason = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[0].rstrip(".")
+    except (OSError, IndexError):
+        reason = "its reason is unreadable"
+    raise UserError(f"{run_dir} holds a run that failed ({reason}); the same flags would fail the same way, so it is not "
+                    f"resumed: change the flag named there (that is a new run), or delete {run_dir} to run it again")
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when it exists and holds nothing (a run stopped or failed before its first file)."""
+    with contextlib.suppress(OSError):
+        Path(folder).rmdir()
 
 
 def load_data(opt: RunConfig) -> tuple[ImageSet, ImageSet]:

@@ -41,10 +41,13 @@ from dataset import TrainPool, build_train_pool, make_subset_split, subset_finge
 from dataset.augment import DeviceAugment
 from dataset.samplers import steps_per_epoch
 from dataset.teacher_cache import CountingModule, load_or_build_cache
+from helper import method_table
 from helper.calibration import fold_shift, shifted, train_mean_shift, validation_sample
 from helper.config import StudentConfig, check_split_against_data, check_subset_against_data
 from helper.engine import (
     LoopState,
+    NonFiniteLoss,
+    StepInterrupted,
     StopRequest,
     Stopwatch,
     eval_batch_size,
@@ -56,7 +59,7 @@ from helper.engine import (
     train_step,
 )
 from helper.logger import report_finished_run
-from helper.method_table import reports_calibrated
+from helper.method_table import reports_calibrated, resolve
 from helper.methods import (
     Method,
     MethodContext,
@@ -88,7 +91,16 @@ from helper.run_folder import (
     run_name,
     teacher_digest,
 )
-from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
+from helper.run_setup import (
+    clean_leftovers,
+    ensure_writable,
+    load_data,
+    mark_failed,
+    open_logger,
+    refuse_failed_run,
+    refuse_resume_without_checkpoint,
+    remove_if_empty,
+)
 from helper.schedule import DECAY, STOP, PlateauSchedule
 from models import model_dict
 from models.published import PUBLISHED_CIFAR100_ACCURACY, low_accuracy_problem
@@ -99,8 +111,40 @@ from models.published import PUBLISHED_CIFAR100_ACCURACY, low_accuracy_problem
 CHECKPOINT_EVERY_S = env.REGISTRY["CKD_CHECKPOINT_EVERY_S"].default
 
 
-class NonFiniteLoss(UserError):
-    """The loss became NaN or infinite; nothing is reported as a result."""
+# a loss weight above this is named as the cause of an overflowing term before the term's temperature
+EXTREME_WEIGHT = 1e6
+
+
+def non_finite_cause(opt: StudentConfig, terms: dict[str, float], weights: dict[str, float], teacher_logits: Tensor) -> str:
+    """What most likely made the loss non-finite, from which weighted terms are (``terms``: the step's or the epoch's
+    means; ``weights``: each term's weight): the student's cross-entropy means the student's weights diverged (the
+    learning rate); another term alone means its weight, its temperature or the teacher's logits; every term finite
+    but their sum not means the weights."""
+    bad = [k for k, v in terms.items() if k != "train_loss" and not math.isfinite(v)]
+    if "cls" in bad:
+        return (f"the student's weights diverged (its cross-entropy is {terms['cls']:.4g}): lower --learning_rate "
+                f"(now {opt.learning_rate:g})")
+    if not bad:
+        big = {k: w for k, w in weights.items() if w}
+        shown = ", ".join(f"{k} {w:g}" for k, w in big.items())
+        return f"every term is finite but their weighted sum is not: lower the loss weights (the terms' weights are {shown})"
+    causes = []
+    teacher_peak = float(teacher_logits.abs().max()) if teacher_logits.numel() else 0.0
+    for term in bad:
+        weight = weights.get(term, 1.0)
+        flag = {"cls": "--w_cls", "rel": "--w_rel_scale", "inter": "--w_inter_scale"}.get(term, f"--w_{term}")
+        if abs(weight) > EXTREME_WEIGHT:
+            causes.append(f"the weight of the {term} term ({weight:g}, from {flag}) is extreme: lower {flag}")
+        elif term == "rel" and opt.relational == "crd":
+            causes.append(f"the crd term overflowed: raise its temperature --nce_t (now {opt.nce_t:g})")
+        elif term == "inter":
+            causes.append(f"the {opt.distill} term overflowed: lower --w_inter_scale (now {opt.w_inter_scale:g}) or "
+                          f"--learning_rate (now {opt.learning_rate:g})")
+        elif teacher_peak > 1e4:
+            causes.append(f"the teacher's cached logits are extreme (up to {teacher_peak:.4g}): check the teacher {opt.teacher_path}")
+        else:
+            causes.append(f"the {term} term overflowed at the temperature --kd_T {opt.kd_T:g}: raise --kd_T or lower {flag}")
+    return "; ".join(causes)
 
 
 def load_teacher(opt: StudentConfig, num_classes: int, device: torch.device) -> nn.Module:
@@ -112,6 +156,24 @@ def load_teacher(opt: StudentConfig, num_classes: int, device: torch.device) -> 
     state = extract_state_dict(safe_load(path, map_location="cpu"), path)
     load_weights_strict(teacher, state, opt.model_t, path)
     return teacher.to(device).eval()
+
+
+def check_finite_teacher(opt: StudentConfig, teacher: nn.Module, pool: TrainPool) -> None:
+    """Refuse a teacher whose cached outputs (logits, feature maps) hold NaN or infinity, naming its file: a teacher
+    with damaged weights would otherwise show up later as a non-finite loss blamed on the learning rate."""
+    outputs = {"logits": pool.teacher_logits, **{f"feature map {i}": f for i, f in pool.teacher_feats.items()}}
+    for what, values in outputs.items():
+        finite = torch.isfinite(values.float()).flatten(1).all(dim=1) if values.dim() > 1 else torch.isfinite(values)
+        n_bad = int((~finite).sum())
+        if n_bad:
+            damaged = sum(int((~torch.isfinite(p)).sum()) for p in teacher.state_dict().values() if p.is_floating_point())
+            if not damaged and what != "logits" and values.dtype == torch.float16:
+                raise UserError(f"the teacher {opt.teacher_path} gives {what} beyond the float16 range for {n_bad} of "
+                                f"{finite.numel()} training items; pass --cache_dtype float32, nothing was written")
+            why = f"{damaged} of its weights are NaN or infinite" if damaged else "its weights are finite but its outputs overflow"
+            raise UserError(f"the teacher {opt.teacher_path} gives non-finite {what} for {n_bad} of {finite.numel()} training "
+                            f"items ({why}); it is damaged: re-download it (sh scripts/fetch_pretrained_teachers.sh) or "
+                            f"train it again, nothing was written")
 
 
 def cache_teacher(opt: StudentConfig, teacher: nn.Module, images: Tensor, labels: Tensor, augment: DeviceAugment,
@@ -135,9 +197,9 @@ def teacher_accuracy_warning(opt: StudentConfig, teacher_acc: float) -> str | No
     problem = low_accuracy_problem(opt.model_t, teacher_acc)
     if problem is None:
         return None
-    return (f"warning: the teacher {opt.path_t} scores {problem}; it is damaged or not a trained {opt.model_t}, so "
+    return (f"warning: the teacher {opt.teacher_path} scores {problem}; it is damaged or not a trained {opt.model_t}, so "
             f"this run distils from a weak teacher (check it with python scripts/verify_teacher.py {opt.model_t} "
-            f"{opt.path_t} --data_folder {opt.data_folder})")
+            f"{opt.teacher_path} --data_folder {opt.data_folder})")
 
 
 def build_student(opt: StudentConfig, num_classes: int, device: torch.device) -> nn.Module:
@@ -147,6 +209,13 @@ def build_student(opt: StudentConfig, num_classes: int, device: torch.device) ->
     if opt.channels_last:
         student = student.to(memory_format=torch.channels_last)
     return student
+
+
+def uses_feat_dim(opt: StudentConfig) -> bool:
+    """Whether a term of the method builds ``--feat_dim`` embedding heads (its class reads ``feat_dim``, ``ARGS``:
+    CRD, CC)."""
+    terms = [resolve(row.builder) for row in (opt.method.relational, opt.method.distill) if row is not None]
+    return uses_teacher_outputs(opt) and any("feat_dim" in getattr(term, "ARGS", ()) for term in terms)
 
 
 def estimate_student_run(opt: StudentConfig, n_train: int, n_val: int, n_test: int, stored_size: int,
@@ -164,6 +233,10 @@ def estimate_student_run(opt: StudentConfig, n_train: int, n_val: int, n_test: i
         if uses_teacher_outputs(opt) and white_box_class(opt) is not None:
             t_shapes = feature_shapes(teacher, torch.device("cpu"), tuple(input_shape))
             feat_layers = tuple(teacher_feature_layers(opt, len(t_shapes)))
+        embeds = uses_feat_dim(opt)
+        if embeds:  # the --feat_dim linear heads embed the last (pooled) feature of each model
+            s_last = math.prod(feature_shapes(student, torch.device("cpu"), tuple(input_shape))[-1])
+            t_last = math.prod(feature_shapes(teacher, torch.device("cpu"), tuple(input_shape))[-1])
     del student, teacher
     items = n_train * opt.teacher_views
     image_bytes = 3 * stored_size * stored_size
@@ -191,11 +264,22 @@ def estimate_student_run(opt: StudentConfig, n_train: int, n_val: int, n_test: i
         rows = candidates * opt.feat_dim * 4 * 2 if items > candidates else 2 * (opt.batch_size * items * 4) + bank
         device_parts += [("CRD memory banks", bank, "--feat_dim (or --subset_size)"),
                          ("CRD negatives", candidates * (6 * 8 + 8 * 4) + rows, "--nce_k")]
+    embed_params = 0
+    if embeds:
+        embed_params = 4 * opt.feat_dim * (s_last + t_last + 2)
+        device_parts += [("--feat_dim embedding heads", 6 * embed_params, "--feat_dim"),  # weights, grads, momentum, copies
+                         ("embedding activations", 4 * images_per_step * opt.feat_dim * 4, "--feat_dim")]
+    tuple_images = method_table.images_per_item(opt.method.sampler, opt.pos_and_neg)
+    if tuple_images > 1:  # a pass of up to --max_rel_samples tuples, and the draw's copies of it (rows, sort, de-dup)
+        pass_bytes = opt.max_rel_samples * tuple_images * 8
+        device_parts.append(("sampler pass of tuples", pass_bytes * (5 if device.type == "cpu" else 1), "--max_rel_samples"))
     cache_file = Estimate.total(cache_parts) - items * image_bytes  # the file holds the pool, not the teacher views
-    last = 6 * s_fp.parameters + bank  # student, momentum, best snapshot, with room for the method's modules
+    last = 6 * s_fp.parameters + bank + 3 * embed_params  # student, momentum, best snapshot, the method's modules
     disk = [("teacher cache file", cache_file, views_flag), ("last.pth and best.pth", 2 * (last + 2 * s_fp.parameters),
                                                              "--model_s"), ("logs", LOG_BYTES, "--save_dir")]
     host = [("teacher cache file", cache_file, views_flag)] if device.type == "cuda" else []  # saved from a CPU copy
+    if tuple_images > 1 and device.type != "cpu":  # the draw runs on the CPU
+        host.append(("sampler draw", 4 * opt.max_rel_samples * tuple_images * 8, "--max_rel_samples"))
     return Estimate(device=device_parts, host=host, disk=disk)
 
 
@@ -332,6 +416,7 @@ class StudentRun:
             test_stats = evaluate(counted, self.data.test_images, self.data.test_labels, self.data.augment.normalize_eval, amp=opt.amp)
             pool, feat_shapes = cache_teacher(opt, teacher, self.data.train_images, self.data.train_labels, self.data.augment, device,
                                               self.data.num_classes)
+            check_finite_teacher(opt, teacher, pool)  # before the cache is written: a damaged teacher leaves nothing
             meta = {"teacher_acc": test_stats["acc"], "teacher_acc_top5": test_stats["acc_top5"],
                     "teacher_calls": int(pool.teacher_calls), "teacher_eval_calls": int(counted.calls),
                     "teacher_sha256": teacher_sha256 or file_sha256(opt.teacher_path),
@@ -517,18 +602,26 @@ class StudentRun:
         self.method.set_epoch(self.schedule.epoch + 1)
 
     def next_batch(self) -> dict[str, Tensor]:
-        return self.sampler.next_batch()
+        state = self.sampler.state_dict()
+        try:
+            with self.stop.interruptible():  # a whole sampler pass may be drawn here
+                batch = self.sampler.next_batch()
+        except StepInterrupted:  # the data order stays where the last step left it; the loop saves that
+            self.sampler.load_state_dict(state)
+            raise
+        return batch
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return train_step(self.method, self.optimizer, batch, self.device, self.opt.amp)
 
     def non_finite(self, terms: dict[str, Tensor]) -> Exception:
-        values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        values = {k: float(v.item()) for k, v in terms.items()}
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         where = f"the last good checkpoint is {self.last_path}" if self.last_path.is_file() else "no checkpoint was written yet"
         return NonFiniteLoss(
             f"the loss became non-finite at step {self.loop.global_step} (pseudo-epoch {self.schedule.epoch + 1}; "
-            f"{values}); nothing was reported as a result, {where}: lower --learning_rate "
-            "or the loss weights and start a new run"
+            f"{shown}); nothing was reported as a result, {where}; likely cause: "
+            f"{non_finite_cause(self.opt, values, self.method.weights, self.pool.teacher_logits)}, then start a new run"
         )
 
     def end_epoch(self, train_terms: dict[str, float]) -> bool:
@@ -558,12 +651,14 @@ class StudentRun:
             print(f"no improvement for {opt.patience} pseudo-epochs: back to the best weights (epoch "
                   f"{schedule.best_epoch}), learning rate -> {schedule.lr:.4g} (phase {schedule.phase + 1} of "
                   f"{schedule.phases})", flush=True)
-            self.save_last()
+            with self.stop.deferred():
+                self.save_last()
         done = step.action == STOP
         if done or schedule.epoch == 1 or time.perf_counter() - self.last_saved_at >= self.checkpoint_every_s:
-            state.loop.finished = done
-            self.save_last()
-            self._save_best()
+            with self.stop.deferred():  # last.pth and best.pth together: a resumed run never finishes on a stale best.pth
+                state.loop.finished = done
+                self.save_last()
+                self._save_best()
         return done
 
     # ------------------------------------------------------------------------------ the run
@@ -584,14 +679,22 @@ class StudentRun:
         """Train (or resume, or report the finished run) and return the results (also in ``results.json``).
 
         The run folder is locked while this process uses it (a second process is refused, see
-        :func:`helper.run_folder.folder_lock`); a folder an earlier release named for this run is adopted first."""
-        ensure_writable(self.run_dir)
-        adopt_earlier_run_folder(self.opt, self.run_dir, self.teacher_sha256)
-        with folder_lock(self.run_dir):
-            return self._run()
+        :func:`helper.run_folder.folder_lock`); a folder an earlier release named for this run is adopted first.
+        SIGINT/SIGTERM are honoured in every phase (see :class:`helper.engine.StopRequest`); a run whose loss became
+        non-finite is marked failed (:data:`FAILED_NAME`) and not resumed by the same command."""
+        with self.stop.installed():
+            try:
+                self.stop.phase = "the checks of the run folder"
+                ensure_writable(self.run_dir)
+                adopt_earlier_run_folder(self.opt, self.run_dir, self.teacher_sha256)
+                with folder_lock(self.run_dir):
+                    return self._run()
+            except SystemExit:
+                remove_if_empty(self.run_dir)  # stopped before its first file: no empty run folder
+                raise
 
     def _run(self) -> dict[str, Any]:
-        opt = self.opt
+        opt, stop = self.opt, self.stop
         clean_leftovers(self.run_dir)
         if self.results_path.is_file():
             results = read_results(self.results_path, self.run_dir)  # damaged: one sentence, never trained over
@@ -601,15 +704,21 @@ class StudentRun:
             report_finished_run(self.run_dir, self.results_path, opt)  # a W&B agent's run still gets the results
             print(f"results: {self.results_path}", flush=True)
             return results
+        refuse_failed_run(self.run_dir)
         if self.best_path.is_file() and not self.last_path.is_file():
             raise UserError(f"{self.run_dir} holds best.pth but neither results.json nor last.pth, so this run finished and "
                             f"lost its results.json; it is not trained over: restore results.json from a copy, or delete "
                             f"{self.run_dir} to train this run again")
         resuming = self._decide_resume()
+        if resuming:
+            stop.after_stop = f"the same command resumes from {self.last_path}"
+        stop.phase = "data preparation"
         self._prepare_data()
         check_white_box_early(self.opt, self.data.num_classes, self.data.input_shape)
         self._check_fits()
+        stop.phase = "the teacher cache"
         self._prepare_teacher_cache()
+        stop.phase = "the student set-up"
         self._prepare_student()
         wandb_id = None
         if resuming:
@@ -626,10 +735,18 @@ class StudentRun:
         with open_logger(self.run_dir, config, opt, "student", wandb_id) as self.logger:
             self.clock, self.elapsed_before = Stopwatch(), float(self.loop.elapsed_s)
             self.last_saved_at = -math.inf
-            with self.stop.installed():
+            try:
                 if not self.loop.finished and not self.state.init_done:
+                    stop.phase = "the init stage"
                     self._init_stage()
-                train_epochs(self, self.stop, self.device)
+                train_epochs(self, stop, self.device)
+            except NonFiniteLoss as err:
+                with stop.deferred():
+                    mark_failed(self.run_dir, str(err))
+                    if not opt.keep_cache:
+                        self.cache_path.unlink(missing_ok=True)
+                raise
+            stop.phase, stop.after_stop = "the final test", f"the same command resumes from {self.last_path}"
             results = self._finish()
         print(f"results: {self.results_path}", flush=True)
         return results
@@ -664,11 +781,12 @@ class StudentRun:
             "wall_time_s": self.elapsed_before + self.clock.elapsed(), "config": self._resolved_config(),
             **provenance(self.device),
         }
-        atomic_write_json(results, self.results_path)
-        if not opt.keep_cache:
-            self.cache_path.unlink(missing_ok=True)
-        if not opt.keep_last:  # a finished run is reported from results.json and best.pth; nothing resumes from last.pth
-            self.last_path.unlink(missing_ok=True)
+        with self.stop.deferred():
+            atomic_write_json(results, self.results_path)
+            if not opt.keep_cache:
+                self.cache_path.unlink(missing_ok=True)
+            if not opt.keep_last:  # a finished run is reported from results.json and best.pth; nothing resumes from last.pth
+                self.last_path.unlink(missing_ok=True)
         summary = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.logger.summary(summary)
         cal = f"; calibrated {results['test_acc_calibrated']:.2f}" if "test_acc_calibrated" in results else ""

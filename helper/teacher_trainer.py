@@ -37,6 +37,8 @@ from dataset.augment import DeviceAugment
 from helper.config import TeacherConfig
 from helper.engine import (
     LoopState,
+    NonFiniteLoss,
+    StepInterrupted,
     StopRequest,
     Stopwatch,
     eval_batch_size,
@@ -61,7 +63,15 @@ from helper.run_files import (
     tensors_mismatch,
 )
 from helper.run_folder import folder_lock, teacher_identity_config
-from helper.run_setup import clean_leftovers, ensure_writable, load_data, open_logger, refuse_resume_without_checkpoint
+from helper.run_setup import (
+    clean_leftovers,
+    ensure_writable,
+    load_data,
+    mark_failed,
+    open_logger,
+    refuse_failed_run,
+    refuse_resume_without_checkpoint,
+)
 from models import model_dict
 
 
@@ -240,19 +250,31 @@ class TeacherRun:
     # ------------------------------------------------------------------ the run
     def run(self) -> Path:
         """Train (or resume, or report the finished teacher); returns the final checkpoint. The teacher folder is
-        locked while this process trains it (a second process is refused, see :func:`helper.run_folder.folder_lock`)."""
-        if self.check_folder():
-            return self._report_finished()
-        refuse_resume_without_checkpoint(self.opt, self.last_path, "train from scratch")
-        ensure_writable(self.run_dir)
-        with folder_lock(self.run_dir):
-            if self.check_folder():  # finished by the process that held the lock before
+        locked while this process trains it (a second process is refused, see :func:`helper.run_folder.folder_lock`);
+        SIGINT/SIGTERM are honoured in every phase (see :class:`helper.engine.StopRequest`), a non-finite loss marks the
+        folder failed (``FAILED``)."""
+        with self.stop.installed():
+            self.stop.phase = "the checks of the teacher folder"
+            if self.check_folder():
                 return self._report_finished()
-            return self._train()
+            refuse_failed_run(self.run_dir)
+            refuse_resume_without_checkpoint(self.opt, self.last_path, "train from scratch")
+            ensure_writable(self.run_dir)
+            with folder_lock(self.run_dir):
+                if self.check_folder():  # finished by the process that held the lock before
+                    return self._report_finished()
+                refuse_failed_run(self.run_dir)
+                return self._run()
 
-    def _train(self) -> Path:
-        cfg, device = self.opt, self.device
+    def _run(self) -> Path:
+        cfg, device, stop = self.opt, self.device, self.stop
+        if self.last_path.is_file():
+            stop.after_stop = f"the same command resumes from {self.last_path}"
+        stop.phase = "data preparation"
         train_set, test_set = load_data(cfg)
+        if cfg.batch_size > len(train_set.labels):  # as a student's --subset_size check: a batch never exceeds the data
+            raise UserError(f"--batch_size {cfg.batch_size} is larger than the {len(train_set.labels)}-image training set of "
+                            f"--dataset {cfg.dataset}; pass --batch_size {len(train_set.labels)} or less")
         self.augment = DeviceAugment.for_images(train_set, 2, device)  # crop + flip; Cars: 56x56 crops of 64x64
         check_fits(self.estimate(len(train_set.labels), len(test_set.labels), int(train_set.images.shape[-1]),
                                  train_set.num_classes), device, self.run_dir)
@@ -269,7 +291,8 @@ class TeacherRun:
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         self.loss = Classifier(self.model, forward, images, labels, self.augment, self.aug_generator, cfg.channels_last)
-        self._create_folder()  # only now that the run can start: an early failure leaves no folder behind
+        with stop.deferred():
+            self._create_folder()  # only now that the run can start: an early failure leaves no folder behind
         clean_leftovers(self.run_dir)
         wandb_id = None
         if self.last_path.is_file():
@@ -278,11 +301,16 @@ class TeacherRun:
         with open_logger(self.run_dir, cfg.to_dict(), cfg, "teacher", wandb_id) as self.logger:
             self.clock, self.elapsed_before = Stopwatch(), self.loop.elapsed_s
             if self.loop.epochs_done < cfg.epochs:
-                with self.stop.installed():
-                    train_epochs(self, self.stop, device)
-            atomic_save(self._checkpoint(cfg.epochs), self.final_path)
-            if not cfg.keep_last:  # the final checkpoint says the teacher finished (check_folder); nothing resumes
-                self.last_path.unlink(missing_ok=True)
+                try:
+                    train_epochs(self, stop, device)
+                except NonFiniteLoss as err:
+                    with stop.deferred():
+                        mark_failed(self.run_dir, str(err))
+                    raise
+            with stop.deferred():
+                atomic_save(self._checkpoint(cfg.epochs), self.final_path)
+                if not cfg.keep_last:  # the final checkpoint says the teacher finished (check_folder); nothing resumes
+                    self.last_path.unlink(missing_ok=True)
             self.logger.summary({"test_acc": self.test["acc"], "best_test_acc": self.best_acc})
         print(f"teacher {cfg.model}: test acc {self.test['acc']:.2f}% after {cfg.epochs} epochs", flush=True)
         print(f"checkpoint: {self.final_path}", flush=True)
@@ -294,14 +322,24 @@ class TeacherRun:
         self.model.train()
 
     def next_batch(self) -> dict[str, Tensor]:
-        return self.sampler.next_batch()
+        state = self.sampler.state_dict()
+        try:
+            with self.stop.interruptible():  # a whole sampler pass may be drawn here
+                batch = self.sampler.next_batch()
+        except StepInterrupted:  # the data order stays where the last step left it; the loop saves that
+            self.sampler.load_state_dict(state)
+            raise
+        return batch
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return train_step(self.loss, self.optimizer, batch, self.device, self.opt.amp)
 
     def non_finite(self, terms: dict[str, Tensor]) -> Exception:
-        return UserError(f"the training loss became non-finite in epoch {self.loop.epochs_done + 1}; lower "
-                         f"--learning_rate (the last good checkpoint is {self.last_path})")
+        where = f"the last good checkpoint is {self.last_path}" if self.last_path.is_file() else "no checkpoint was written yet"
+        return NonFiniteLoss(f"the training loss became non-finite in epoch {self.loop.epochs_done + 1}: the weights "
+                                    f"diverged at --learning_rate {self.opt.learning_rate:g}; lower --learning_rate "
+                                    f"(that is a new teacher folder with --trial, or the same after deleting this one; "
+                                    f"{where})")
 
     def end_epoch(self, train_terms: dict[str, float]) -> bool:
         cfg, epoch = self.opt, self.loop.epochs_done
@@ -316,9 +354,10 @@ class TeacherRun:
         done = epoch >= cfg.epochs
         self.loop.finished = done
         periodic = self.run_dir / f"ckpt_epoch_{epoch}.pth"
-        if epoch % cfg.save_freq == 0 and epoch != cfg.epochs and periodic != self.final_path:
-            atomic_save(self._checkpoint(epoch), periodic)
-        self.save_last()
+        with self.stop.deferred():
+            if epoch % cfg.save_freq == 0 and epoch != cfg.epochs and periodic != self.final_path:
+                atomic_save(self._checkpoint(epoch), periodic)
+            self.save_last()
         return done
 
     # ------------------------------------------------------------------ checkpoints

@@ -141,3 +141,45 @@ def test_a_last_checkpoint_of_an_earlier_version_is_refused_in_one_sentence(digi
     with pytest.raises(UserError, match=r"last.pth cannot be resumed: it lacks loop, best_val, .*delete it to train"):
         train_student.main(argv)
     assert last.is_file()  # nothing of the user's is deleted
+
+
+def test_both_entry_points_refuse_the_wrong_config_type_and_take_natural_types(tmp_path: Path) -> None:
+    """``run_student``/``run_teacher`` with another kind of configuration (the other one, a dict, a namespace, None):
+    one sentence before anything runs; a ``pathlib.Path`` folder, numpy numbers and an int for a float are the values a
+    Python caller naturally passes, and name the same run as the command line's text."""
+    import argparse
+
+    import numpy as np
+
+    from helper.run_folder import student_run_dir
+
+    student, teacher = StudentConfig(model_t="resnet8"), TeacherConfig()
+    wrong = {run_student: [teacher, {"model_s": "resnet8"}, argparse.Namespace(model_s="resnet8"), None, "resnet8"],
+             run_teacher: [student, {"model": "resnet8"}, argparse.Namespace(model="resnet8"), None, 3]}
+    for entry, configs in wrong.items():
+        expected = "StudentConfig" if entry is run_student else "TeacherConfig"
+        for cfg in configs:
+            with pytest.raises(UserError) as err:
+                entry(cfg)  # type: ignore[arg-type]
+            message = str(err.value)
+            assert message.startswith(f"{entry.__name__} takes a {expected}") and type(cfg).__name__ in message
+            assert "\n" not in message
+    assert "goes to run_teacher" in str(pytest.raises(UserError, run_student, teacher).value)
+    assert not (tmp_path / "save").exists()
+
+    save = tmp_path / "save"
+    natural = StudentConfig(save_dir=save, data_folder=tmp_path / "data", seed=np.int64(3), batch_size=np.int32(16),
+                            learning_rate=np.float32(0.1), w_kd=1, kd_T=np.float64(4), subset_size=np.uint16(300),
+                            keep_last=np.bool_(True), model_t="resnet8")
+    text = parse_student_args(["--save_dir", str(save), "--data_folder", str(tmp_path / "data"), "--seed", "3",
+                               "--batch_size", "16", "--learning_rate", "0.1", "--w_kd", "1", "--kd_T", "4",
+                               "--subset_size", "300", "--keep_last", "--model_t", "resnet8"])
+    assert natural.to_dict() == text.to_dict() and student_run_dir(natural) == student_run_dir(text)
+    assert type(natural.seed) is int and type(natural.learning_rate) is float and type(natural.save_dir) is str
+    assert TeacherConfig(save_dir=save, epochs=np.int64(3), lr_decay_epochs="2", momentum=np.float32(0.5),
+                         deterministic=np.bool_(False)).to_dict() == \
+        parse_teacher_args(["--save_dir", str(save), "--epochs", "3", "--lr_decay_epochs", "2", "--momentum", "0.5"]).to_dict()
+    for field, value in (("seed", np.float64(2.5)), ("save_dir", 3), ("model_s", Path("resnet8")), ("amp", np.int64(1))):
+        with pytest.raises(UserError, match=rf"^--{field} must be"):
+            StudentConfig(model_t="resnet8", **{field: value})
+    assert not save.exists()

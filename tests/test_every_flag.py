@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import re
 import subprocess
@@ -24,7 +25,16 @@ from benchmarks import bench, parity
 from core.errors import UserError
 from helper import method_table
 from helper.config import StudentConfig, parse_student_args, parse_teacher_args
-from helper.options import CONFIG_PATH_KINDS, INT64_MAX, SEED, Number, PathKind, build_student_parser, build_teacher_parser
+from helper.options import (
+    CONFIG_PATH_KINDS,
+    INT64_MAX,
+    SEED,
+    Number,
+    PathKind,
+    build_student_parser,
+    build_teacher_parser,
+    str2bool,
+)
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -157,6 +167,99 @@ def test_every_flag_of_every_entry_point(tmp_path: Path, monkeypatch: pytest.Mon
     assert _snapshot(tmp_path) == before, "a refused or checked command left something behind"
 
 
+def _beyond(number: Number, edge: float, side: int) -> float:
+    """The first value past ``edge`` on ``side`` (-1 below, +1 above) of ``number``'s range: the edge itself when the
+    range is open there, else one step (1 for whole numbers, a millionth of the edge's size for others) further."""
+    is_open = number.low_open if side < 0 else number.high_open
+    if is_open:
+        return edge
+    return edge + side if number.kind is int else edge + side * max(abs(edge), 1.0) * 1e-6
+
+
+# run flags (train_student.py, train_teacher.py, bench.py) whose range may stay the implicit 0 .. 2**63 - 1: the seeds
+IMPLICIT_RANGE_OK = {"seed"}
+
+
+def test_every_numeric_flag_at_the_edges_of_its_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every numeric flag of every parser has a range a real run can use (a float always an upper bound; a count of a
+    run flag its own), its edges pass the flag's check (another check may still refuse the combination, never the
+    flag's range), and the first value past either edge is refused with the flag named. Configuration only."""
+    monkeypatch.chdir(tmp_path)
+    _fixtures(tmp_path)
+    before = _snapshot(tmp_path)
+    walked = 0
+    for entry, (build, validate, base) in _entry_points(tmp_path).items():
+        for action in _flags(build()):
+            number = action.type
+            if not isinstance(number, Number):
+                continue
+            flag = action.option_strings[0]
+            assert number.high is not None, f"{entry} {flag}: no upper bound"
+            if number.kind is float:
+                assert math.isfinite(number.high), f"{entry} {flag}: a float without a finite upper bound"
+            if entry in ("train_student.py", "train_teacher.py", "bench.py") and action.dest not in IMPLICIT_RANGE_OK:
+                assert number.high < INT64_MAX, f"{entry} {flag}: a run flag needs a range of its own (Number high=)"
+            edges = [(number.low, -1)] if number.low is not None else []
+            edges.append((number.high, +1))
+            for edge, side in edges:
+                inside = edge if not (number.low_open if side < 0 else number.high_open) else None
+                if inside is not None:
+                    line = outcome(validate, [*base, f"{flag}={inside!r}" if number.kind is float else f"{flag}={int(inside)}"])
+                    assert line is None or f"{flag} must be" not in line, (entry, flag, inside, line)
+                past = _beyond(number, edge, side)
+                line = outcome(validate, [*base, f"{flag}={past!r}" if number.kind is float else f"{flag}={int(past)}"])
+                assert line is not None and f"{flag} must be" in line, (entry, flag, past, line)
+                walked += 2
+    assert walked > 150
+    assert _snapshot(tmp_path) == before
+
+
+# the string flags whose empty value means something: --relational (no method, as W&B agents write it; helper/config.py)
+EMPTY_OK = {"relational"}
+# string flags argparse alone does not check, refused when the script runs: verify_teacher.py --device (by
+# core.device.resolve_device, asserted below); sweep.py --program (sweep.py's own check of the program it runs)
+EMPTY_AT_RUN_TIME = {("verify_teacher.py", "--device"), ("sweep.py", "--program")}
+# the flags that take a comma-separated list, with a valid value of each
+LIST_FLAGS = {("train_teacher.py", "--lr_decay_epochs"): "5,7", ("train_student.py", "--_tags"): "a,b",
+              ("train_teacher.py", "--_tags"): "a,b", ("parity.py", "--methods"): "kd,ce", ("parity.py", "--sides"): "project",
+              ("parity.py", "--seeds"): "1,2"}
+
+
+def test_every_empty_string_and_every_list_item_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every string-valued flag of every parser given an empty value, and every list flag given an empty item and a
+    repeated item, is refused with one sentence naming the flag (``--device ''`` is not auto, ``1,,1`` is not two
+    decays at epoch 1); nothing is left behind."""
+    monkeypatch.chdir(tmp_path)
+    _fixtures(tmp_path)
+    before = _snapshot(tmp_path)
+    lists_seen = set()
+    for entry, (build, validate, base) in _entry_points(tmp_path).items():
+        for action in _flags(build()):
+            flag = action.option_strings[0]
+            if action.nargs == 0 or isinstance(action.type, Number) or action.type is str2bool:
+                continue
+            if action.dest in EMPTY_OK or (entry, flag) in EMPTY_AT_RUN_TIME:
+                continue
+            line = outcome(validate, [*base, f"{flag}="])
+            assert line is not None and flag in line, (entry, flag, line)
+            if (entry, flag) in LIST_FLAGS:
+                lists_seen.add((entry, flag))
+                good = LIST_FLAGS[entry, flag]
+                first = good.split(",")[0]
+                extra = ["--epochs", "10"] if flag == "--lr_decay_epochs" else []
+                assert outcome(validate, [*base, flag, good, *extra]) is None, (entry, flag)
+                for bad in (f"{first},,{good}", f",{good}", f"{good},", f"{good},{first}"):
+                    line = outcome(validate, [*base, flag, bad, *extra])
+                    assert line is not None and flag in line and ("empty item" in line or "more than once" in line), \
+                        (entry, flag, bad, line)
+    assert lists_seen == set(LIST_FLAGS)
+    assert _snapshot(tmp_path) == before
+    from core.device import resolve_device
+
+    with pytest.raises(UserError, match="^--device is empty; pass auto, cpu"):
+        resolve_device("")
+
+
 @pytest.mark.parametrize("relational,distill", method_table.combinations(), ids=lambda v: str(v))
 def test_zero_weights_are_refused_for_the_active_terms_of_every_method(relational: str | None, distill: str) -> None:
     """Derived from the method table: all active weights 0 is refused, any one of them above 0 trains."""
@@ -227,6 +330,12 @@ BAD_INPUT_ROWS: tuple[tuple[str, list[str]], ...] = (
     ("train_student.py", ["--w_cls", "0", "--w_kd", "0"]),
     ("train_student.py", ["--relational", "ckd", "--w_cls", "0", "--w_rel_scale", "0"]),
     ("train_teacher.py", ["--lr_decay_epochs", "300", "--epochs", "2"]),
+    ("train_student.py", ["--learning_rate", "1e308"]),
+    ("train_student.py", ["--feat_dim", "1e12"]),
+    ("train_student.py", ["--device="]),
+    ("train_student.py", ["--calibrate", "train_mean"]),
+    ("train_teacher.py", ["--lr_decay_epochs", "1,,1"]),
+    ("train_teacher.py", ["--lr_decay_epochs", "5,5", "--epochs", "10"]),
     ("train_student.py", ["--path_t", "runs"]),
     ("train_student.py", ["--path_t", "sav/models/resnet56_vanilla/ckpt_epoch_240.pth"]),
     ("train_student.py", ["--save_dir", "notes.txt"]),
@@ -317,3 +426,24 @@ if __name__ == "__main__":  # print the per-flag table of docs/reliability.md
         os.chdir(folder)
         _table_folder(Path(folder))
         print(bad_input_table(Path(folder)))
+
+
+def test_every_batch_size_is_checked_against_its_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch larger than the training data is refused in one sentence by every script that trains or benchmarks:
+    train_teacher.py (1,437 digits images), train_student.py (its training split) and bench.py (its synthetic split),
+    before anything is written."""
+    import train_student
+    import train_teacher
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^--batch_size 5000 is larger than the 1437-image training set of --dataset "
+                                        r"digits; pass --batch_size 1437 or less$"):
+        train_teacher.main(["--dataset", "digits", "--batch_size", "5000", "--device", "cpu", "--save_dir", "save"])
+    with pytest.raises(UserError, match=r"^--subset_size 1437 with --train_val_frac 0.8 leaves 1150 training images, "
+                                        r"fewer than one batch of --batch_size 5000; lower --batch_size to 1150 or less$"):
+        train_student.main(["--dataset", "digits", "--batch_size", "5000", "--device", "cpu", "--save_dir", "save",
+                            "--model_s", "resnet8", "--model_t", "resnet8"])
+    _, opt = bench.check_args(["--batch_size", "5000", "--subset_size", "300", "--device", "cpu"])
+    with pytest.raises(UserError, match=r"fewer than one batch of --batch_size 5000"):
+        bench.synthetic_training_set(opt)
+    assert list(tmp_path.iterdir()) == []

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import train_student
+import train_teacher
 from core.checkpoint import file_sha256, remove_stale_temp_files, safe_load
 from core.errors import UserError
 from helper.student_trainer import StudentRun
@@ -76,6 +77,7 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 import core.checkpoint as checkpoint
 import train_student
+import train_teacher
 from core.errors import run_main
 
 MODE, FLAG = {mode!r}, Path({flag!r})
@@ -161,7 +163,10 @@ def test_sigint_saves_last_and_says_how_to_resume(fake_cifar: Path, save_dir: Pa
     assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
     assert "Traceback" not in err and "received SIGINT" in err
     run_dir = the_run_dir(save_dir)
-    assert f"stopped: saved {run_dir / 'last.pth'}; resume with the same command" in out
+    # inside the training steps the step in flight is finished and last.pth written again; inside the per-epoch
+    # validation the run stops at once (helper.engine.StopRequest) and the last.pth already there is what resumes
+    saved = f"stopped: saved {run_dir / 'last.pth'}; resume with the same command" in out
+    assert saved or f"during evaluation: stopped; the same command resumes from {run_dir / 'last.pth'}" in err, (out, err)
     state = safe_load(run_dir / "last.pth")["loop"]
     assert state["global_step"] > 0 and not state["finished"]
     assert not (run_dir / "results.json").exists() and temp_files(run_dir) == []
@@ -223,10 +228,11 @@ def test_leftover_temp_files_are_removed_when_a_run_starts(tmp_path: Path) -> No
 
 
 def test_nan_loss_stops_at_once_from_the_command_line(fake_cifar: Path, save_dir: Path) -> None:
-    proc = run(["train_student.py", *student_args(fake_cifar, save_dir, "--learning_rate", "1e30")])
+    diverging = ("--learning_rate", "10", "--momentum", "1", "--w_cls", "10000", "--w_rel_scale", "10000")  # range edges
+    proc = run(["train_student.py", *student_args(fake_cifar, save_dir, *diverging)])
     line = one_error_line(proc)
     step = int(re.search(r"non-finite at step (\d+) \(pseudo-epoch 1;", line).group(1))
-    assert step <= 3, line  # stopped at the first bad step, not at the end of an epoch
+    assert step < 5, line  # stopped at the first bad step, not at the end of the 5-step pseudo-epoch
     assert "cls=" in line and "rel=" in line and "train_loss=" in line and "no checkpoint was written yet" in line
     run_dir = the_run_dir(save_dir)
     assert not (run_dir / "results.json").exists() and not (run_dir / "last.pth").exists()
@@ -254,6 +260,81 @@ def test_nan_loss_names_the_last_good_checkpoint(fake_cifar: Path, save_dir: Pat
     assert not (run_dir / "results.json").exists()
 
 
+def test_a_failed_run_is_marked_not_resumed_and_its_cause_named(fake_cifar: Path, save_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a failed run leaves (docs/runs.md): a run folder marked FAILED with its reason, which the same command
+    refuses to resume; a teacher with non-finite outputs is named before anything is written; a teacher folder whose
+    training diverged is marked the same way; the advice names the likely cause from what is non-finite."""
+    real_step = StudentRun.train_step
+
+    def poisoned_step(self: StudentRun, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        terms = real_step(self, batch)
+        return {k: v * math.nan for k, v in terms.items()} if self.schedule.epoch >= 1 else terms
+
+    monkeypatch.setattr(StudentRun, "train_step", poisoned_step)
+    argv = student_args(fake_cifar, save_dir)
+    with pytest.raises(UserError) as failed:
+        train_student.main(argv)
+    run_dir = the_run_dir(save_dir)
+    marked = (run_dir / "FAILED").read_text(encoding="utf-8")
+    assert marked.strip() == str(failed.value) and "lower --learning_rate" in marked
+    assert not (run_dir / "teacher_cache.pth").exists() and not (run_dir / "results.json").exists()
+    before = sorted(p.name for p in run_dir.iterdir())
+    monkeypatch.setattr(StudentRun, "train_step", real_step)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(run_dir))} holds a run that failed \(the loss became non-finite.*"
+                                        rf"delete {re.escape(str(run_dir))} to run it again$"):
+        train_student.main(argv)  # the same command: not resumed into the same divergence
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+    # a damaged teacher (NaN weights) is named when its cache is built, and nothing is written
+    damaged = tmp_path / "damaged" / "resnet8_vanilla" / "ckpt_epoch_240.pth"
+    damaged.parent.mkdir(parents=True)
+    state = torch.load(save_dir / TEACHER_REL, weights_only=True)["model"]
+    state["conv1.weight"] = torch.full_like(state["conv1.weight"], math.nan)
+    torch.save({"model": state}, damaged)
+    other = tmp_path / "other"
+    with pytest.raises(UserError, match=rf"^the teacher {re.escape(str(damaged))} gives non-finite logits for 160 of 160 "
+                                        r"training items \(\d+ of its weights are NaN or infinite\); it is damaged"):
+        train_student.main(student_args(fake_cifar, other, "--path_t", str(damaged), "--relational", "ckd"))
+    assert not other.exists()
+
+    # a teacher whose training diverges: its folder is marked too, and the same command does not resume it
+    from helper.teacher_trainer import TeacherRun
+
+    real_teacher_step = TeacherRun.train_step
+    monkeypatch.setattr(TeacherRun, "train_step", lambda self, batch: {k: v * math.nan for k, v in
+                                                                       real_teacher_step(self, batch).items()})
+    teacher_argv = ["--dataset", "digits", "--model", "resnet8", "--epochs", "2", "--lr_decay_epochs", "1", "--device", "cpu",
+                    "--save_dir", str(tmp_path / "tsave")]
+    with pytest.raises(UserError, match="non-finite in epoch 1: the weights diverged at --learning_rate 0.05"):
+        train_teacher.main(teacher_argv)
+    with pytest.raises(UserError, match="holds a run that failed"):
+        train_teacher.main(teacher_argv)
+
+
+@pytest.mark.parametrize(("terms", "weights", "flags", "cause"), [
+    ({"cls": math.nan, "rel": math.nan}, {"cls": 1.0, "rel": 1.0}, {}, "the student's weights diverged"),
+    ({"cls": 2.0, "kd": math.inf}, {"cls": 1.0, "kd": 1.0}, {"w_kd": 1.0, "kd_T": 0.001}, "at the temperature --kd_T 0.001"),
+    ({"cls": 2.0, "rel": math.inf}, {"cls": 1.0, "rel": 8e6}, {"relational": "ckd", "w_rel_scale": 1e4},
+     "the weight of the rel term (8e+06, from --w_rel_scale) is extreme"),
+    ({"cls": 2.0, "rel": math.inf}, {"cls": 1.0, "rel": 0.8}, {"relational": "crd", "nce_t": 0.001}, "--nce_t"),
+    ({"cls": 2.0, "inter": math.nan}, {"cls": 1.0, "inter": 1.0}, {"distill": "hint"}, "the hint term overflowed"),
+    ({"cls": 1e38, "rel": 1e38, "train_loss": math.inf}, {"cls": 1e4, "rel": 1e4}, {"relational": "ckd"},
+     "every term is finite but their weighted sum is not"),
+], ids=["student", "temperature", "weight", "crd", "white-box", "sum"])
+def test_non_finite_advice_names_the_likely_cause(terms: dict, weights: dict, flags: dict, cause: str) -> None:
+    from helper.config import StudentConfig
+    from helper.student_trainer import non_finite_cause
+
+    opt = StudentConfig(model_s="resnet8", model_t="resnet8", **flags)
+    assert cause in non_finite_cause(opt, terms, weights, torch.zeros(4, 10))
+    if cause.startswith("the student"):
+        assert "--learning_rate" in non_finite_cause(opt, terms, weights, torch.zeros(4, 10))
+    peaked = {"cls": 2.0, "kd": math.inf}
+    assert "check the teacher" in non_finite_cause(StudentConfig(model_s="resnet8", model_t="resnet8", w_kd=1.0), peaked,
+                                                   {"cls": 1.0, "kd": 1.0}, torch.full((4, 10), 1e6))
+
+
 # ---------------------------------------------------------------- disk full
 
 
@@ -277,6 +358,7 @@ import sys
 sys.path.insert(0, {root!r})
 import wandb
 import train_student
+import train_teacher
 from core.errors import run_main
 
 real_init = wandb.init

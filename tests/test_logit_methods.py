@@ -329,7 +329,7 @@ def test_ttm_l_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:  # refused by the flag's type, with the configuration's words
         parse_student_args(["--relational", "ttm", "--ttm_l", "0"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: --ttm_l must be a finite positive number, got 0.0\n"
+    assert capsys.readouterr().err == "error: --ttm_l must be a finite positive number, at most 10, got 0.0\n"
     with pytest.raises(UserError, match="--ttm_l must be a finite positive number"):
         StudentConfig(relational="wttm", ttm_l=-0.2)
 

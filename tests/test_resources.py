@@ -40,7 +40,9 @@ def no_teacher(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.mark.parametrize(("flags", "flag"), [
     (["--w_kd", "1", "--teacher_views", str(10**7)], "--teacher_views"),
     (["--relational", "crd", "--nce_k", str(10**9)], "--nce_k"),
-], ids=["teacher_views", "nce_k"])
+    (["--distill", "correlation", "--feat_dim", str(10**9)], "--feat_dim"),
+    (["--relational", "ckd", "--pos_and_neg", "60", "--max_rel_samples", str(10**9)], "--max_rel_samples"),
+], ids=["teacher_views", "nce_k", "feat_dim", "tuple_pass"])
 def test_a_run_that_cannot_fit_is_refused_before_the_teacher(flags: list[str], flag: str, digits_save: Path, tmp_path: Path,
                                                              no_teacher: list[str]) -> None:
     argv = digits_args(digits_save, tmp_path / "out", *flags)
@@ -116,3 +118,15 @@ def test_a_teacher_that_cannot_fit_on_disk_is_refused_before_training(tmp_path: 
         train_teacher.main(["--model", "resnet8", "--dataset", "digits", "--epochs", "1", "--device", "cpu",
                             "--save_dir", str(tmp_path / "save")])
     assert not (tmp_path / "save").exists()
+
+
+def test_bench_checks_that_it_fits_before_building_its_teacher(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import bench
+
+    def no_teacher(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the benchmark built its teacher")
+
+    monkeypatch.setattr(bench, "calibrate_batchnorm", no_teacher)
+    with pytest.raises(UserError, match=r"^this run needs about .* TiB .*--feat_dim embedding heads.*change --feat_dim"):
+        bench.main(["--model_s", "resnet8", "--model_t", "resnet8", "--distill", "correlation", "--feat_dim", str(10**9),
+                    "--subset_size", "100", "--batch_size", "8", "--device", "cpu", "--threads", "1"])

@@ -1,8 +1,10 @@
 """Samplers: contents, exact tuple counts, class constraints, full batches and bit-identical resume."""
 
+import contextlib
 import io
 import itertools
 import math
+import signal
 
 import pytest
 import torch
@@ -15,6 +17,8 @@ from dataset import (
     TupleSampler,
     steps_per_epoch,
 )
+from dataset.samplers import MIN_REJECTION_ACCEPTANCE
+from helper.teacher_trainer import EpochShuffle
 
 
 def _canonical(row: list[int], group_sizes: tuple[int, ...], unordered: bool = True) -> tuple:
@@ -185,3 +189,80 @@ def test_resume_with_other_settings_is_a_user_error():
         PlainSampler(23, 5, seed=5, device="cpu").load_state_dict(state)
     with pytest.raises(UserError):
         TupleSampler(list(range(6)), (1, 1), 100, 5, seed=4, device="cpu").load_state_dict(state)
+
+
+# ---------------------------------------------------------------- every sampler ends in bounded time
+
+class _Hung(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int):
+    """Fail (instead of hanging the suite) when the block has not returned after ``seconds``: a limit, not a timing."""
+    def hung(signum, frame):
+        raise _Hung(f"still drawing after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _tuple(ids, groups, max_samples=300, batch=64, unordered=True):
+    return lambda: TupleSampler(ids, groups, max_samples, batch, seed=1, device="cpu", unordered_within_group=unordered)
+
+
+# extreme group sizes and data sizes of every sampler (and of the teacher's shuffle): tuples of all the images there
+# are, tuples of many images out of few (where almost every random row repeats an image: the issue's --pos_and_neg
+# 100 of 160 images), one item, batches larger than the data, a class of one item, more negatives than items
+EXTREME_SAMPLERS = {
+    "tuple: 100 of 160 images (--pos_and_neg 100)": _tuple(list(range(160)), (50, 50)),
+    "tuple: 100 of 100 images, 2 views each": _tuple(list(range(100)) * 2, (50, 50)),
+    "tuple: every image, ordered": _tuple(list(range(12)), (6, 6), unordered=False),
+    "tuple: 2 of 2 images": _tuple([0, 1], (1, 1)),
+    "tuple: 3 of 3 images, uneven views": _tuple([0, 0, 0, 1, 2, 2], (1, 1, 1)),
+    "tuple: 20 of 40 images, 3 views each": _tuple(list(range(40)) * 3, (10, 10), max_samples=5000),
+    "tuple: one tuple per pass": _tuple(list(range(500)), (1, 1), max_samples=1, batch=3),
+    "plain: one item, batch 64": lambda: PlainSampler(1, 64, seed=1, device="cpu"),
+    "crd: a class of one item, 10000 negatives": lambda: CRDSampler(torch.tensor([0] + [1] * 9), 16, 10_000, "relax", 1, "cpu"),
+    "crd: batch of one": lambda: CRDSampler(torch.arange(2), 1, 1, "exact", 1, "cpu"),
+    "class_balanced: one class": lambda: ClassBalancedSampler(torch.zeros(5, dtype=torch.long), 64, seed=1, device="cpu"),
+    "class_balanced: 100 classes of one item": lambda: ClassBalancedSampler(torch.arange(100), 7, 1, "cpu", per_class=1),
+    "teacher shuffle: two images": lambda: EpochShuffle(2, 2, 1, torch.device("cpu")),
+    "teacher shuffle: a last batch of one dropped": lambda: EpochShuffle(5, 2, 1, torch.device("cpu")),
+}
+
+
+def test_every_sampler_ends_in_bounded_time_at_extreme_sizes():
+    for name, make in EXTREME_SAMPLERS.items():
+        with _time_limit(60):
+            sampler = make()
+            for _ in range(8):  # several passes of every sampler above
+                batch = sampler.next_batch()
+        if isinstance(sampler, TupleSampler):
+            ids = sampler._ids
+            rows = batch["groups"].numpy()
+            assert all(len(set(ids[r].tolist())) == sampler.k for r in rows), f"{name}: a tuple repeats an image"
+            assert rows.shape == (sampler.batch_size, sampler.k), name
+    issue = EXTREME_SAMPLERS["tuple: 100 of 160 images (--pos_and_neg 100)"]()
+    assert issue._p_distinct < MIN_REJECTION_ACCEPTANCE  # drawn without rejection
+    first_pass = {tuple(r) for r in torch.cat([issue.next_batch()["groups"] for _ in range(5)])[:300].tolist()}
+    assert len(first_pass) == 300  # a pass still holds distinct tuples
+
+
+def test_published_group_sizes_keep_their_draw():
+    """--pos_and_neg 2 and 3 on thousands of images: most random rows hold distinct images, so the draw is the one the
+    earlier releases made (rejecting the few rows that repeat an image), bit for bit: the first rows of two passes,
+    recorded with the release before the draw without rejection was added."""
+    for ids, groups, first_rows in (
+        (list(range(2000)), (2, 1), [[1849, 1881, 1806], [1240, 1306, 550]]),
+        (list(range(1600)) * 2, (1, 1), [[2875, 1185], [3032, 2917]]),
+        (list(range(300)), (2, 1), [[277, 282, 270], [186, 196, 82]]),
+    ):
+        sampler = TupleSampler(ids, groups, 1000, 8, seed=5, device="cpu")
+        assert sampler._mode == "draw" and sampler._p_distinct >= MIN_REJECTION_ACCEPTANCE
+        assert sampler.next_batch()["groups"][:2].tolist() == first_rows

@@ -51,9 +51,10 @@ def test_every_method_trains_end_to_end(relational, distill, fake_cifar, save_di
 def test_run_folders_differ_for_any_identity_flag(fake_cifar, save_dir):
     a = parse_student_args(base_args(fake_cifar, save_dir))
     b = parse_student_args(base_args(fake_cifar, save_dir, "--kd_T", "3"))
-    c = parse_student_args(base_args(fake_cifar, save_dir, "--calibrate", "train_mean"))
-    dirs = {student_run_dir(a), student_run_dir(b), student_run_dir(c)}
-    assert len(dirs) == 3
+    c = parse_student_args(base_args(fake_cifar, save_dir, "--w_kd", "1"))
+    d = parse_student_args(base_args(fake_cifar, save_dir, "--w_kd", "1", "--calibrate", "train_mean"))  # queries the teacher
+    dirs = {student_run_dir(a), student_run_dir(b), student_run_dir(c), student_run_dir(d)}
+    assert len(dirs) == 4
     assert all(":" not in d.name for d in dirs)
     for logging_only in (("--_tags", "x"), ("--keep_cache",), ("--wdb_project", "p")):  # never a new run
         assert student_run_dir(parse_student_args(base_args(fake_cifar, save_dir, *logging_only))) == student_run_dir(a)
