@@ -196,6 +196,19 @@ class StopRequest:
         return 128 + int(self.signum or signal.SIGINT)
 
 
+def draw_batch(sampler: Any, stop: StopRequest) -> dict[str, Tensor]:
+    """``sampler.next_batch()`` under :meth:`StopRequest.interruptible` (a whole sampler pass may be drawn there): a stop
+    request that arrives meanwhile restores the sampler's state, so the data order stays where the last step left it
+    (the loop saves that), and raises :class:`StepInterrupted`."""
+    state = sampler.state_dict()
+    try:
+        with stop.interruptible():
+            return sampler.next_batch()
+    except StepInterrupted:
+        sampler.load_state_dict(state)
+        raise
+
+
 def git_commit() -> str:
     """The commit of the code that ran (``-dirty`` when the work tree has uncommitted changes)."""
     try:

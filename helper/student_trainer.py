@@ -47,9 +47,9 @@ from helper.config import StudentConfig, check_split_against_data, check_subset_
 from helper.engine import (
     LoopState,
     NonFiniteLoss,
-    StepInterrupted,
     StopRequest,
     Stopwatch,
+    draw_batch,
     eval_batch_size,
     evaluate,
     provenance,
@@ -602,14 +602,7 @@ class StudentRun:
         self.method.set_epoch(self.schedule.epoch + 1)
 
     def next_batch(self) -> dict[str, Tensor]:
-        state = self.sampler.state_dict()
-        try:
-            with self.stop.interruptible():  # a whole sampler pass may be drawn here
-                batch = self.sampler.next_batch()
-        except StepInterrupted:  # the data order stays where the last step left it; the loop saves that
-            self.sampler.load_state_dict(state)
-            raise
-        return batch
+        return draw_batch(self.sampler, self.stop)
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return train_step(self.method, self.optimizer, batch, self.device, self.opt.amp)

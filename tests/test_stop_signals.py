@@ -54,6 +54,16 @@ def slow(original):
     return step
 
 
+def held(original):
+    """A training step that waits for the stop request, then finishes: the signal always finds a step in flight."""
+    def step(self, *args, **kwargs):
+        FLAG.touch()
+        while not self.stop.requested:
+            time.sleep(0.05)
+        return original(self, *args, **kwargs)
+    return step
+
+
 if PHASE == "data":
     student_trainer.load_data = stall
 elif PHASE == "cache":
@@ -61,7 +71,7 @@ elif PHASE == "cache":
 elif PHASE == "init":
     helper.methods.InitStage.__call__ = slow(helper.methods.InitStage.__call__)
 elif PHASE == "training":
-    student_trainer.StudentRun.train_step = slow(student_trainer.StudentRun.train_step)
+    student_trainer.StudentRun.train_step = held(student_trainer.StudentRun.train_step)
 elif PHASE == "evaluation":  # the validation after the first pseudo-epoch (the first call is the teacher's test)
     calls = []
     evaluate = student_trainer.evaluate
@@ -76,7 +86,7 @@ elif PHASE == "evaluation":  # the validation after the first pseudo-epoch (the 
 elif PHASE == "teacher-data":
     teacher_trainer.load_data = stall
 elif PHASE == "teacher-training":
-    teacher_trainer.TeacherRun.train_step = slow(teacher_trainer.TeacherRun.train_step)
+    teacher_trainer.TeacherRun.train_step = held(teacher_trainer.TeacherRun.train_step)
 main = train_student.main if SCRIPT == "student" else train_teacher.main
 run_main(lambda: main(ARGV))
 '''
