@@ -80,6 +80,7 @@ from core import fs
 from core.errors import UserError, run_main
 from helper.method_table import method_label, method_order, reports_calibrated
 from helper.options import OneLineParser, PathKind
+from helper.run_folder import NON_IDENTITY_FLAGS
 
 METHOD_ORDER = method_order()  # ce, kd, then the method table's order
 # flags that do not change what a run computes: two runs differing only here are the same run
@@ -444,6 +445,27 @@ def repeated_seeds(cells: dict[Pair, list[Cell]]) -> list[str]:
             if len(seeds) != len(set(seeds)):
                 notes.append(f"{pair[1]}/{pair[2]} {cell.method} n={cell.subset_size}: seeds {seeds} repeat "
                              "(runs differing in another flag share this cell; summarize them from separate folders)")
+    return notes
+
+
+# what may differ between the runs of one cell: the seed, the learning rate (chosen per cell) and the flags that never
+# name a run (where files go, what is kept)
+MAY_DIFFER = ("seed", "learning_rate", *NON_IDENTITY_FLAGS)
+
+
+def mixed_settings(cells: dict[Pair, list[Cell]]) -> list[str]:
+    """Cells whose runs differ in a flag other than the seed (and the learning rate, chosen per cell): their mean would
+    average different experiments (e.g. runs with other --epochs in one save folder), so each is named with the flags
+    that differ."""
+    notes = []
+    for pair, pair_cells in cells.items():
+        for cell in pair_cells:
+            configs = [{k: v for k, v in json.loads(r.identity or "{}").items() if k not in MAY_DIFFER} for r in cell.runs]
+            differing = sorted({k for c in configs for k in c if any(o.get(k) != c.get(k) for o in configs)})
+            if differing:
+                shown = "; ".join(f"--{k}: {', '.join(sorted({str(c.get(k)) for c in configs}))}" for k in differing)
+                notes.append(f"{pair[1]}/{pair[2]} {cell.method} n={cell.subset_size}: its runs differ in {shown}; their "
+                             "mean mixes different experiments: summarize them from separate folders")
     return notes
 
 
@@ -842,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--baseline {baseline} names no method of these runs; choose one of "
                         f"{', '.join(sorted(methods, key=method_sort_key))}")
     cells = build_cells(records)
-    for note in repeated_seeds(cells):
+    for note in [*repeated_seeds(cells), *mixed_settings(cells)]:
         print(f"warning: {note}", file=sys.stderr)
     paired, pair_notes = paired_comparisons(cells, baseline) if baseline else ([], [])
     if baseline is None:

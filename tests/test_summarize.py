@@ -439,3 +439,21 @@ def test_subset_fingerprint_names_the_images_and_split() -> None:
               subset_fingerprint(make_subset_split(500, 100, 0.8, 1, 32), "cifar100", labels),  # another data set
               subset_fingerprint(make_subset_split(500, 100, 0.8, 1, 32), "digits", (labels + 1) % 10)]  # other labels
     assert len({a, *others}) == 5 and len(a) == 64
+
+
+def test_a_cell_of_runs_with_other_settings_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs of one method and subset size that differ in a flag besides the seed (here --epochs) are named, with the
+    flag and its values; runs that differ only in the seed are not."""
+    for seed, epochs in ((1, 240), (2, 240), (3, 5)):
+        run = tmp_path / "student" / f"kd_{seed}"
+        run.mkdir(parents=True)
+        config = {**config_of("resnet32", {"relational": None, "distill": "kd", "w_kd": 1}, 2000, seed, 0.05, tmp_path),
+                  "epochs": epochs}
+        (run / "results.json").write_text(json.dumps({"test_acc": 60.0 + seed, "best_val_acc": 50.0, "teacher_calls": 1600,
+                                                      "teacher_acc": 74.3, "config": config}))
+    assert summarize.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "differ in" in line]
+    assert len(warnings) == 1 and "--epochs: 240, 5" in warnings[0] and "kd n=2000" in warnings[0], warnings
+    (tmp_path / "student" / "kd_3").rename(tmp_path / "kd_3_elsewhere")
+    assert summarize.main([str(tmp_path / "student"), "--out", str(tmp_path / "out2")]) == 0
+    assert "differ in" not in capsys.readouterr().err
