@@ -35,14 +35,8 @@ from helper.options import (
     build_teacher_parser,
     str2bool,
 )
+from scripts import export_cifar_format, fetch_teachers, summarize, sweep, verify_teacher
 from tests.conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import export_cifar_format  # noqa: E402
-import fetch_teachers  # noqa: E402
-import summarize  # noqa: E402
-import sweep  # noqa: E402
-import verify_teacher  # noqa: E402
 
 NUMERIC_VALUES = ("-1", "0", "nan", "inf", "-inf", "1e300", str(2**64))
 ALWAYS_REFUSED = ("nan", "inf", "-inf")

@@ -134,7 +134,7 @@ def _one_sentence(call: Callable[[], Any]) -> str:
 # ------------------------------------------------------------------------------------------------ every path flag
 def _walk_path_flags(tmp: Path) -> Iterator[tuple[str, str, str, Callable[[list[str]], Any], list[str]]]:
     """(entry point, flag or metavar, its kind, the check the script runs before any work, the base command)."""
-    import demo
+    from scripts import demo
 
     entries = dict(_entry_points(tmp))
     entries["demo.py"] = (demo.build_parser, lambda argv: demo.build_parser().parse_args(argv), [])
@@ -156,7 +156,6 @@ def _with_value(base: list[str], flag: str, value: str) -> list[str]:
 
 
 def test_every_path_flag_with_every_os_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
     monkeypatch.chdir(tmp_path)
     _fixtures(tmp_path)
     os.mkfifo(tmp_path / "fifo")
@@ -172,37 +171,34 @@ def test_every_path_flag_with_every_os_error(tmp_path: Path, monkeypatch: pytest
     }
     before = _snapshot(tmp_path)
     walked = 0
-    try:
-        for entry, flag, kind, validate, base in _walk_path_flags(tmp_path):
-            for case, (value, code) in cases.items():
-                argv = _with_value(base, flag, value)
-                reads_only = kind in ("file", "maybe_file", "folder", "input_folder")
-                if code is not None:
-                    with os_refuses(code, tmp_path / "locked"):
-                        line = _outcome(validate, argv)
-                else:
+    for entry, flag, kind, validate, base in _walk_path_flags(tmp_path):
+        for case, (value, code) in cases.items():
+            argv = _with_value(base, flag, value)
+            reads_only = kind in ("file", "maybe_file", "folder", "input_folder")
+            if code is not None:
+                with os_refuses(code, tmp_path / "locked"):
                     line = _outcome(validate, argv)
-                walked += 1
-                # what a path flag may accept: a read-only or full disk for what it only reads, a missing file below a
-                # file for a file checked again when it is read, a place on a full disk (refused when it is written)
-                may_pass = ((code in (errno.EROFS, errno.ENOSPC) and reads_only) or (code == errno.ENOSPC)
-                            or (case == "ENOTDIR" and kind == "maybe_file"))
-                if line is None:
-                    assert may_pass, (entry, flag, kind, case)
-                    continue
-                assert flag in line or fs.show_path(value) in line, (entry, flag, case, line)
-                if case == "ENAMETOOLONG":
-                    assert "File name too long" in line and "(256 bytes)" in line, line
-                if case == "ELOOP":
-                    assert "symbolic links" in line, line
-                if case in ("FIFO", "/dev/null"):
-                    assert "FIFO" in line or "character device" in line, line
-                if code == errno.EACCES:
-                    assert os.strerror(code) in line, line
-                if code == errno.EROFS and kind == "output":
-                    assert "read-only file system" in line, line
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+            else:
+                line = _outcome(validate, argv)
+            walked += 1
+            # what a path flag may accept: a read-only or full disk for what it only reads, a missing file below a
+            # file for a file checked again when it is read, a place on a full disk (refused when it is written)
+            may_pass = ((code in (errno.EROFS, errno.ENOSPC) and reads_only) or (code == errno.ENOSPC)
+                        or (case == "ENOTDIR" and kind == "maybe_file"))
+            if line is None:
+                assert may_pass, (entry, flag, kind, case)
+                continue
+            assert flag in line or fs.show_path(value) in line, (entry, flag, case, line)
+            if case == "ENAMETOOLONG":
+                assert "File name too long" in line and "(256 bytes)" in line, line
+            if case == "ELOOP":
+                assert "symbolic links" in line, line
+            if case in ("FIFO", "/dev/null"):
+                assert "FIFO" in line or "character device" in line, line
+            if code == errno.EACCES:
+                assert os.strerror(code) in line, line
+            if code == errno.EROFS and kind == "output":
+                assert "read-only file system" in line, line
     assert walked >= 25 * len(cases) // 2
     assert _snapshot(tmp_path) == before, "a refused command left something behind"
 
@@ -230,13 +226,7 @@ def _digits() -> tuple[Any, Any]:
 def _writers(tmp: Path) -> dict[str, Callable[[Path], Any]]:
     """Every way the project writes a file or makes a folder, by what it writes; each takes its target path."""
     from helper.logger import RunLogger
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import demo
-        import export_cifar_format
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    from scripts import demo, export_cifar_format
     train, test = _digits()
     return {
         "last.pth, best.pth, teacher_cache.pth, teacher checkpoints (atomic_save)":
