@@ -866,6 +866,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_program(sweep: dict[str, Any], override: str | None, source: str) -> str:
     """The training script of every run, which must exist (also for --dry-run, whose commands name it)."""
     if override is not None:
+        if not override.strip():
+            raise UserError("--program is empty; name the training script (train_student.py), or leave --program out to "
+                            "use the sweep file's program")
         program, named = override, f"--program {override}"
     else:
         program = sweep.get("program")

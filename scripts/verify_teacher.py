@@ -251,6 +251,10 @@ def digest_fact(name: str, path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     opt = build_parser().parse_args(argv)
+    if opt.data_folder is not None or not opt.device.strip():  # checked with the flags, before the checkpoint is read
+        from core.device import resolve_device
+
+        resolve_device(opt.device)
     path: Path = opt.file
     digest = digest_fact(opt.name, path)
     stored = check_loading(opt.name, path)

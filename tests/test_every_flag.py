@@ -210,8 +210,8 @@ def test_every_numeric_flag_at_the_edges_of_its_range(tmp_path: Path, monkeypatc
 
 # the string flags whose empty value means something: --relational (no method, as W&B agents write it; helper/config.py)
 EMPTY_OK = {"relational"}
-# string flags argparse alone does not check, refused when the script runs: verify_teacher.py --device (by
-# core.device.resolve_device, asserted below); sweep.py --program (sweep.py's own check of the program it runs)
+# string flags argparse alone does not check, refused first thing when the script runs (asserted below through main):
+# verify_teacher.py --device (core.device.resolve_device); sweep.py --program (sweep.py's check of the program it runs)
 EMPTY_AT_RUN_TIME = {("verify_teacher.py", "--device"), ("sweep.py", "--program")}
 # the flags that take a comma-separated list, with a valid value of each
 LIST_FLAGS = {("train_teacher.py", "--lr_decay_epochs"): "5,7", ("train_student.py", "--_tags"): "a,b",
@@ -252,6 +252,11 @@ def test_every_empty_string_and_every_list_item_is_checked(tmp_path: Path, monke
 
     with pytest.raises(UserError, match="^--device is empty; pass auto, cpu"):
         resolve_device("")
+    with pytest.raises(UserError, match="^--device is empty; pass auto, cpu"):
+        verify_teacher.main(["resnet8", str(ROOT / "ckd.yml"), "--device", ""])  # before the file is read
+    with pytest.raises(UserError, match="^--program is empty; name the training script"):
+        sweep.main([str(ROOT / "ckd.yml"), "--program", "", "--dry-run"])
+    assert _snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("relational,distill", method_table.combinations(), ids=lambda v: str(v))
