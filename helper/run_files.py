@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from core import fs
 from core.errors import UserError
 
 # the problems a load of a checked structure can still raise (a value of the right type but not a usable one)
@@ -205,8 +206,9 @@ def read_results(path: Path, run_dir: Path) -> dict[str, Any]:
               "to train this run again")
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise damaged(path, f"cannot be read: {err.strerror or err}", advice) from err
+    except OSError as err:  # not damage: the operating system's reason, in core.fs's words
+        raise UserError(fs.os_error_message(err, path, "read", note="the run's best.pth is kept and not trained over",
+                                            location="--save_dir")) from err
     except (ValueError, UnicodeDecodeError) as err:
         raise damaged(path, f"not JSON: {str(err).splitlines()[0]}", advice) from err
     if not isinstance(results, dict):

@@ -222,7 +222,7 @@ class TeacherRun:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"cannot write to {self.run_dir} ({err.strerror or err}); choose a writable --save_dir") from err
+            raise UserError(fs.os_error_message(err, self.run_dir, "create the folder", location="--save_dir")) from err
         if not self.config_path.is_file():
             atomic_write_json(self.config, self.config_path)
 
