@@ -208,7 +208,8 @@ def _download_lock(data_folder: Path, how_to: str) -> Iterator[None]:
             data_folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise DataNotFound(f"cannot create the data folder {data_folder} ({err.strerror or err}); {how_to}") from err
+            raise DataNotFound(f"{fs.os_error_message(err, data_folder, 'create the data folder', location='--data_folder')}; "
+                               f"{how_to}") from err
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

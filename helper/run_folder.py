@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core import fs
 from core.errors import UserError
 from helper.config import StudentConfig, TeacherConfig
 from helper.options import teacher_checkpoint_path
@@ -83,8 +84,7 @@ def teacher_digest(path: str | os.PathLike) -> str | None:
         try:
             _DIGESTS[key] = file_sha256(path)
         except OSError as err:
-            raise UserError(f"cannot read teacher checkpoint {path} ({err.strerror or err}); check its permissions "
-                            "or pass another --path_t") from err
+            raise UserError(fs.os_error_message(err, path, "read", location="--path_t")) from err
     return _DIGESTS[key]
 
 
@@ -205,8 +205,8 @@ def adopt_earlier_run_folder(opt: StudentConfig, run_dir: Path, teacher_sha256: 
     except OSError as err:
         if run_dir.is_dir():  # another process adopted it first
             return
-        raise UserError(f"cannot rename the run folder {earlier} to {run_dir.name} ({err.strerror or err}); make "
-                        f"{earlier.parent} writable, or rename it by hand") from err
+        raise UserError(fs.os_error_message(err, earlier, "rename the earlier run folder", location="--save_dir",
+                                            note=f"rename it to {run_dir.name} by hand")) from err
     print(f"renamed the run folder {earlier.name} to {run_dir.name} in {run_dir.parent}: run folders are now named by "
           "their flags and the teacher's content, not by where --save_dir lives (done once; nothing is trained again)",
           flush=True)
@@ -261,7 +261,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, started {stamp}\n".encode(), 0)
     except OSError as err:
-        raise UserError(f"cannot write to {folder} ({err.strerror or err}); choose a writable --save_dir") from err
+        raise UserError(fs.os_error_message(err, folder, "write to", location="--save_dir")) from err
     try:
         yield
     finally:

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from core import fs
 from core.errors import UserError, run_main
 from helper.config import student_config_from
 from helper.options import build_student_parser, flag_value_message
@@ -200,7 +201,7 @@ def load_sweep(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8 YAML") from err
     except OSError as err:
-        raise UserError(f"cannot read {path} ({err.strerror or err}); pass a readable sweep file") from err
+        raise UserError(fs.os_error_message(err, path, "read the sweep file")) from err
     sweep = _parse_yaml(text, path)
     if not isinstance(sweep, dict):
         raise UserError(f"{path} is not a W&B sweep configuration (expected a mapping with 'method' and 'parameters')")
@@ -678,7 +679,7 @@ def _check_save_dirs(runs: list[Run], report: Preflight) -> None:
         except UserError as err:
             report.problems.append(str(err))
         except OSError as err:
-            report.problems.append(f"cannot write to {save_dir} ({err.strerror or err}); choose a writable --save_dir")
+            report.problems.append(fs.os_error_message(err, save_dir, "write to", location="--save_dir"))
         else:
             report.checked.append(f"{save_dir} is writable")
 

@@ -37,6 +37,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import fs
 from core.errors import UserError, run_main
 from helper.options import OneLineParser, PathKind
 from models.published import PUBLISHED_CIFAR100_ACCURACY, low_accuracy_problem
@@ -61,9 +62,10 @@ def read_digest_lines(path: Path, what: str) -> dict[str, str]:
     lines skipped; the first line of a file wins). A line of any other shape is refused: one sentence naming it."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {what} {path} ({getattr(err, 'strerror', None) or err}); "
-                        "pass a file written by sha256sum") from err
+    except OSError as err:
+        raise UserError(fs.os_error_message(err, path, f"read the {what}")) from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"cannot read {what} {path} ({err}); pass a file written by sha256sum") from err
     found: dict[str, str] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -120,7 +122,7 @@ def record_in_lock(models: Path, key: str, digest: str) -> Path:
     try:
         atomic_write_bytes(lock, text.encode("utf-8"))
     except OSError as err:
-        raise UserError(f"cannot write {lock} ({err.strerror or err}); make {models} writable") from err
+        raise UserError(fs.os_error_message(err, lock, "write", location="--save_dir")) from err
     return lock
 
 
