@@ -208,7 +208,7 @@ def _download_lock(data_folder: Path, how_to: str) -> Iterator[None]:
             data_folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise DataNotFound(f"{fs.os_error_message(err, data_folder, 'create the data folder', location='--data_folder')}; "
+            raise DataNotFound(f"{fs.os_error_message(err, data_folder, 'create the data folder')}; "
                                f"{how_to}") from err
         try:
             try:
